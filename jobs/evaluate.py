@@ -346,7 +346,7 @@ def draw_grid(prompts: list[Prompt], methods: list[str], images: dict, rows: lis
     from pipeline.card import GREY, INK, LIGHT, PALETTE, draw_lines, fit, font, line_height, pack, wrap
 
     f_head, f, f_small = font(16, bold=True), font(13), font(12)
-    pad, text_w, head_h = 10, 230, 52
+    pad, text_w, head_h = 10, 230, 64
     score_lines = max(1, len(pack([f"{s} -00.000" for s in scorers], f_small, tile)))
     score_h = line_height(f_small) * score_lines + 6
     cell_w, cell_h = tile + pad, tile + score_h + pad
@@ -359,10 +359,9 @@ def draw_grid(prompts: list[Prompt], methods: list[str], images: dict, rows: lis
         x = pad + text_w + j * cell_w
         d.rectangle((x, 8, x + tile, 13), fill=PALETTE[j % len(PALETTE)])
         d.text((x, 16), m, fill=INK, font=f_head)
-        ev = [r["unet_evals"] for r in rows if r["method"] == m]
+        ev = sorted({r["unet_evals"] for r in rows if r["method"] == m})
         if ev:
-            d.text((x + tile - 4 - f_small.getlength(f"{ev[0]} UNet evals"), 19), f"{ev[0]} UNet evals",
-                   fill=GREY, font=f_small)
+            draw_lines(d, (x, 36), wrap(f"{'/'.join(map(str, ev))} UNet evals", f_small, tile, 1), f_small, fill=GREY)
     for i, p in enumerate(prompts):
         y = head_h + i * cell_h
         d.line((pad, y - pad / 2, W - pad, y - pad / 2), fill=LIGHT)

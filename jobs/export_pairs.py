@@ -11,8 +11,8 @@ group (--row-group-size rows, default 64) at a time.
 Columns (Pick-a-Pic v2 names where Pick-a-Pic has them, so Diffusion-DPO's train.py reads it as is):
 
     caption            the prompt
-    jpg_0, jpg_1       image bytes. JPEG (quality --quality, default 95) re-encoded from the stored
-                       PNG/WebP, as Pick-a-Pic stores JPEG; jpg files are copied unchanged.
+    jpg_0, jpg_1       image bytes. JPEG (quality --quality, default 95, 4:4:4 chroma) re-encoded from
+                       the stored PNG/WebP, as Pick-a-Pic stores JPEG; jpg files are copied unchanged.
                        --image-format keep copies the stored bytes whatever their format.
     label_0, label_1   1.0 chosen / 0.0 rejected; 0.5 / 0.5 for a tie (only with preference.ties=first)
     model_0, model_1   "<model id>[@<revision>]:<method>"
@@ -101,7 +101,7 @@ def to_jpeg(data: bytes, ext: str, image_format: str, quality: int) -> bytes:
     with Image.open(io.BytesIO(data)) as im:
         rgb = im.convert("RGB")
     buf = io.BytesIO()
-    rgb.save(buf, "JPEG", quality=quality)
+    rgb.save(buf, "JPEG", quality=quality, subsampling=0)  # 4:4:4: no chroma blur
     return buf.getvalue()
 
 

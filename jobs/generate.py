@@ -110,7 +110,8 @@ def parse_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
 
 def _local_abs(path: str | None, must_exist: bool = True) -> str | None:
     """An absolute path for a local path (actors may run in another directory); others unchanged."""
-    if not path or is_s3(path) or os.path.isabs(path) or (must_exist and not os.path.exists(path)):
+    if (not path or path == "tiny" or is_s3(path) or os.path.isabs(path)
+            or (must_exist and not os.path.exists(path))):
         return path
     return os.path.abspath(os.path.expanduser(path))
 
@@ -276,7 +277,7 @@ def connect_ray(cfg: Config) -> RayContext:
             mode = "cluster"
         else:
             mode = "local"
-            if addr is None:  # join a running local cluster (ray start --head) if there is one
+            if addr is None and _running_local_cluster():  # join a `ray start --head` on this machine
                 try:
                     ray.init(address="auto", runtime_env=job_env or None)
                     mode = "cluster"
@@ -293,6 +294,16 @@ def connect_ray(cfg: Config) -> RayContext:
     address = ray.get_runtime_context().gcs_address
     log.info("ray: %s (%s); resources %s", mode, address, _resources(ray.cluster_resources()))
     return RayContext(mode, address, runtime_env, started)
+
+
+def _running_local_cluster() -> bool:
+    """A Ray GCS process runs on this machine. Checked first because ray.init(address="auto") retries
+    a stale /tmp/ray/ray_current_cluster (left by a cluster that did not stop cleanly) for minutes."""
+    try:
+        from ray._private.services import find_gcs_addresses  # private: fall back to trying if it moves
+    except ImportError:
+        return True
+    return bool(find_gcs_addresses())
 
 
 def _resources(r: dict[str, float]) -> dict[str, float]:
@@ -345,9 +356,12 @@ def new_sampler(cfg: Config, rc: RayContext, worker_cls: type, slot: str, captio
 
     from pipeline.remote import SamplerActor
 
+    # A worker class that serialises its model use (ShardWorker: CONCURRENT_RUNS = 2) may run a second
+    # shard while the first publishes and commits: uploads overlap sampling.
     return ray.remote(SamplerActor).options(
         num_gpus=cfg.ray.gpus_per_worker, num_cpus=cfg.ray.cpus_per_worker,
         max_restarts=cfg.ray.max_actor_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
+        max_concurrency=max(1, int(getattr(worker_cls, "CONCURRENT_RUNS", 1))),
         runtime_env=rc.runtime_env or None).remote(worker_cls, cfg, slot, captioner)
 
 
@@ -801,7 +815,14 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Hook | None = No
     index = write_index(loc)
     summary = build_summary(p, d, rc, index, time.monotonic() - t0, error)
     loc.write_text_atomic(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
-    # Dataset card: pipeline.card.write_card(loc, summary, p.cfg) is called here, once, when it exists.
+    try:  # the card describes committed data; failing to draw it must not fail a finished run
+        from pipeline.card import write_card
+
+        summary["card"] = write_card(loc, p.cfg, summary)
+    except Exception as e:  # noqa: BLE001
+        log.error("could not write the dataset card (rerun: python -m pipeline.card %s): %s", loc.url,
+                  _error_text(e, 500))
+        summary["card"] = None
     return JobResult(summary["exit_code"], summary, loc.url)
 
 
@@ -872,6 +893,8 @@ def format_summary(s: dict[str, Any]) -> str:
                          f"{w['busy_s']:>9.1f} {w['samples_per_s']:>10.3f}")
     if s["quarantined_shards"]:
         lines.append(f"  quarantine: {s['output'].rstrip('/')}/{QUARANTINE_FILE}")
+    if s.get("card"):
+        lines.append(f"  card: {s['card']}")
     lines.append(f"output: {s['output']}")
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ class S3Config:
     secret: Optional[str] = None  # secret
     session_token: Optional[str] = None  # secret
     anon: bool = False
+    retry_timeout_s: float = 600.0  # keep retrying transient S3 errors (throttling, outage) this long per call
 
 
 @dataclass
@@ -231,6 +232,8 @@ def validate(cfg: Config) -> Config:
     if not cfg.output.path:
         raise ConfigError("output.path is empty; set output.path=<local dir or s3://bucket/prefix>")
     _positive("output.shard_size", cfg.output.shard_size)
+    _positive("input.s3.retry_timeout_s", cfg.input.s3.retry_timeout_s, allow_zero=True)
+    _positive("output.s3.retry_timeout_s", cfg.output.s3.retry_timeout_s, allow_zero=True)
     if cfg.output.shard_size >= 10**6:
         raise ConfigError("output.shard_size must be < 1000000 (sample keys have 6 index digits)")
     _choice("output.image_format", cfg.output.image_format, IMAGE_FORMATS)

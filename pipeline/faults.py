@@ -1,8 +1,16 @@
 """Fault injection at named sites, for the reliability tests; off (and free) unless configured.
 
 SYNTHGEN_FAULTS="site:action[:times][:match], ..." e.g. "after_upload:kill:1:000002".
-  site    a name passed to `hit()`: before_tar, after_tar, after_upload, after_commit, sample,
-          decode, score, read
+  site    a name passed to `hit()`:
+            sample        before the UNet batch of a micro-batch (context: the sample keys)
+            nonfinite     after sampling, per image: `nan` poisons its latents (context: the key)
+            score         before scoring one image; fails every scorer for it (context: the prompt)
+            before_commit the worker has written every row, the sink has not closed the tar
+            before_tar    the sink is about to close its local tar
+            after_tar     tar and sidecar are complete locally, nothing is published
+            after_upload  tar and sidecar are published, the commit file is not
+            after_commit  the commit file exists, the worker has not returned
+          (context of the last five: the shard name, e.g. 000002)
   action  raise (RuntimeError) | oom (an out-of-memory error) | kill (the process dies: os._exit)
           | nan (hit() returns True: the caller poisons its tensor)
   times   how many times it fires across all processes (default: always); counted with files in

@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import faults
 from pipeline.config import ScoringConfig
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,7 @@ class Scorers:
         pil: list = [None] * n
         for i, image in enumerate(images):
             try:
+                faults.hit("score", prompts[i] if isinstance(prompts[i], str) else "")
                 pil[i] = to_rgb_image(image)
             except Exception as e:
                 fail(i, self.names, _error(e))

@@ -30,11 +30,14 @@ import io
 import json
 import os
 import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import faults
 from pipeline.records import FAILED, OK, REJECTED, RowOutcome, Sample, ShardSpec, ShardStats, sample_key
 from pipeline.storage import Location
 
@@ -43,6 +46,7 @@ TAR_MTIME = 0  # fixed, so that a rerun of a shard gives a byte-identical tar
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # extra image names: no dots, no slashes
 _STATS = re.compile(r"(\d{6})\.stats\.json")
+ENCODE_AHEAD = 8  # samples queued for encoding at most: bounds the images held in memory
 _COMPUTED = {"shard_id", "rows", "samples", "rejected", "failed", "tar_bytes", "tar_sha256"}
 
 SIDECAR_SCHEMA = pa.schema([
@@ -115,6 +119,10 @@ class ShardSink:
         self._extra_stats: dict[str, Any] = {}
         self._rows: dict[int, dict[str, Any]] = {}  # row -> sidecar row
         self._tmp: list[str] = []
+        # Image encoding (PNG deflate releases the GIL) and tar writing run on one background thread,
+        # in write order, so they overlap the sampling of the next micro-batch.
+        self._encoder: ThreadPoolExecutor | None = None
+        self._queued: deque[Future] = deque()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> ShardSink:
@@ -126,6 +134,7 @@ class ShardSink:
         self._tar_file = open(self._tar_tmp, "wb")
         self._tar_hash = _HashingWriter(self._tar_file)
         self._tar = TarWriter(self._tar_hash, encoder=False, mtime=TAR_MTIME)
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"encode-{self.spec.name}")
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -142,8 +151,9 @@ class ShardSink:
             if item.status != OK:
                 raise ValueError(f"{item.key}: a Sample must have status {OK!r}; pass a RowOutcome "
                                  "for a row that did not produce an image")
+            self._check(item)
             self._claim(item.key, item.row)
-            self._tar.write(self._entries(item))
+            self._queue(item)
             seed = item.metadata.get("seed")
             self._rows[item.row] = dict(key=item.key, row=item.row, prompt_id=item.prompt_id, status=OK,
                                         error=None, prompt=item.prompt,
@@ -168,6 +178,17 @@ class ShardSink:
         self._extra_stats.update(fields)
 
     # -- internals -----------------------------------------------------------------------------
+    def _queue(self, item: Sample) -> None:
+        """Encode and append to the tar in the background; an error surfaces at the next write or at
+        the commit, before anything is published."""
+        while self._queued and (self._queued[0].done() or len(self._queued) >= ENCODE_AHEAD):
+            self._queued.popleft().result()
+        self._queued.append(self._encoder.submit(lambda: self._tar.write(self._entries(item))))
+
+    def _drain(self) -> None:
+        while self._queued:
+            self._queued.popleft().result()
+
     def _temp(self, rel: str) -> str:
         path = self.location.local_temp(rel)
         self._tmp.append(path)
@@ -185,9 +206,17 @@ class ShardSink:
         if row in self._rows:
             raise ValueError(f"row {row} ({key}) was written twice to shard {spec.name}")
 
-    def _entries(self, s: Sample) -> dict[str, Any]:
+    @staticmethod
+    def _check(s: Sample) -> None:
+        """What would make encoding fail, checked at write() time so the caller sees it there."""
         if not s.images:
             raise ValueError(f"{s.key}: a Sample needs at least one image")
+        for name in s.extra_images:
+            if not _NAME.fullmatch(name) or name.isdigit():
+                raise ValueError(f"{s.key}: extra image name {name!r} must be letters, digits, '_' or '-' "
+                                 "and not a number")
+
+    def _entries(self, s: Sample) -> dict[str, Any]:
         ext = self.image_format
         out: dict[str, Any] = {"__key__": s.key}
         if len(s.images) == 1:
@@ -195,9 +224,6 @@ class ShardSink:
         else:  # a preference group: 0.png, 1.png, ...
             out.update({f"{i}.{ext}": encode_image(im, ext, self.quality) for i, im in enumerate(s.images)})
         for name, im in s.extra_images.items():
-            if not _NAME.fullmatch(name) or name.isdigit():
-                raise ValueError(f"{s.key}: extra image name {name!r} must be letters, digits, '_' or '-' "
-                                 "and not a number")
             out[f"{name}.{ext}"] = encode_image(im, ext, self.quality)
         meta = {**s.metadata, "key": s.key, "prompt_id": s.prompt_id, "prompt": s.prompt}
         out["txt"] = s.prompt.encode("utf-8")
@@ -212,6 +238,8 @@ class ShardSink:
             raise ValueError(f"shard {spec.name}: {len(missing)} row(s) never written (first: "
                              f"{missing[:5]}); every input row needs a Sample or a RowOutcome; "
                              "nothing was committed")
+        self._drain()
+        faults.hit("before_tar", spec.name)
         self._tar.close()
         self._tar_file.close()
         rows = [self._rows[r] for r in sorted(self._rows)]
@@ -231,10 +259,12 @@ class ShardSink:
                 stats.extra[k] = v
         stats.extra.setdefault("image_format", self.image_format)
         # A concurrent attempt may have committed while we were sampling: do not touch its files.
+        faults.hit("after_tar", spec.name)  # the tar is complete locally, nothing is published
         if loc.exists(stats_path(spec.shard_id)):
             raise AlreadyCommitted(loc, spec.shard_id)
         loc.publish(self._tar_tmp, tar_path(spec.shard_id))
         loc.publish(side_tmp, sidecar_path(spec.shard_id))
+        faults.hit("after_upload", spec.name)  # tar and sidecar are visible, the commit file is not
         body = json.dumps(stats.to_dict(), sort_keys=True, indent=1, default=_json_default).encode("utf-8")
         try:
             loc.create_exclusive(stats_path(spec.shard_id), body)
@@ -244,6 +274,11 @@ class ShardSink:
 
     def _cleanup(self) -> None:
         """Close and delete whatever is still local (after a commit, publish moved the files)."""
+        if self._encoder is not None:
+            for f in self._queued:
+                f.cancel()
+            self._encoder.shutdown(wait=True)  # nothing may still write into the temp tar
+            self._queued.clear()
         for obj in (getattr(self, "_tar", None), getattr(self, "_tar_file", None)):
             with contextlib.suppress(Exception):  # already closed, or half-written and deleted next
                 obj and obj.close()

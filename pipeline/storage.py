@@ -18,9 +18,12 @@ stored on the Location, printed or written anywhere.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import posixpath
+import random
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,8 @@ from typing import Any
 import fsspec
 
 from pipeline.config import S3Config
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(path: str) -> bool:
@@ -41,10 +46,87 @@ def s3_filesystem(s3: S3Config | None = None) -> Any:
     s3 = s3 or S3Config()
     client_kwargs = {"region_name": s3.region} if s3.region else {}
     # No listings cache: commit files written by other workers must be seen at once.
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         key=s3.key, secret=s3.secret, token=s3.session_token, anon=s3.anon,
         endpoint_url=s3.endpoint_url, client_kwargs=client_kwargs, use_listings_cache=False,
     )
+    return RetryingFS(fs, s3.retry_timeout_s) if s3.retry_timeout_s > 0 else fs
+
+
+# Errors that say something about the request, not the service: retrying cannot help.
+_PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+              ValueError, TypeError, KeyError, NotImplementedError)
+
+
+def transient(e: BaseException) -> bool:
+    """Throttling (SlowDown, 503), 5xx, timeouts, refused or reset connections: worth retrying."""
+    if isinstance(e, _PERMANENT):
+        return False
+    if isinstance(e, OSError) and e.errno == errno.EINVAL:  # a precondition failed (412): an answer
+        return False
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.split(".")[0] in (
+        "botocore", "aiohttp", "urllib3", "aiobotocore")
+
+
+class RetryingFS:
+    """An s3fs filesystem whose calls are retried with capped exponential backoff and jitter while the
+    error is transient, for up to `timeout_s` per call (botocore's own few fast retries come first).
+
+    A whole S3 outage of a few minutes therefore stalls a worker instead of failing its shard.
+    Retrying is safe for every call the pipeline makes: reads; uploads of finished temp files (an
+    object appears whole or not at all; s3fs aborts a failed multipart upload and `abort_stale_uploads`
+    cleans up after an abort that itself failed); deletes; and the exclusive commit PUT, whose retry
+    after a lost response answers FileExistsError, which the sink reads as "already committed".
+    """
+
+    def __init__(self, fs: Any, timeout_s: float, first_wait_s: float = 0.2, max_wait_s: float = 10.0):
+        self._fs, self._timeout_s, self._first, self._max = fs, timeout_s, first_wait_s, max_wait_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._fs, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            deadline, wait, tries = time.monotonic() + self._timeout_s, self._first, 0
+            while True:
+                tries += 1
+                try:
+                    out = attr(*args, **kwargs)
+                except Exception as e:
+                    left = deadline - time.monotonic()
+                    if not transient(e) or left <= 0:
+                        raise
+                    pause = min(wait * (0.5 + random.random()), left)
+                    log.warning("s3 %s failed (%s: %s); retry %d in %.1fs", name, type(e).__name__,
+                                str(e)[:200], tries, pause)
+                    time.sleep(pause)
+                    wait = min(wait * 2, self._max)
+                    continue
+                if tries > 1 and name == "put_file":
+                    abort_stale_uploads(self._fs, args[1] if len(args) > 1 else kwargs.get("rpath"))
+                return out
+
+        return call
+
+
+def abort_stale_uploads(fs: Any, path: str | None) -> int:
+    """Abort pending multipart uploads of `path` (an upload that failed during an outage, whose abort
+    failed too, would stay pending and billed forever). Best effort; returns how many it aborted."""
+    if not path:
+        return 0
+    try:
+        bucket, key, _ = fs.split_path(path)
+        pending = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
+        n = 0
+        for u in pending:
+            if u["Key"] == key:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=u["UploadId"])
+                n += 1
+        return n
+    except Exception as e:  # noqa: BLE001 - cleanup must not fail a finished upload
+        log.warning("could not list/abort pending multipart uploads of %s: %s", path, e)
+        return 0
 
 
 def normalize_path(path: str) -> str:

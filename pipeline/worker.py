@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,6 +47,7 @@ class _Job:
 
 
 class ShardWorker:
+    CONCURRENT_RUNS = 2  # run() is safe from two threads: see self._compute
     def __init__(self, cfg: Config, captioner: Any = None, scorers: Any = None, name: str = "",
                  model: Any = None):
         self.cfg = cfg
@@ -63,6 +65,9 @@ class ShardWorker:
         self.scorers = scorers
         self.location = open_location(cfg.output.path, cfg.output.s3)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        # run() may be called from two threads (the Ray actor allows it): one shard uses the model at
+        # a time, while the other publishes its files and commits.
+        self._compute = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -71,11 +76,11 @@ class ShardWorker:
 
     # ------------------------------------------------------------------ one shard
     def run(self, spec: ShardSpec, attempt: int = 1) -> ShardStats:
-        t0 = time.perf_counter()
         totals = {"sample_s": 0.0, "unet_evals": 0}
         try:
             with ShardSink(self.location, spec, self.cfg.output.image_format, self.cfg.output.quality,
-                           attempt) as sink:
+                           attempt) as sink, self._compute:
+                t0 = time.perf_counter()
                 bs = self.cfg.sampler.batch_size
                 pending: list[PromptRecord] = []  # valid rows wait until a full micro-batch
                 for batch in read_shard(spec, self.cfg.input, bs, self.model.tokenizer):

@@ -170,7 +170,7 @@ def init_test_ray(ray, **local_kwargs):
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **local_kwargs)
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **local_kwargs)
 
 
 def pickle_fakes_by_value():

@@ -1,0 +1,327 @@
+"""Fault injection: nothing lost, duplicated or half-written, and the images do not change.
+
+Faults come from pipeline.faults (SYNTHGEN_FAULTS, forwarded to the Ray actors by the driver; in
+this process the parsed rules are patched). Every case checks the same four things against an
+uninterrupted run of the same config (`assert_same_dataset`): the committed set equals the plan
+minus reported quarantines, no sample key twice, every input row accounted for (a sample or a
+recorded rejection), and every tar byte-identical to the uninterrupted run's.
+
+Cases covered elsewhere: sampler killed mid-shard, shard failing every attempt, poison shard,
+resume with a changed config (tests/test_generate.py); out-of-memory split and NaN policy
+(tests/test_worker.py); commit races inside the sink (tests/test_sink.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from s3server import FAKE_ENV, FlakyProxy, restartable_moto_s3
+from test_generate import (
+    Events,
+    FakeWorker,
+    assert_complete,
+    cli_args,
+    gen,
+    make_cfg,
+    pickle_fakes_by_value,
+    ray_local,  # noqa: F401 - fixture
+    synthgen_cache,  # noqa: F401 - fixture
+    tar_digests,
+    write_prompts,
+)
+
+from pipeline import faults
+from pipeline.config import load_config
+from pipeline.records import Sample, sample_key
+from pipeline.sink import AlreadyCommitted, ShardSink, committed_shards, read_stats, stats_path, tar_path
+from pipeline.source import plan_shards
+from pipeline.storage import open_location
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["a red fox", "a blue car", "a green tree", "", "a cat on a mat", "a yellow boat"]
+pytestmark = pytest.mark.chaos
+
+
+def assert_same_dataset(out: Path, ref: Path, n_rows: int = 6, n_shards: int = 3, rejected=frozenset({3})):
+    assert_complete(out, n_rows, n_shards, set(rejected))
+    assert tar_digests(out) == tar_digests(ref)
+    assert not [p.name for p in (out / "shards").iterdir() if p.name.endswith(".tmp")], "temp files left"
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp_path_factory):  # noqa: F811
+    """The uninterrupted run every case is compared with (tiny SDXL, 3 shards, 2 actors)."""
+    d = tmp_path_factory.mktemp("chaos-ref")
+    prompts = write_prompts(d / "p6.parquet", PROMPTS)
+    res = gen.run_job(make_cfg(prompts, d / "out"))
+    assert res.exit_code == 0, res.summary
+    return prompts, d / "out"
+
+
+# ================================================================== actor dies around the commit
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("site,action", [
+    ("after_tar", "kill"),  # tar complete locally, nothing published
+    ("after_upload", "kill"),  # tar and sidecar published, no commit file
+    ("after_upload", "raise"),  # the same, as an exception: a failed attempt, retried
+    ("after_commit", "kill"),  # committed, but the driver never hears back
+])
+def test_worker_dies_around_the_commit(reference, tmp_path, monkeypatch, site, action):
+    prompts, ref_out = reference
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv("SYNTHGEN_FAULTS", f"{site}:{action}:1:000001")
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    out = tmp_path / "out"
+    ev = Events()
+    res = gen.run_job(make_cfg(prompts, out), hooks=ev)
+    assert res.exit_code == 0, res.summary
+    assert len(list(fault_dir.iterdir())) == 1, "the fault fired once"
+    run = res.summary["this_run"]
+    attempt = read_stats(open_location(str(out)), 1).attempt
+    if site == "after_commit":  # the commit file is the truth: the driver finds it, nothing is redone
+        assert run["actor_deaths"] == 1 and attempt == 1
+        assert 1 not in {p["shard"] for p in ev.of("requeued")}
+    elif action == "kill":
+        assert run["actor_deaths"] == 1 and attempt == 2
+    else:
+        assert run["failed_attempts"] == 1 and attempt == 2
+    assert_same_dataset(out, ref_out)
+
+
+# ================================================================== two attempts racing
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_racing_attempts_commit_once_and_the_loser_leaves_nothing(tmp_path, where, request):
+    """Two attempts of one shard finish at the same moment: one commit, the other raises
+    AlreadyCommitted, no temp or partial files, and the committed tar matches its stats."""
+    prompts = write_prompts(tmp_path / "p2.parquet", ["a", "b"])
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_config")
+        bucket = request.getfixturevalue("s3_bucket")
+        out = f"s3://{bucket}/race"
+        extra = [f"output.s3.endpoint_url={s3.endpoint_url}"]
+    else:
+        out, extra = str(tmp_path / "race"), []
+    cfg = make_cfg(prompts, out, *extra)
+    loc = open_location(out, cfg.output.s3)
+    spec = plan_shards(cfg.input, 2)[0]
+    barrier = threading.Barrier(2)
+    outcome: dict[int, str] = {}
+
+    def attempt(n: int) -> None:
+        try:
+            with ShardSink(loc, spec, attempt=n) as sink:
+                for row in range(spec.row_start, spec.row_stop):
+                    key = sample_key(spec.shard_id, row - spec.row_start)
+                    img = np.full((8, 8, 3), int(hashlib.sha256(key.encode()).hexdigest()[:2], 16), np.uint8)
+                    sink.write(Sample(key, row, f"p{row}", "x", [img], {}))
+                barrier.wait(timeout=30)  # both attempts reach the commit together
+            outcome[n] = "committed"
+        except AlreadyCommitted:
+            outcome[n] = "lost"
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcome.values()) == ["committed", "lost"]
+    winner = next(n for n, o in outcome.items() if o == "committed")
+    stats = read_stats(loc, 0)
+    assert stats.attempt == winner
+    assert hashlib.sha256(loc.read_bytes(tar_path(0))).hexdigest() == stats.tar_sha256
+    assert sorted(loc.listdir("shards")) == ["000000.parquet", "000000.stats.json", "000000.tar"]
+
+
+# ================================================================== a node is lost
+class SlowFakeWorker(FakeWorker):
+    DELAY = 1.0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_node_lost_mid_run(tmp_path, synthgen_cache):  # noqa: F811
+    """A worker node disappears while its actor runs a shard and another node joins: the shard is
+    requeued, the job completes, the shards equal an undisturbed run's."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        doomed = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        pickle_fakes_by_value()
+        doomed_id = doomed.node_id
+        node_of: dict[str, str] = {}  # slot -> node id, from the actors' describe()
+        removed = threading.Event()
+
+        def replace_node() -> None:
+            cluster.remove_node(doomed)
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+
+        def hooks(event: str, payload: dict) -> None:
+            if event == "actor_ready":
+                node_of[payload["slot"]] = payload["info"].get("node_id")
+            # a shard goes to the actor on the doomed node: take the node away while it runs (once)
+            if event == "submitted" and node_of.get(payload["slot"]) == doomed_id and not removed.is_set():
+                removed.set()
+                threading.Timer(0.3, replace_node).start()
+
+        res = gen.run_job(make_cfg(prompts, tmp_path / "out", "ray.max_actor_restarts=1"),
+                          worker_cls=SlowFakeWorker, hooks=hooks)
+        assert removed.is_set(), "an actor was placed on the doomed node"
+        assert res.exit_code == 0, res.summary
+        assert res.summary["this_run"]["actor_deaths"] >= 1
+        ray.shutdown()
+        # the undisturbed run, same shards
+        ray.init(address=cluster.address)
+        ref = gen.run_job(make_cfg(prompts, tmp_path / "ref"), worker_cls=SlowFakeWorker)
+        assert ref.exit_code == 0
+        assert_same_dataset(tmp_path / "out", tmp_path / "ref", n_rows=8, n_shards=4, rejected=())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+# ================================================================== the driver is killed
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_driver_killed_then_same_command_again(reference, tmp_path, synthgen_cache):  # noqa: F811
+    """SIGKILL the driver process (and its private Ray) once the first shard is committed; the same
+    command again finishes the job without redoing committed shards."""
+    import ray
+
+    prompts, ref_out = reference
+    ray.shutdown()  # this process's Ray is not needed: the CLI starts its own
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "jobs" / "generate.py"), *cli_args(prompts, out),
+           "ray.local_num_cpus=2", "logging.level=WARNING"]
+    env = {**os.environ, "SYNTHGEN_CACHE": str(synthgen_cache)}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "first.log", "wb")
+    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not committed_shards(open_location(str(out))) and first.poll() is None:
+            assert time.monotonic() < deadline, "no shard was committed in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
+        first.wait(timeout=60)
+        log.close()
+    done_before = committed_shards(open_location(str(out)))
+    assert done_before and done_before != {0, 1, 2}, "killed mid-run"
+    before = {i: (out / stats_path(i)).stat().st_mtime_ns for i in done_before}
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["skipped_shards"] >= len(done_before)
+    assert {i: (out / stats_path(i)).stat().st_mtime_ns for i in done_before} == before
+    assert_same_dataset(out, ref_out)
+
+
+# ================================================================== S3 throttling and outage
+def test_s3_throttling_resets_and_outage(tmp_path, tiny_cache, monkeypatch):
+    """Input and output on S3 behind a proxy that throttles (503 SlowDown) and drops connections;
+    the server is stopped between two shards and started again 4 s later on the same port. The
+    worker waits it out (pipeline.storage.RetryingFS): every shard committed once, identical to a
+    local run, no pending multipart upload."""
+    import boto3
+
+    from pipeline.worker import ShardWorker
+
+    for k, v in FAKE_ENV.items():
+        monkeypatch.setenv(k, v)
+    local_in = write_prompts(tmp_path / "p6.parquet", PROMPTS)
+    base = ["input.id_column=id", "output.shard_size=2", "sampler.steps=2", "sampler.height=32",
+            "sampler.width=32", "sampler.batch_size=2"]
+    ref_cfg = load_config([], [f"input.path={local_in}", f"output.path={tmp_path / 'ref'}", *base])
+    worker = ShardWorker(ref_cfg)
+    for spec in plan_shards(ref_cfg.input, 2):
+        worker.run(spec)
+    with restartable_moto_s3() as server, FlakyProxy(server.url, throttle_every=7, reset_every=11) as proxy:
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
+        s3.create_bucket(Bucket="chaos")
+        s3.upload_file(str(local_in), "chaos", "in/p6.parquet")
+        ep = [f"{side}.s3.{k}={v}" for side in ("input", "output")
+              for k, v in (("endpoint_url", proxy.url), ("retry_timeout_s", 120))]
+        cfg = load_config([], ["input.path=s3://chaos/in/p6.parquet", "output.path=s3://chaos/out", *base, *ep])
+        w = ShardWorker(cfg, model=worker.model)
+        specs = plan_shards(cfg.input, 2)
+        w.run(specs[0])
+        server.stop()  # a full outage, starting before the next shard
+        restart = threading.Timer(4.0, server.start)
+        restart.start()
+        t0 = time.monotonic()
+        for spec in specs[1:]:
+            w.run(spec)
+        restart.join()
+        waited = time.monotonic() - t0
+        assert waited >= 3.5, "the second shard had to wait for the server"
+        assert proxy.throttled and proxy.resets and proxy.refused, (proxy.throttled, proxy.resets, proxy.refused)
+        loc = open_location("s3://chaos/out", cfg.output.s3)
+        assert committed_shards(loc) == {0, 1, 2}
+        for i in range(3):  # identical to the local run, committed once
+            assert loc.read_bytes(tar_path(i)) == (tmp_path / "ref" / tar_path(i)).read_bytes()
+            assert read_stats(loc, i).attempt == 1
+        assert s3.list_multipart_uploads(Bucket="chaos").get("Uploads", []) == []
+        names = [o["Key"] for o in s3.list_objects_v2(Bucket="chaos", Prefix="out/")["Contents"]]
+        assert len(names) == len(set(names)) == 9 and not [n for n in names if n.endswith(".tmp")]
+
+
+# ================================================================== one scorer fails on one image
+def test_scorer_failing_on_one_image_keeps_the_sample(tmp_path, tiny_cache, monkeypatch):
+    from pipeline.worker import ShardWorker
+
+    monkeypatch.setattr(faults, "_RULES", faults._parse("score:raise::a blue car"))
+    prompts = write_prompts(tmp_path / "p6.parquet", PROMPTS)
+    args = [f"input.path={prompts}", "input.id_column=id", "output.shard_size=2", "sampler.steps=2",
+            "sampler.height=32", "sampler.width=32", "sampler.batch_size=2",
+            "scoring.scorers=[clip,aesthetic]"]
+    out = tmp_path / "out"
+    cfg = load_config([], [*args, f"output.path={out}"])
+    w = ShardWorker(cfg)
+    for spec in plan_shards(cfg.input, 2):
+        w.run(spec)
+    monkeypatch.setattr(faults, "_RULES", ())
+    ref = tmp_path / "ref"
+    w2 = ShardWorker(load_config([], [*args, f"output.path={ref}"]), model=w.model, scorers=w.scorers)
+    for spec in plan_shards(cfg.input, 2):
+        w2.run(spec)
+    metas = {}
+    for i in range(3):
+        with tarfile.open(out / tar_path(i)) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    metas[m.name[:-5]] = json.loads(tf.extractfile(m).read())
+    hit = [k for k, m in metas.items() if m["prompt"] == "a blue car"]
+    assert len(hit) == 1
+    m = metas[hit[0]]
+    assert m["scores"] == {"clip": None, "aesthetic": None}
+    assert set(m["score_errors"]) == {"clip", "aesthetic"} and "injected fault" in m["score_errors"]["clip"]
+    others = [mm for k, mm in metas.items() if k not in hit]
+    assert len(others) == 4 and all(isinstance(v, float) for mm in others for v in mm["scores"].values())
+    assert_complete(out, 6, 3, {3})
+    # the images themselves are those of the undisturbed run
+    for i in range(3):
+        with tarfile.open(out / tar_path(i)) as a, tarfile.open(ref / tar_path(i)) as b:
+            pa = {x.name: a.extractfile(x).read() for x in a.getmembers() if x.name.endswith(".png")}
+            pb = {x.name: b.extractfile(x).read() for x in b.getmembers() if x.name.endswith(".png")}
+            assert pa == pb
