@@ -209,9 +209,13 @@ def _check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | N
     """None to go on (fresh or resume); the archive folder when new_run moved an old run away."""
     stored = json.loads(loc.read_text(FINGERPRINT_FILE)) if loc.exists(FINGERPRINT_FILE) else None
     if stored is None:
-        if not committed_shards(loc):
+        found = loc.listdir("")
+        if not found:
             return None
-        problem = "holds committed shards but no run/fingerprint.json (not written by this job, or damaged)"
+        problem = ("holds committed shards but no run/fingerprint.json (not written by this job, or damaged)"
+                   if committed_shards(loc) else
+                   f"is not empty and was not written by this job (found {', '.join(found[:5])}"
+                   f"{', ...' if len(found) > 5 else ''})")
         tag = "unknown"
     elif stored.get("fingerprint") == fp and stored.get("plan_digest") == digest:
         return None
@@ -356,12 +360,9 @@ def new_sampler(cfg: Config, rc: RayContext, worker_cls: type, slot: str, captio
 
     from pipeline.remote import SamplerActor
 
-    # A worker class that serialises its model use (ShardWorker: CONCURRENT_RUNS = 2) may run a second
-    # shard while the first publishes and commits: uploads overlap sampling.
     return ray.remote(SamplerActor).options(
         num_gpus=cfg.ray.gpus_per_worker, num_cpus=cfg.ray.cpus_per_worker,
         max_restarts=cfg.ray.max_actor_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
-        max_concurrency=max(1, int(getattr(worker_cls, "CONCURRENT_RUNS", 1))),
         runtime_env=rc.runtime_env or None).remote(worker_cls, cfg, slot, captioner)
 
 
@@ -814,7 +815,6 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Hook | None = No
         loc.remove(QUARANTINE_FILE)  # a quarantine of an earlier run that has now been redone
     index = write_index(loc)
     summary = build_summary(p, d, rc, index, time.monotonic() - t0, error)
-    loc.write_text_atomic(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     try:  # the card describes committed data; failing to draw it must not fail a finished run
         from pipeline.card import write_card
 
@@ -823,6 +823,7 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Hook | None = No
         log.error("could not write the dataset card (rerun: python -m pipeline.card %s): %s", loc.url,
                   _error_text(e, 500))
         summary["card"] = None
+    loc.write_text_atomic(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return JobResult(summary["exit_code"], summary, loc.url)
 
 
@@ -906,9 +907,12 @@ def main(argv: list[str] | None = None, worker_cls: type | None = None, hooks: H
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=cfg.logging.level, stream=sys.stdout,
+    # The configured level applies to our loggers only: third-party DEBUG output (botocore) can carry
+    # credentials, and is noise anyway.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.setLevel(cfg.logging.level)
+    for name in ("synthgen", "pipeline"):
+        logging.getLogger(name).setLevel(cfg.logging.level)
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not is_s3(cfg.output.path) \
             and not os.path.isabs(cfg.output.path):
         log.warning("output.path=%s is relative and this is a submitted Ray job: it resolves inside the "

@@ -187,8 +187,9 @@ def write_card(location: Location | str, cfg: Any = None, summary: dict[str, Any
     if not isinstance(location, Location):
         from pipeline.config import S3Config
 
-        location = open_location(location, S3Config(**(c.get("output", {}).get("s3") or {}))
-                                 if cfg is not None and not isinstance(cfg, dict) else None)
+        # The Config's own S3 options (c is redacted: its keys read "***"); a dict carries none.
+        location = open_location(location, cfg.output.s3 if cfg is not None and not isinstance(cfg, dict)
+                                 else S3Config())
     if cfg is None:
         c = _config_dict(_read_config(location))
     if summary is None:
@@ -483,12 +484,13 @@ def contact_sheet(data: CardData, colours: dict[str, str], tile: int = 200, titl
     caption_h = 3 * line_height(f) + 2 * line_height(f_small) + 8
     scorers = data.scorers
     cell_w, cell_h = tile + pad, tile + caption_h + pad
-    title_h = 44
     W = pad + label_w + cols * cell_w + pad
+    title_lines = wrap(title, f_title, W - 2 * pad, max_lines=3)  # long output paths wrap, not clip
+    title_h = 20 + len(title_lines) * line_height(f_title)
     H = title_h + len(rows) * cell_h + pad
     sheet = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(sheet)
-    d.text((pad, 12), title, fill=INK, font=f_title)
+    draw_lines(d, (pad, 12), title_lines, f_title, fill=INK)
     for r, m in enumerate(rows):
         y = title_h + r * cell_h
         d.rectangle((pad, y, pad + 6, y + tile), fill=colours.get(m, INK))

@@ -7,6 +7,7 @@ below. Unknown keys, wrong types and invalid values fail here with the key's dot
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,7 @@ SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("png", "jpg", "webp")
 SCORERS = ("clip", "pickscore", "aesthetic")
+MAX_IMAGE_SIDE = 16384  # px; far beyond any SDXL resolution, so a typo fails here, not in every batch
 SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
 REDACTED = "***"
 
@@ -188,6 +190,8 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes both comparisons below
+        raise ConfigError(f"{key}={value!r} is not valid; it must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value!r} is not valid; it must be {bound}")
@@ -205,6 +209,8 @@ def validate_sampler(s: SamplerConfig, prefix: str = "sampler") -> None:
         v = getattr(s, dim)
         if v <= 0 or v % 8:
             raise ConfigError(f"{prefix}.{dim}={v} is not valid; it must be a positive multiple of 8")
+        if v > MAX_IMAGE_SIDE:
+            raise ConfigError(f"{prefix}.{dim}={v} is not valid; it must be at most {MAX_IMAGE_SIDE}")
     a = s.answer
     if a.k < 0:
         raise ConfigError(f"{prefix}.answer.k={a.k} is not valid; it must be >= 0")
@@ -273,6 +279,7 @@ def validate(cfg: Config) -> Config:
     _positive("ray.max_attempts", cfg.ray.max_attempts)
     _positive("ray.max_actor_restarts", cfg.ray.max_actor_restarts, allow_zero=True)
     _choice("logging.level", cfg.logging.level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+    _positive("logging.progress_interval_s", cfg.logging.progress_interval_s)
     return cfg
 
 
@@ -288,7 +295,7 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
         for f in ([base] if base else []) + list(files or []):
             if not Path(f).is_file():
                 raise ConfigError(f"config file {f} does not exist")
-            layers.append(OmegaConf.load(f))
+            layers.append(_load_file(f))
         for o in overrides or []:
             if "=" not in o:
                 raise ConfigError(f"override {o!r} is not key=value (e.g. sampler.steps=20)")
@@ -300,6 +307,22 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
         msg = str(e).splitlines()[0]
         raise ConfigError(f"config error at {key}: {msg}" if key else f"config error: {msg}") from None
     return validate(cfg)
+
+
+def _load_file(f: str | Path) -> Any:
+    """One YAML config file as a DictConfig; anything else is a ConfigError naming the file."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        layer = OmegaConf.load(f)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:  # not YAML, not text, unreadable
+        msg = " ".join(str(e).split())[:300]
+        raise ConfigError(f"config file {f} is not a readable YAML file ({type(e).__name__}: {msg})") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"config file {f} must hold a mapping of keys (e.g. 'sampler: {{steps: 20}}'), "
+                          f"not a {type(layer).__name__}")
+    return layer
 
 
 def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:

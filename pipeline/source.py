@@ -202,7 +202,7 @@ def _scan_ids(fs: Any, files: list[str], counts: list[int],
         end += n
         with _parquet(fs, f, cfg) as pf:
             for batch in pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False):
-                ids = [_id_str(v) for v in batch.column(0).to_pylist()]
+                ids = [_id_str(v) for v in _values(batch.column(0), "id")]
                 if pos + len(ids) > end:
                     break
                 yield pos, ids
@@ -274,10 +274,16 @@ def _parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig,
 
 
 def _values(arr: pa.Array, key: str) -> list:
-    """Python values; text columns as raw bytes so UTF-8 is checked per row, here."""
+    """Python values; text columns as raw bytes so UTF-8 is checked per row, here.
+
+    Arrow does not validate UTF-8 when reading Parquet, so a string column may hold invalid bytes
+    (a lone surrogate, a truncated sequence) that would make to_pylist() raise for the whole batch.
+    Prompts and negatives are decoded strictly by _text (a bad row is rejected); ids and extra
+    columns are decoded with backslashreplace (_id_str, _jsonable), as binary columns are.
+    """
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if key in ("prompt", "negative"):
+    if key in ("prompt", "negative", "id") or key.startswith("extra:"):
         if pa.types.is_string_view(arr.type):
             arr = arr.cast(pa.string())
         if pa.types.is_string(arr.type):

@@ -39,10 +39,25 @@ def is_s3(path: str) -> bool:
     return path.startswith(("s3://", "s3a://"))
 
 
+# botocore's DEBUG records carry request headers and canonical requests: the access key id and
+# X-Amz-Security-Token (the session token) in clear text. A job run with logging.level=DEBUG sets
+# the root logger to DEBUG, so these loggers are held at INFO unless someone set them explicitly.
+_CREDENTIAL_LOGGERS = ("botocore", "aiobotocore")
+
+
+def quiet_credential_loggers() -> None:
+    """Keep the AWS SDK loggers above DEBUG (they would log credentials); explicit levels are kept."""
+    for name in _CREDENTIAL_LOGGERS:
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.INFO)
+
+
 def s3_filesystem(s3: S3Config | None = None) -> Any:
     """An s3fs filesystem; unset S3Config fields fall back to the AWS environment/profile."""
     import s3fs
 
+    quiet_credential_loggers()
     s3 = s3 or S3Config()
     client_kwargs = {"region_name": s3.region} if s3.region else {}
     # No listings cache: commit files written by other workers must be seen at once.

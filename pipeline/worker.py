@@ -47,7 +47,6 @@ class _Job:
 
 
 class ShardWorker:
-    CONCURRENT_RUNS = 2  # run() is safe from two threads: see self._compute
     def __init__(self, cfg: Config, captioner: Any = None, scorers: Any = None, name: str = "",
                  model: Any = None):
         self.cfg = cfg
@@ -65,8 +64,9 @@ class ShardWorker:
         self.scorers = scorers
         self.location = open_location(cfg.output.path, cfg.output.s3)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        # run() may be called from two threads (the Ray actor allows it): one shard uses the model at
-        # a time, while the other publishes its files and commits.
+        # run() is safe from two threads: one shard uses the model at a time while the other publishes
+        # and commits. (The Ray actor runs one shard at a time today: max_concurrency is not raised
+        # until the driver's blame logic is tested with two shards running in one actor.)
         self._compute = threading.Lock()
 
     def describe(self) -> dict[str, Any]:

@@ -451,6 +451,15 @@ def test_local_run_real_worker(reference):
     with tarfile.open(out / tar_path(0)) as tf:
         meta = json.loads(tf.extractfile(f"{sample_key(0, 0)}.json").read())
     assert meta["prompt"] == "a red fox" and meta["steps"] == 2 and meta["method"] == "cfg"
+    # the run wrote its dataset card with its own figures
+    from PIL import Image
+
+    assert s["card"] == str(out / "README.md")
+    card = (out / "README.md").read_text()
+    assert f"| Samples | {s['samples']} |" in card and f"| Rejected rows | {s['rejected']} |" in card
+    assert f"| Wall time (s) | {s['wall_s']:.1f}" in card and "succeeded (exit 0)" in card
+    with Image.open(out / "card" / "contact_sheet.png") as sheet:
+        assert sheet.width > 5 * 32 and sheet.height > 32
 
 
 @pytest.mark.ray
