@@ -93,7 +93,7 @@ WORDS = ("red blue small large ancient glowing quiet cat dog castle river forest
 
 
 def write_prompts(path: str, rows: int, row_group_size: int) -> None:
-    """`rows` prompts of 8-16 words, unique ids except every 1000th row (repeats an earlier id)."""
+    """`rows` prompts of 8-16 words, unique ids except every 1000th row (repeats the previous row's id)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -104,7 +104,7 @@ def write_prompts(path: str, rows: int, row_group_size: int) -> None:
         for start in range(0, rows, row_group_size):
             n = min(row_group_size, rows - start)
             idx = np.arange(start, start + n)
-            ids = [f"id-{i // 2 if i % 1000 == 999 else i}" for i in idx.tolist()]
+            ids = [f"id-{i - 1 if i % 1000 == 999 else i}" for i in idx.tolist()]
             words = rng.integers(0, len(WORDS), size=(n, 16))
             lengths = rng.integers(8, 17, size=n)
             prompts = [" ".join(WORDS[j] for j in ws[:k]) for ws, k in zip(words.tolist(), lengths.tolist())]
@@ -366,15 +366,7 @@ def start_private_ray(cfg) -> tuple[float, bool]:
     if cfg.ray.address != "local" or ray.is_initialized():
         return 0.0, False
     t0 = time.perf_counter()
-    for attempt in (1, 2):  # the raylet has a fixed 30 s to register: a busy machine can miss it once
-        try:
-            ray.init(address="local", num_cpus=cfg.ray.local_num_cpus, include_dashboard=False,
-                     _node_ip_address="127.0.0.1")
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    load_generate().start_local_ray(num_cpus=cfg.ray.local_num_cpus)
     return round(time.perf_counter() - t0, 3), True
 
 

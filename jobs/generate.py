@@ -288,8 +288,7 @@ def connect_ray(cfg: Config) -> RayContext:
                 except ConnectionError:
                     pass
             if mode == "local":
-                ray.init(num_cpus=cfg.ray.local_num_cpus or os.cpu_count(), include_dashboard=False,
-                         _node_ip_address="127.0.0.1", runtime_env=job_env or None)
+                start_local_ray(num_cpus=cfg.ray.local_num_cpus or os.cpu_count(), runtime_env=job_env or None)
                 started = True
     # Per actor: the tiny-model cache and fault-injection switches of this driver (merged by Ray
     # with the job's runtime env).
@@ -298,6 +297,70 @@ def connect_ray(cfg: Config) -> RayContext:
     address = ray.get_runtime_context().gcs_address
     log.info("ray: %s (%s); resources %s", mode, address, _resources(ray.cluster_resources()))
     return RayContext(mode, address, runtime_env, started)
+
+
+def start_local_ray(attempts: int = 3, **init_kwargs: Any) -> None:
+    """ray.init a private single-node Ray on 127.0.0.1 (no dashboard), retrying a failed start.
+
+    The raylet gives its dashboard agent a fixed ~15 s per port file and aborts when the agent is
+    slower; on a saturated machine (measured on a 2-core CI VM: the agent took 41 s to import) the
+    start fails with "The current node timed out during startup". A failed ray.init leaves its GCS,
+    monitor, dashboard and log monitor running (they burned ~0.5 core per failed attempt and made the
+    next start fail too), so they are killed before the next attempt.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        before = descendants()
+        try:
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **init_kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises plain Exception for a failed node start
+            ray.shutdown()
+            kill_descendants(exclude=before)  # also after the last attempt: nothing is left running
+            if attempt == attempts:
+                raise
+            log.warning("local Ray did not start (attempt %d of %d): %s; retrying", attempt, attempts,
+                        _last_line(str(e)))
+            time.sleep(5 * attempt)  # let what the failed start was waiting for settle
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """Process ids below `pid` (default: this process), from /proc; empty where there is no /proc."""
+    parent_of: dict[int, int] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:  # the command name in field 2 may hold spaces and parentheses: split after the last ")"
+            parent_of[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = set(), {pid or os.getpid()}
+    while frontier:
+        frontier = {c for c, p in parent_of.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def kill_descendants(exclude: set[int] = frozenset()) -> None:
+    """SIGKILL this process's descendants except `exclude` (what a failed Ray start left running)."""
+    import signal
+
+    doomed = descendants() - exclude
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while doomed and time.monotonic() < deadline:  # gone or a zombie: it holds no port or CPU
+        doomed = {pid for pid in doomed if _alive(pid)}
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _running_local_cluster() -> bool:

@@ -149,6 +149,10 @@ def test_gpu_code_runs_on_cpu_with_the_tiny_models(tiny_cache):
 # ------------------------------------------------------------------ all (local Ray)
 @pytest.fixture(scope="module")
 def all_report(tiny_cache, tmp_path_factory):
+    from test_generate import ensure_test_ray
+
+    if not os.environ.get("SYNTHGEN_TEST_RAY_ADDRESS"):
+        ensure_test_ray()  # the suite's shared local Ray: the efficiency part runs the job on it
     return run(tmp_path_factory.mktemp("bench-all"), "all", *EVALS, *EFFICIENCY, *DIFFUSERS, *DRIVER, *GPU)
 
 

@@ -3,10 +3,12 @@
 - No Ray: bad config values, missing/empty input and a refused resume exit with code 2 before
   anything starts; the fingerprint ignores what does not change images; a finished output is not
   sampled again.
-- Local Ray (module-scoped, 2 CPUs) with FakeWorker, a light stand-in for ShardWorker that writes
-  real committed shards through ShardSink: retries, quarantine, requeue on actor death, init failure.
-- Local Ray with the real ShardWorker (tiny SDXL, 2 steps, 32x32): planned shards, every row
-  accounted, resume byte-identical, a sampler killed mid-shard, DNP through captioner actors.
+- The suite's shared local Ray (2 CPUs, started once: ensure_test_ray) with FakeWorker, a light
+  stand-in for ShardWorker that writes real committed shards through ShardSink: retries, quarantine,
+  requeue on actor death, init failure.
+- Local Ray with the real ShardWorker (tiny SDXL, 2 steps, 32x32), compared byte for byte with the
+  same dataset made in this process without Ray: planned shards, every row accounted, a sampler
+  killed mid-shard, resume of exactly the uncommitted shard, DNP through captioner actors.
 Sets are compared, never order.
 """
 
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import faults
 from pipeline.config import load_config
 from pipeline.records import REJECTED, RowOutcome, Sample, ShardSpec, sample_key
 from pipeline.sink import ShardSink, committed_shards, stats_path, tar_path
@@ -154,6 +157,7 @@ class FakeWorker:
                 img = np.full((8, 8, 3), int(hashlib.sha256(key.encode()).hexdigest()[:2], 16), np.uint8)
                 sink.write(Sample(key, row, f"p{row}", f"prompt {row}", [img], {"seed": row}))
             sink.set_stats(worker=self.name, wall_s=time.perf_counter() - t0)
+        faults.hit("after_commit", spec.name)  # as ShardWorker.run: committed, not yet returned
         return sink.stats
 
 
@@ -161,16 +165,49 @@ RAY_ADDRESS_ENV = "SYNTHGEN_TEST_RAY_ADDRESS"
 
 
 def init_test_ray(ray, **local_kwargs):
-    """A private local Ray for the test, or the cluster named by SYNTHGEN_TEST_RAY_ADDRESS.
-
-    The variable exists for machines too slow for Ray's fixed startup windows (the raylet gives the
-    dashboard agent 30 s to come up): start a cluster once by other means, point the tests at it.
-    """
+    """A private local Ray for the test (the driver's own retrying start), or the cluster named by
+    SYNTHGEN_TEST_RAY_ADDRESS: a cluster started once by other means, for machines where even
+    retried starts keep missing Ray's fixed startup windows."""
     address = os.environ.get(RAY_ADDRESS_ENV)
     if address:
         ray.init(address=address)
     else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **local_kwargs)
+        gen.start_local_ray(**local_kwargs)
+
+
+def ensure_test_ray():
+    """The suite's shared local Ray (2 CPUs): started on first use, and again after a test that needed
+    a Ray of its own shut it down. Every start costs a minute on a loaded 2-core machine."""
+    import ray
+
+    if not ray.is_initialized():
+        init_test_ray(ray, num_cpus=2)
+    pickle_fakes_by_value()
+    return ray
+
+
+def start_test_cluster(nodes: int, attempts: int = 3):
+    """A ray.cluster_utils.Cluster of `nodes` one-CPU nodes on 127.0.0.1, retried like
+    gen.start_local_ray: a node that misses Ray's startup window leaves processes that are killed."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(1, attempts + 1):
+        before, cluster = gen.descendants(), None
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+            added = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(nodes - 1)]
+            cluster.wait_for_nodes()
+            return cluster, added
+        except Exception:
+            if cluster is not None:
+                try:
+                    cluster.shutdown()
+                except Exception:  # noqa: BLE001 - half-started: the kill below cleans up
+                    pass
+            gen.kill_descendants(exclude=before)
+            if attempt == attempts:
+                raise
 
 
 def pickle_fakes_by_value():
@@ -329,6 +366,41 @@ def test_foreign_output_is_refused(tmp_path, prompts6, monkeypatch):
         gen.prepare(make_cfg(prompts6, out))
 
 
+def test_failed_local_ray_start_is_cleaned_up_and_retried(monkeypatch):
+    """A start that fails (as Ray's does when the raylet misses its startup window) leaves processes
+    behind; they are killed before the next attempt, and the last failure is raised."""
+    import subprocess
+
+    ray = pytest.importorskip("ray")
+    left: list[subprocess.Popen] = []
+    calls: list[dict] = []
+
+    def init(**kw):
+        calls.append(kw)
+        if len(calls) < 3:  # what a failed start leaves: a process tree of its own
+            left.append(subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300"]))
+            time.sleep(0.3)
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    before = {pid for pid in gen.descendants() if gen._alive(pid)}
+    gen.start_local_ray(num_cpus=2)
+    assert len(calls) == 3 and calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    assert all(p.wait(timeout=30) == -9 for p in left)  # killed, not left running
+    assert {pid for pid in gen.descendants() if gen._alive(pid)} <= before
+    calls.clear()
+
+    def broken(**kw):
+        calls.append(kw)
+        raise Exception("still broken")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(Exception, match="still broken"):
+        gen.start_local_ray(attempts=2)
+    assert len(calls) == 2
+
+
 def test_unwritable_output_exits_2(tmp_path, prompts6, monkeypatch, capsys):
     if os.geteuid() == 0:
         blocker = tmp_path / "file"
@@ -343,15 +415,10 @@ def test_unwritable_output_exits_2(tmp_path, prompts6, monkeypatch, capsys):
 
 
 # ================================================================== local Ray, FakeWorker
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_local(synthgen_cache):
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    init_test_ray(ray, num_cpus=2)
-    pickle_fakes_by_value()
-    yield ray
-    ray.shutdown()
+    pytest.importorskip("ray")
+    return ensure_test_ray()
 
 
 class ChaosWorker(FakeWorker):
@@ -422,26 +489,47 @@ def test_actor_init_failure_stops_the_run(ray_local, tmp_path, prompts6):
 
 
 # ================================================================== local Ray, real ShardWorker
-@pytest.fixture(scope="module")
-def reference(ray_local, tmp_path_factory):
-    """One uninterrupted real run (tiny SDXL): 6 rows, 3 shards, 2 sampler actors."""
+@pytest.fixture(scope="session")
+def reference(synthgen_cache, tmp_path_factory):
+    """The uninterrupted dataset (tiny SDXL, 6 rows, 3 shards), made in this process by ShardWorker:
+    no Ray, no actor processes to start. Every Ray run of the same config, here and in
+    tests/test_chaos.py, must reproduce its tars byte for byte."""
+    from pipeline.worker import ShardWorker
+
     d = tmp_path_factory.mktemp("reference")
     prompts = write_prompts(d / "p6.parquet", ["a red fox", "a blue car", "a green tree", "",
                                                "a cat on a mat", "a yellow boat"])
     out = d / "out"
-    t0 = time.monotonic()
-    res = gen.run_job(make_cfg(prompts, out))
-    print(f"reference run: {time.monotonic() - t0:.1f}s")
-    return prompts, out, res
+    p = gen.prepare(make_cfg(prompts, out))
+    w = ShardWorker(p.cfg, name="inproc")
+    for spec in p.specs:
+        w.run(spec)
+    return prompts, out
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_local_run_real_worker(reference):
-    prompts, out, res = reference
+@pytest.mark.chaos
+def test_real_job_on_local_ray_with_a_sampler_killed_mid_shard(ray_local, reference, tmp_path, monkeypatch):
+    """The real job (tiny SDXL) on 2 sampler actors; the actor running shard 1 dies inside the
+    sampling loop (pipeline.faults) and the shard is requeued. The shards are exactly the plan and
+    byte-identical to the in-process run (another worker count, no Ray)."""
+    prompts, ref_out = reference
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:kill:1:000001")
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    out = tmp_path / "out"
+    ev = Events()
+    res = gen.run_job(make_cfg(prompts, out), hooks=ev)
     assert res.exit_code == 0, res.summary
-    assert_complete(out, n_rows=6, n_shards=3, rejected={3})
+    assert list(fault_dir.iterdir()), "the fault fired"
     s = res.summary
+    assert s["this_run"]["actor_deaths"] == 1
+    assert {p["shard"] for p in ev.of("requeued")} >= {1}
+    assert json.loads((out / stats_path(1)).read_text())["attempt"] == 2
+    assert_complete(out, n_rows=6, n_shards=3, rejected={3})
+    assert tar_digests(out) == tar_digests(ref_out)
     assert (s["planned_shards"], s["committed_shards"], s["new_shards"]) == (3, 3, 3)
     assert (s["rows"], s["samples"], s["rejected"], s["failed"]) == (6, 5, 1, 0)
     assert {w["device"] for w in s["workers"].values()} == {"cpu"}
@@ -464,9 +552,8 @@ def test_local_run_real_worker(reference):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_resume_reruns_exactly_the_uncommitted_shard(reference, tmp_path, monkeypatch):
-    prompts, ref_out, ref = reference
-    assert ref.exit_code == 0
+def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, reference, tmp_path, monkeypatch):
+    prompts, ref_out = reference
     out = tmp_path / "out"
     shutil.copytree(ref_out, out)
     with monkeypatch.context() as m:  # finished: nothing to sample, Ray is not even started
@@ -485,28 +572,6 @@ def test_resume_reruns_exactly_the_uncommitted_shard(reference, tmp_path, monkey
     assert {i: (out / stats_path(i)).stat().st_mtime_ns for i in (0, 2)} == before
     assert tar_digests(out) == tar_digests(ref_out)
     assert_complete(out, n_rows=6, n_shards=3, rejected={3})
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.chaos
-def test_sampler_killed_mid_shard(reference, tmp_path, monkeypatch):
-    """The actor process dies inside the sampling loop of shard 1 (pipeline.faults): requeued."""
-    prompts, ref_out, ref = reference
-    fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
-    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:kill:1:000001")
-    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
-    out = tmp_path / "out"
-    ev = Events()
-    res = gen.run_job(make_cfg(prompts, out), hooks=ev)
-    assert res.exit_code == 0, res.summary
-    assert list(fault_dir.iterdir()), "the fault fired"
-    assert res.summary["this_run"]["actor_deaths"] == 1
-    assert {p["shard"] for p in ev.of("requeued")} >= {1}
-    assert json.loads((out / stats_path(1)).read_text())["attempt"] == 2
-    assert_complete(out, n_rows=6, n_shards=3, rejected={3})
-    assert tar_digests(out) == tar_digests(ref_out)
 
 
 @pytest.mark.ray
