@@ -271,6 +271,10 @@ class ShardSink:
         except FileExistsError:
             raise AlreadyCommitted(loc, spec.shard_id) from None
         self.stats = stats
+        # Committed: temp files of earlier attempts that died mid-write (a killed actor never runs
+        # its cleanup) are garbage now; a racing attempt still writing fails on the commit check.
+        for rel in (tar_path(spec.shard_id), sidecar_path(spec.shard_id), stats_path(spec.shard_id)):
+            loc.remove_stale_temps(rel)
 
     def _cleanup(self) -> None:
         """Close and delete whatever is still local (after a commit, publish moved the files)."""

@@ -292,6 +292,19 @@ class Location:
         finally:
             _remove_quietly(tmp)
 
+    def remove_stale_temps(self, rel: str) -> int:
+        """Delete local temp files left for `rel` by writers that died before publishing; their
+        count. Call only once `rel` is final (committed): a live writer's temp goes too. S3 outputs
+        have none: their temps live on the worker's local disk."""
+        if self.s3:
+            return 0
+        folder, prefix = os.path.dirname(self.join(rel)), f".{posixpath.basename(rel)}."
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        stale = [n for n in names if n.startswith(prefix) and n.endswith(".tmp")]
+        for n in stale:
+            _remove_quietly(os.path.join(folder, n))
+        return len(stale)
+
     def remove(self, rel: str) -> None:
         """Delete `rel` if it exists."""
         try:

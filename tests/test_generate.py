@@ -384,10 +384,13 @@ def test_failed_local_ray_start_is_cleaned_up_and_retried(monkeypatch):
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
+    warmed: list = []
+    monkeypatch.setattr(gen, "_read_package_files", warmed.append)
     before = {pid for pid in gen.descendants() if gen._alive(pid)}
     gen.start_local_ray(num_cpus=2)
     assert len(calls) == 3 and calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
     assert all(p.wait(timeout=30) == -9 for p in left)  # killed, not left running
+    assert warmed == [ray, ray]  # the page cache warmed before each retry
     assert {pid for pid in gen.descendants() if gen._alive(pid)} <= before
     calls.clear()
 
@@ -517,7 +520,8 @@ def test_real_job_on_local_ray_with_a_sampler_killed_mid_shard(ray_local, refere
     prompts, ref_out = reference
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
-    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:kill:1:000001")
+    # the key of shard 1, row 0 (a bare "000001" would also match row 1 of any shard)
+    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:kill:1:000001000000")
     monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
     out = tmp_path / "out"
     ev = Events()

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -158,6 +159,21 @@ def test_rerun_is_byte_identical_and_replaces_leftovers(tmp_path):
     with tarfile.open(first.join("shards/000003.tar")) as tar:
         assert {m.mtime for m in tar.getmembers()} == {TAR_MTIME}
     assert read_stats(second, 3).attempt == 2
+
+
+def test_commit_removes_temp_files_of_attempts_that_died(tmp_path):
+    """A killed actor never runs its cleanup: its half-written temps stay beside the shard until the
+    shard commits; other shards' temps are not touched."""
+    loc = open_location(str(tmp_path / "out"))
+    shards = Path(loc.join("shards"))
+    shards.mkdir(parents=True)
+    dead = [".000003.tar.0123456789ab.tmp", ".000003.parquet.0123456789ab.tmp", ".000003.stats.json.ab.tmp"]
+    other = ".000004.tar.0123456789ab.tmp"  # another shard, maybe still being written
+    for name in [*dead, other]:
+        (shards / name).write_bytes(b"half")
+    write_shard(loc, attempt=2)
+    assert sorted(p.name for p in shards.iterdir()) == sorted(
+        ["000003.tar", "000003.parquet", "000003.stats.json", other])
 
 
 def test_committed_shard_is_never_rewritten(location):
