@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
-import sys
+import os
 import uuid
 
 import pytest
+import raycluster
 from s3server import FAKE_ENV, UNSET_ENV, moto_s3
+
+# Before anything imports ray (it reads this at import): drivers keep 127.0.0.1 addresses as they are.
+os.environ.update(raycluster.LOOPBACK_ENV)
 
 from pipeline.config import S3Config
 
@@ -75,14 +79,14 @@ def _one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run order: tests without Ray, then those on the suite's shared local Ray, then those that
-    stop it and start their own. Each Ray start costs about a minute on a loaded 2-core machine and
-    an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as possible
-    and runs only while Ray tests run. Within a group the collected order is kept."""
-    shared = {"ray_local", "reference", "fake_reference", "all_report"}
+    """Run order: tests without Ray, then those on the suite's shared Ray head, then those on a
+    two-node Cluster (which stop the head first). Each Ray start costs about a minute on the 2-core
+    CI VM and an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as
+    possible and runs only while Ray tests run. Within a group the collected order is kept."""
+    shared = {"ray_local", "reference", "fake_reference", "all_report", "ray_head"}
 
     def group(item) -> int:
-        if item.get_closest_marker("own_ray") or "fresh_ray" in item.fixturenames:
+        if "node_cluster" in item.fixturenames:
             return 2
         uses = item.get_closest_marker("ray") or shared & set(item.fixturenames)
         return 1 if uses else 0
@@ -90,9 +94,28 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=group)  # stable
 
 
+@pytest.fixture(scope="session")
+def ray_head() -> raycluster.Head:
+    """The suite's shared Ray head (tests/raycluster.py), this process connected to it."""
+    head = raycluster.shared_head()
+    raycluster.connect(head.address)
+    return head
+
+
+@pytest.fixture(scope="session")
+def node_cluster():
+    """A two-node ray.cluster_utils.Cluster (head + one node, 1 CPU each), this process its driver.
+    The shared head is stopped first: these tests run last."""
+    raycluster.stop_shared_head()
+    head = raycluster.start_cluster(nodes=2)
+    try:
+        raycluster.connect(head.address)
+        yield head.cluster
+    finally:
+        head.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ray_down_at_exit():
     yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    raycluster.stop_shared_head()

@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ bench = importlib.import_module("jobs.benchmark")
 
 EVALS = ["--eval-steps", "2", "3", "--eval-caption-tokens", "4"]
 EFFICIENCY = ["--eff-size", "32", "--eff-steps", "2", "--eff-batch", "2", "--eff-images", "4", "--eff-shard-size", "2",
-              "--ray-address", os.environ.get("SYNTHGEN_TEST_RAY_ADDRESS", "local")]
+              "--ray-address", "local"]
 DIFFUSERS = ["--diff-size", "32", "--diff-steps", "3", "--diff-batch", "2", "--diff-warmup", "1", "--diff-repeats", "2"]
 DRIVER = ["--driver-prompts", "1500", "3000", "--driver-shard-size", "100", "--driver-workers", "3"]
 GPU = ["--gpu-size", "32", "--gpu-steps", "3", "--gpu-batch", "2", "--gpu-repeats", "1"]
@@ -151,8 +150,7 @@ def test_gpu_code_runs_on_cpu_with_the_tiny_models(tiny_cache):
 def all_report(tiny_cache, tmp_path_factory):
     from test_generate import ensure_test_ray
 
-    if not os.environ.get("SYNTHGEN_TEST_RAY_ADDRESS"):
-        ensure_test_ray()  # the suite's shared local Ray: the efficiency part runs the job on it
+    ensure_test_ray()  # the suite's shared Ray: the efficiency part runs the job on it (as "existing")
     return run(tmp_path_factory.mktemp("bench-all"), "all", *EVALS, *EFFICIENCY, *DIFFUSERS, *DRIVER, *GPU)
 
 

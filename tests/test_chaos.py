@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import raycluster
 from s3server import FAKE_ENV, FlakyProxy, restartable_moto_s3
 from test_generate import (
     Events,
@@ -33,13 +34,11 @@ from test_generate import (
     assert_complete,
     cli_args,
     commit_all_in_process,
-    ensure_test_ray,
     gen,
     make_cfg,
     pickle_fakes_by_value,
     ray_local,  # noqa: F401 - fixture
     reference,  # noqa: F401 - fixture
-    start_test_cluster,
     synthgen_cache,  # noqa: F401 - fixture
     tar_digests,
     write_prompts,
@@ -77,11 +76,9 @@ def fake_reference(synthgen_cache, tmp_path_factory):  # noqa: F811
     """The uninterrupted run the commit-protocol cases are compared with. FakeWorker writes through
     the real ShardSink (every fault site below is in the sink), and its actors need no torch import,
     which costs ~30 s per actor process on the 2-core CI machine."""
-    ensure_test_ray()
     d = tmp_path_factory.mktemp("chaos-ref")
     prompts = write_prompts(d / "p6.parquet", PROMPTS)
-    res = gen.run_job(make_cfg(prompts, d / "out"), worker_cls=FakeWorker)
-    assert res.exit_code == 0, res.summary
+    commit_all_in_process(make_cfg(prompts, d / "out"))
     return prompts, d / "out"
 
 
@@ -93,7 +90,7 @@ def fake_reference(synthgen_cache, tmp_path_factory):  # noqa: F811
     ("after_upload", "raise"),  # the same, as an exception: a failed attempt, retried
     ("after_commit", "kill"),  # committed, but the driver never hears back
 ])
-def test_worker_dies_around_the_commit(fake_reference, tmp_path, monkeypatch, site, action):
+def test_worker_dies_around_the_commit(ray_local, fake_reference, tmp_path, monkeypatch, site, action):  # noqa: F811
     prompts, ref_out = fake_reference
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
@@ -166,45 +163,35 @@ class SlowFakeWorker(FakeWorker):
 
 
 @pytest.mark.ray
-@pytest.mark.own_ray
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_node_lost_mid_run(tmp_path, synthgen_cache):  # noqa: F811
+def test_node_lost_mid_run(node_cluster, tmp_path):
     """A worker node disappears while its actor runs a shard and another node joins: the shard is
     requeued, the job completes, the shards equal an undisturbed run's."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+    cluster = node_cluster
+    pickle_fakes_by_value()
     prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
-    cluster, (doomed,) = start_test_cluster(2)
-    try:
-        ray.init(address=cluster.address)
-        pickle_fakes_by_value()
-        doomed_id = doomed.node_id
-        node_of: dict[str, str] = {}  # slot -> node id, from the actors' describe()
-        removed = threading.Event()
+    doomed = cluster.worker_nodes.copy().pop()
+    doomed_id = doomed.node_id
+    node_of: dict[str, str] = {}  # slot -> node id, from the actors' describe()
+    removed = threading.Event()
 
-        def replace_node() -> None:
-            cluster.remove_node(doomed)
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    def replace_node() -> None:
+        cluster.remove_node(doomed)
+        cluster.add_node(**raycluster.NODE_ARGS)  # the cluster has two nodes again afterwards
 
-        def hooks(event: str, payload: dict) -> None:
-            if event == "actor_ready":
-                node_of[payload["slot"]] = payload["info"].get("node_id")
-            # a shard goes to the actor on the doomed node: take the node away while it runs (once)
-            if event == "submitted" and node_of.get(payload["slot"]) == doomed_id and not removed.is_set():
-                removed.set()
-                threading.Timer(0.3, replace_node).start()
+    def hooks(event: str, payload: dict) -> None:
+        if event == "actor_ready":
+            node_of[payload["slot"]] = payload["info"].get("node_id")
+        # a shard goes to the actor on the doomed node: take the node away while it runs (once)
+        if event == "submitted" and node_of.get(payload["slot"]) == doomed_id and not removed.is_set():
+            removed.set()
+            threading.Timer(0.3, replace_node).start()
 
-        res = gen.run_job(make_cfg(prompts, tmp_path / "out", "ray.max_actor_restarts=1"),
-                          worker_cls=SlowFakeWorker, hooks=hooks)
-        assert removed.is_set(), "an actor was placed on the doomed node"
-        assert res.exit_code == 0, res.summary
-        assert res.summary["this_run"]["actor_deaths"] >= 1
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    res = gen.run_job(make_cfg(prompts, tmp_path / "out", "ray.max_actor_restarts=1"),
+                      worker_cls=SlowFakeWorker, hooks=hooks)
+    assert removed.is_set(), "an actor was placed on the doomed node"
+    assert res.exit_code == 0, res.summary
+    assert res.summary["this_run"]["actor_deaths"] >= 1
     # the undisturbed run, same shards: FakeWorker in this process (no second cluster run)
     commit_all_in_process(make_cfg(prompts, tmp_path / "ref"))
     assert_same_dataset(tmp_path / "out", tmp_path / "ref", n_rows=8, n_shards=4, rejected=())
@@ -212,23 +199,18 @@ def test_node_lost_mid_run(tmp_path, synthgen_cache):  # noqa: F811
 
 # ================================================================== the driver is killed
 @pytest.mark.ray
-@pytest.mark.own_ray
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_driver_killed_then_same_command_again(reference, tmp_path, synthgen_cache):  # noqa: F811
-    """SIGKILL the driver process (and its private Ray) once the first shard is committed; the same
-    command again finishes the job without redoing committed shards."""
-    import ray
-
+def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, synthgen_cache):  # noqa: F811
+    """SIGKILL the driver process (jobs/generate.py on the suite's Ray head) once the first shard is
+    committed; its actors die with it (Ray ends a dead driver's job). The same command again
+    finishes the job without redoing committed shards."""
     prompts, ref_out = reference
-    ray.shutdown()  # this process's Ray is not needed: the CLI starts its own
     out = tmp_path / "out"
     # one sampler actor: shards commit one after another, so the kill lands mid-run; each actor
     # process start (torch import, model load) costs tens of seconds on the CI machine
     cmd = [sys.executable, str(REPO / "jobs" / "generate.py"), *cli_args(prompts, out),
-           "ray.num_workers=1", "ray.local_num_cpus=2", "logging.level=WARNING"]
-    env = {**os.environ, "SYNTHGEN_CACHE": str(synthgen_cache)}
-    env.pop("RAY_ADDRESS", None)
+           "ray.num_workers=1", "logging.level=WARNING"]
+    env = {**os.environ, "SYNTHGEN_CACHE": str(synthgen_cache), "RAY_ADDRESS": ray_head.address}
     log = open(tmp_path / "first.log", "wb")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

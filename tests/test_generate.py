@@ -15,7 +15,6 @@ Sets are compared, never order.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import raycluster
 
 from pipeline import faults
 from pipeline.config import load_config
@@ -39,16 +39,9 @@ from pipeline.storage import open_location
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_generate():
-    """jobs/generate.py as a module (jobs/ is not a package)."""
-    name = "synthgen_jobs_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / "generate.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from jobs.benchmark import load_generate  # noqa: E402 - jobs/ is found through REPO
 
 gen = load_generate()
 
@@ -161,53 +154,12 @@ class FakeWorker:
         return sink.stats
 
 
-RAY_ADDRESS_ENV = "SYNTHGEN_TEST_RAY_ADDRESS"
-
-
-def init_test_ray(ray, **local_kwargs):
-    """A private local Ray for the test (the driver's own retrying start), or the cluster named by
-    SYNTHGEN_TEST_RAY_ADDRESS: a cluster started once by other means, for machines where even
-    retried starts keep missing Ray's fixed startup windows."""
-    address = os.environ.get(RAY_ADDRESS_ENV)
-    if address:
-        ray.init(address=address)
-    else:
-        gen.start_local_ray(**local_kwargs)
-
-
 def ensure_test_ray():
-    """The suite's shared local Ray (2 CPUs): started on first use, and again after a test that needed
-    a Ray of its own shut it down. Every start costs a minute on a loaded 2-core machine."""
-    import ray
-
-    if not ray.is_initialized():
-        init_test_ray(ray, num_cpus=2)
+    """This process connected to the suite's shared Ray (tests/raycluster.py: one head node
+    for the session, started on first use), with the test doubles shipped by value."""
+    ray = raycluster.connect(raycluster.shared_head().address)
     pickle_fakes_by_value()
     return ray
-
-
-def start_test_cluster(nodes: int, attempts: int = 3):
-    """A ray.cluster_utils.Cluster of `nodes` one-CPU nodes on 127.0.0.1, retried like
-    gen.start_local_ray: a node that misses Ray's startup window leaves processes that are killed."""
-    from ray.cluster_utils import Cluster
-
-    for attempt in range(1, attempts + 1):
-        before, cluster = gen.descendants(), None
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-            added = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(nodes - 1)]
-            cluster.wait_for_nodes()
-            return cluster, added
-        except Exception:
-            if cluster is not None:
-                try:
-                    cluster.shutdown()
-                except Exception:  # noqa: BLE001 - half-started: the kill below cleans up
-                    pass
-            gen.kill_descendants(exclude=before)
-            if attempt == attempts:
-                raise
 
 
 def pickle_fakes_by_value():

@@ -332,6 +332,17 @@ def sidecar_rows(out: Path) -> list[dict]:
     return [r for p in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
 
 
+def commit_in_process_then_main(args: list[str], monkeypatch) -> int:
+    """Every shard committed in this process by SourceWorker, then the job itself: it finds all shards
+    done (index, summary and card written) and never starts Ray."""
+    p = gen.prepare(load_config(overrides=args))
+    worker = SourceWorker(p.cfg, name="inproc")
+    for spec in p.specs:
+        worker.run(spec)
+    no_ray(monkeypatch)
+    return gen.main(args)
+
+
 def test_end_to_end_every_row_is_in_the_sidecar_and_nothing_escapes_the_output(tmp_path, monkeypatch, capsys):
     inp = write_hostile(tmp_path / "in" / "hostile.parquet")
     cwd = tmp_path / "a" / "b"  # "../../x" from here would be tmp_path/x
@@ -342,13 +353,7 @@ def test_end_to_end_every_row_is_in_the_sidecar_and_nothing_escapes_the_output(t
     before = files_under(tmp_path)
     args = [f"input.path={inp}", "input.id_column=id", "input.extra_columns=[src]", f"output.path={out}",
             "output.shard_size=4", "sampler.batch_size=3"]
-    cfg = load_config(overrides=args)
-    p = gen.prepare(cfg)
-    worker = SourceWorker(p.cfg, name="inproc")
-    for spec in p.specs:
-        worker.run(spec)
-    no_ray(monkeypatch)
-    rc = gen.main(args)  # every shard committed: index, summary and card, Ray never started
+    rc = commit_in_process_then_main(args, monkeypatch)
     assert rc == 0, capsys.readouterr()
 
     rows = sidecar_rows(out)
@@ -592,13 +597,7 @@ def test_credentials_never_reach_s3_output_or_debug_logs(tmp_path, monkeypatch, 
     args = [f"input.path={inp}", "input.id_column=id", f"output.path=s3://{s3_bucket}/run",
             f"output.s3.endpoint_url={s3_config.endpoint_url}", f"output.s3.region={s3_config.region}",
             "output.shard_size=18", "logging.level=DEBUG", *(f"{k}={v}" for k, v in secrets.items())]
-    cfg = load_config(overrides=args)
-    p = gen.prepare(cfg)
-    worker = SourceWorker(p.cfg, name="inproc")
-    for spec in p.specs:
-        worker.run(spec)
-    no_ray(monkeypatch)
-    assert gen.main(args) == 0
+    assert commit_in_process_then_main(args, monkeypatch) == 0
     printed = capsys.readouterr()
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert f"run/{tar_path(0)}" in keys and "run/run/config.yaml" in keys and "run/README.md" in keys
