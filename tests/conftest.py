@@ -83,7 +83,7 @@ def pytest_collection_modifyitems(config, items):
     two-node Cluster (which stop the head first). Each Ray start costs about a minute on the 2-core
     CI VM and an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as
     possible and runs only while Ray tests run. Within a group the collected order is kept."""
-    shared = {"ray_local", "reference", "fake_reference", "all_report", "ray_head"}
+    shared = {"ray_local", "reference", "efficiency_report", "ray_head"}
 
     def group(item) -> int:
         if "node_cluster" in item.fixturenames:
