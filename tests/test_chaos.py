@@ -166,7 +166,7 @@ def test_node_lost_mid_run(node_cluster, tmp_path):
     """A worker node disappears while its actor runs a shard and another node joins: the shard is
     requeued, the job completes, the shards equal an undisturbed run's."""
     cluster = node_cluster
-    pickle_fakes_by_value()
+    pickle_fakes_by_value(sys.modules[__name__])  # SlowFakeWorker lives here
     prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
     doomed = cluster.worker_nodes.copy().pop()
     doomed_id = doomed.node_id

@@ -162,11 +162,13 @@ def ensure_test_ray():
     return ray
 
 
-def pickle_fakes_by_value():
-    """Actors cannot import this test module: ship FakeWorker and its subclasses by value."""
+def pickle_fakes_by_value(*modules) -> None:
+    """Actors cannot import test modules: ship FakeWorker and its subclasses (here and in `modules`)
+    by value."""
     import ray.cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for module in (sys.modules[__name__], *modules):
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 class Events:
