@@ -1,4 +1,5 @@
-"""Fixtures shared by the suite: a local S3 server (moto) with fake credentials, and buckets.
+"""Fixtures shared by the suite: the tiny-model cache, the shared Ray head and the in-process
+reference dataset, a local S3 server (moto) with fake credentials, and buckets.
 
     def test_x(s3_config, s3_bucket, s3_client): ...   # S3Config for pipeline code, a fresh
                                                        # bucket, a boto3 client for checks
@@ -17,6 +18,47 @@ from s3server import FAKE_ENV, UNSET_ENV, moto_s3
 os.environ.update(raycluster.LOOPBACK_ENV)
 
 from pipeline.config import S3Config
+
+
+# ------------------------------------------------------------------ tiny models and the shared Ray
+# (defined once here: a session fixture imported into several test modules runs once per module)
+@pytest.fixture(scope="session")
+def synthgen_cache(tmp_path_factory):
+    """One tiny-model cache for the whole session (SYNTHGEN_CACHE, also seen by Ray actors)."""
+    path = tmp_path_factory.getbasetemp() / "synthgen-cache"
+    path.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYNTHGEN_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture
+def ray_local(synthgen_cache):
+    """The suite's shared Ray head, this process its driver, FakeWorker shipped by value."""
+    pytest.importorskip("ray")
+    from test_generate import ensure_test_ray
+
+    return ensure_test_ray()
+
+
+@pytest.fixture(scope="session")
+def reference(synthgen_cache, tmp_path_factory):
+    """The uninterrupted dataset (tiny SDXL, 6 rows, 3 shards of test_generate's config), made in
+    this process by ShardWorker: no Ray, no actor processes to start. Every Ray run of the same
+    config (tests/test_generate.py, tests/test_chaos.py) must reproduce its tars byte for byte."""
+    from test_generate import gen, make_cfg, write_prompts
+
+    from pipeline.worker import ShardWorker
+
+    d = tmp_path_factory.mktemp("reference")
+    prompts = write_prompts(d / "p6.parquet", ["a red fox", "a blue car", "a green tree", "",
+                                               "a cat on a mat", "a yellow boat"])
+    out = d / "out"
+    p = gen.prepare(make_cfg(prompts, out))
+    w = ShardWorker(p.cfg, name="inproc")
+    for spec in p.specs:
+        w.run(spec)
+    return prompts, out
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +121,8 @@ def _one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run order: tests without Ray, then those on the suite's shared Ray head, then those on a
-    two-node Cluster (which stop the head first). Each Ray start costs about a minute on the 2-core
+    """Run order: tests without Ray, then those on the suite's shared Ray head, then those that add a
+    node to that head (the two-node tests). Each Ray start costs about a minute on the 2-core
     CI VM and an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as
     possible and runs only while Ray tests run. Within a group the collected order is kept."""
     shared = {"ray_local", "reference", "efficiency_report", "ray_head"}
@@ -103,16 +145,18 @@ def ray_head() -> raycluster.Head:
 
 
 @pytest.fixture(scope="session")
-def node_cluster():
-    """A two-node ray.cluster_utils.Cluster (head + one node, 1 CPU each), this process its driver.
-    The shared head is stopped first: these tests run last."""
-    raycluster.stop_shared_head()
-    head = raycluster.start_cluster(nodes=2)
+def node_cluster(ray_head):
+    """The shared head's cluster with one more node (1 CPU): two nodes for the tests that spread
+    over, remove and add nodes. Adding a node to the running head is one raylet start; a second
+    cluster would be a whole second Ray start (the CI run of 3c918f1 failed exactly there). These
+    tests run last (see the ordering above), so the extra nodes disturb no other test."""
+    cluster = ray_head.cluster
+    raycluster.add_node(cluster)
     try:
-        raycluster.connect(head.address)
-        yield head.cluster
+        yield cluster
     finally:
-        head.stop()
+        for node in list(cluster.worker_nodes):
+            cluster.remove_node(node)
 
 
 @pytest.fixture(scope="session", autouse=True)

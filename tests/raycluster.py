@@ -4,10 +4,9 @@
   submit`), started on first use by the tests that need Ray and stopped at the end of the session.
   This process connects to it as a driver (`connect`); subprocess drivers and `ray job submit` get
   its addresses.
-- `start_cluster(nodes=2)`: a two-node cluster for the tests that add and remove nodes (the shared
-  head is stopped first: the node tests run last, see conftest).
+  The node tests add a one-CPU node to it (conftest's `node_cluster`, `add_node`) and run last.
 
-Both are `ray.cluster_utils.Cluster`s, i.e. the `ray._private.node.Node` that `ray start --head`
+It is a `ray.cluster_utils.Cluster`, i.e. the `ray._private.node.Node` that `ray start --head`
 runs, minus what the tests do not need and what cannot start reliably on the CI VM:
 - the Ray Client server, which `ray start --head` always starts and which gives up after a fixed
   30 s waiting for the raylet ("Timed out waiting for node info"), after which `ray start --block`
@@ -72,11 +71,9 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s")
 
 
-def start_cluster(nodes: int = 1, head_args: dict | None = None, dashboard: bool = False,
-                  attempts: int = 3) -> Head:
-    """A Cluster on 127.0.0.1: a head (NODE_ARGS updated by `head_args`) and `nodes - 1` more
-    one-CPU nodes, retried; the processes of a failed attempt are killed (jobs/generate.py's
-    /proc-based descendants/kill_descendants)."""
+def start_cluster(head_args: dict | None = None, dashboard: bool = False, attempts: int = 3) -> Head:
+    """A Cluster on 127.0.0.1 of one head (NODE_ARGS updated by `head_args`), retried; the
+    processes of a failed attempt are killed (jobs/generate.py's /proc-based kill_descendants)."""
     from ray.cluster_utils import Cluster
     from test_generate import gen
 
@@ -88,8 +85,6 @@ def start_cluster(nodes: int = 1, head_args: dict | None = None, dashboard: bool
                 **NODE_ARGS, "no_monitor": True, "include_dashboard": dashboard,
                 **({"dashboard_host": "127.0.0.1", "dashboard_port": port} if dashboard else {}),
                 **(head_args or {})})
-            for _ in range(nodes - 1):
-                cluster.add_node(**NODE_ARGS)
             cluster.wait_for_nodes()
             url = f"http://127.0.0.1:{port}" if dashboard else None
             if url:
@@ -105,6 +100,22 @@ def start_cluster(nodes: int = 1, head_args: dict | None = None, dashboard: bool
             if attempt == attempts:
                 raise
             time.sleep(5 * attempt)
+
+
+def add_node(cluster, attempts: int = 3):
+    """One more one-CPU node in `cluster`, retried: on a busy 2-core VM a new raylet can abort
+    before its dashboard agent writes its port file (a fixed wait inside the raylet, "Timed out
+    waiting for file .../metrics_agent_port"; seen in CI and here). A failed node never registered;
+    its agents exit with their raylet."""
+    for attempt in range(1, attempts + 1):
+        try:
+            node = cluster.add_node(**NODE_ARGS)
+            cluster.wait_for_nodes()
+            return node
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(10 * attempt)
 
 
 _shared: Head | None = None

@@ -22,6 +22,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,6 @@ from test_generate import (
     gen,
     make_cfg,
     pickle_fakes_by_value,
-    ray_local,  # noqa: F401 - fixture
-    reference,  # noqa: F401 - fixture
-    synthgen_cache,  # noqa: F401 - fixture
     tar_digests,
     write_prompts,
 )
@@ -83,7 +81,7 @@ COMMIT_FAULTS = {  # shard -> (site, action)
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_worker_dies_around_the_commit(ray_local, tmp_path, monkeypatch):  # noqa: F811
+def test_worker_dies_around_the_commit(ray_local, tmp_path, monkeypatch):
     """FakeWorker (no models: its actors need no torch import) writes through the real ShardSink,
     where every one of these fault sites is; the result is compared with the same shards committed
     in this process without faults."""
@@ -171,15 +169,11 @@ def test_node_lost_mid_run(node_cluster, tmp_path):
     doomed = cluster.worker_nodes.copy().pop()
     doomed_id = doomed.node_id
     node_of: dict[str, str] = {}  # slot -> node id, from the actors' describe()
-    removed = threading.Event()
-
-    def replace_node() -> None:
-        cluster.remove_node(doomed)
-        cluster.add_node(**raycluster.NODE_ARGS)  # the cluster has two nodes again afterwards
-
+    removed, added = threading.Event(), threading.Event()
+    remover = threading.Timer(0.3, lambda: (cluster.remove_node(doomed), removed.set()))
     submitted: set[str] = set()  # slots that have been given a shard
 
-    def hooks(event: str, payload: dict) -> None:
+    def hooks(event: str, payload: dict) -> None:  # called in this (the driver's main) thread
         if event == "actor_ready":
             node_of[payload["slot"]] = payload["info"].get("node_id")
         if event == "submitted":
@@ -187,13 +181,18 @@ def test_node_lost_mid_run(node_cluster, tmp_path):
         # the actor on the doomed node holds a shard (submitted before or after it reported ready):
         # take the node away while that shard runs (once)
         doomed_slots = {slot for slot, node in node_of.items() if node == doomed_id}
-        if doomed_slots & submitted and not removed.is_set():
-            removed.set()
-            threading.Timer(0.3, replace_node).start()
+        if doomed_slots & submitted and remover.ident is None:
+            remover.start()
+        # then a new node joins, mid-run (here: Ray's Node registers signal handlers, which only
+        # the main thread may do); the cluster has two nodes again afterwards
+        if removed.is_set() and not added.is_set():
+            raycluster.add_node(cluster)
+            added.set()
 
     res = gen.run_job(make_cfg(prompts, tmp_path / "out", "ray.max_actor_restarts=1"),
                       worker_cls=SlowFakeWorker, hooks=hooks)
     assert removed.is_set(), "an actor was placed on the doomed node"
+    assert added.is_set(), "a new node joined mid-run"
     assert res.exit_code == 0, res.summary
     assert res.summary["this_run"]["actor_deaths"] >= 1 and res.summary["this_run"]["requeues"] >= 1
     # the undisturbed run, same shards: FakeWorker in this process (no second cluster run)
@@ -202,39 +201,78 @@ def test_node_lost_mid_run(node_cluster, tmp_path):
 
 
 # ================================================================== the driver is killed
+def job_driver_pids(out: Path) -> list[int]:
+    """The processes of the submitted job's driver (Ray runs the entrypoint through a shell), found
+    by its command line: jobs/generate.py writing to `out`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if d.name.isdigit() and "jobs/generate.py" in cmd and f"output.path={out}" in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, synthgen_cache):  # noqa: F811
-    """SIGKILL the driver process (jobs/generate.py on the suite's Ray head) once the first shard is
-    committed; its actors die with it (Ray ends a dead driver's job). The same command again
-    finishes the job without redoing committed shards."""
+def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, synthgen_cache):
+    """The command users run: `ray job submit --working-dir . --runtime-env infra/runtime_env.yaml
+    -- python jobs/generate.py ...` against a head on 127.0.0.1 (the suite's shared head: the Node
+    that `ray start --head` runs, without its Ray Client server, see tests/raycluster.py). The job's
+    driver is SIGKILLed once its first shard is committed (its actors die with its Ray job); the same
+    submission again finishes the job, SUCCEEDED, without redoing committed shards, and the dataset
+    is byte-identical to the uninterrupted in-process run. (One test for both: each submission costs
+    a driver and a tiny-SDXL actor start, minutes on the CI VM.)"""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     prompts, ref_out = reference
-    out = tmp_path / "out"
-    # one sampler actor: shards commit one after another, so the kill lands mid-run; each actor
-    # process start (torch import, model load) costs tens of seconds on the CI machine
-    cmd = [sys.executable, str(REPO / "jobs" / "generate.py"), *cli_args(prompts, out),
-           "ray.num_workers=1", f"ray.address={ray_head.address}", "logging.level=WARNING"]
-    env = {**os.environ, "SYNTHGEN_CACHE": str(synthgen_cache)}
+    out = tmp_path / "out"  # absolute: the job's working dir is a temporary copy
+    client = JobSubmissionClient(ray_head.dashboard)
+    env = {**os.environ, "SYNTHGEN_CACHE": str(synthgen_cache), **raycluster.LOOPBACK_ENV}
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "first.log", "wb")
-    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 1200  # driver start, torch import, actor start: minutes on CI
-        while not committed_shards(open_location(str(out))) and first.poll() is None:
-            assert time.monotonic() < deadline, "no shard was committed in time"
-            time.sleep(0.2)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
-        first.wait(timeout=60)
-        log.close()
+    # the reference's config (tests/test_generate.py's cli_args), on one sampler actor of the head:
+    # shards commit one after another, so the kill lands mid-run
+    job_args = [a for a in cli_args(prompts, out) if not a.startswith("ray.address=")]
+    submit = [*raycluster.ray_cli(), "job", "submit", "--address", ray_head.dashboard,
+              "--working-dir", ".", "--runtime-env", "infra/runtime_env.yaml"]
+    entry = ["--", "python", "jobs/generate.py", *job_args, "ray.num_workers=1", "ray.address=auto"]
+
+    first = f"synthgen-test-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run([*submit, "--submission-id", first, "--no-wait", *entry], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    deadline = time.monotonic() + 1200  # driver start, torch import, actor start: minutes on CI
+    while not committed_shards(open_location(str(out))):
+        status = client.get_job_status(first)
+        assert not status.is_terminal(), f"{status}: {client.get_job_logs(first)[-4000:]}"
+        assert time.monotonic() < deadline, f"no shard committed: {client.get_job_logs(first)[-4000:]}"
+        time.sleep(0.2)
+    pids = job_driver_pids(out)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert pids, "the job's driver process was found"
+    while not client.get_job_status(first).is_terminal():  # the supervisor sees its driver die
+        assert time.monotonic() < deadline + 300, "the killed job never ended"
+        time.sleep(1)
+    assert client.get_job_status(first) == JobStatus.FAILED
+    # (a shard its actor was writing may still have committed before Ray ended the job)
     done_before = committed_shards(open_location(str(out)))
-    assert done_before and done_before != {0, 1, 2}, "killed mid-run"
+    assert done_before != {0, 1, 2}, "killed mid-run"
     before = {i: (out / stats_path(i)).stat().st_mtime_ns for i in done_before}
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1100)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+
+    again = f"synthgen-test-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run([*submit, "--submission-id", again, *entry], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    logs = r.stdout[-6000:] + r.stderr[-3000:]
+    assert client.get_job_status(again) == JobStatus.SUCCEEDED, logs
+    assert r.returncode == 0, logs
+    assert f"output: {out}" in r.stdout  # the driver says where the output is
     summary = json.loads((out / "run" / "summary.json").read_text())
-    assert summary["skipped_shards"] >= len(done_before)
+    assert summary["status"] == "succeeded" and summary["ray"]["mode"] == "cluster"  # joined the head
+    assert summary["skipped_shards"] == len(done_before) and summary["new_shards"] == 3 - len(done_before)
     assert {i: (out / stats_path(i)).stat().st_mtime_ns for i in done_before} == before
     assert_same_dataset(out, ref_out)
 
