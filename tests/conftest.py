@@ -125,7 +125,7 @@ def pytest_collection_modifyitems(config, items):
     node to that head (the two-node tests). Each Ray start costs about a minute on the 2-core
     CI VM and an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as
     possible and runs only while Ray tests run. Within a group the collected order is kept."""
-    shared = {"ray_local", "reference", "efficiency_report", "ray_head"}
+    shared = {"ray_local", "efficiency_report", "ray_head"}
 
     def group(item) -> int:
         if "node_cluster" in item.fixturenames:

@@ -71,24 +71,22 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s")
 
 
-def start_cluster(head_args: dict | None = None, dashboard: bool = False, attempts: int = 3) -> Head:
-    """A Cluster on 127.0.0.1 of one head (NODE_ARGS updated by `head_args`), retried; the
-    processes of a failed attempt are killed (jobs/generate.py's /proc-based kill_descendants)."""
+def start_head(attempts: int = 3) -> Head:
+    """The suite's head on 127.0.0.1 (NODE_ARGS with 2 CPUs, 2 logical GPUs and the dashboard),
+    retried; the processes of a failed attempt are killed (jobs/generate.py's /proc-based
+    kill_descendants)."""
     from ray.cluster_utils import Cluster
     from test_generate import gen
 
     for attempt in range(1, attempts + 1):
-        before, cluster = gen.descendants(), None
-        port = free_port() if dashboard else None
+        before, cluster, port = gen.descendants(), None, free_port()
         try:
             cluster = Cluster(initialize_head=True, head_node_args={
-                **NODE_ARGS, "no_monitor": True, "include_dashboard": dashboard,
-                **({"dashboard_host": "127.0.0.1", "dashboard_port": port} if dashboard else {}),
-                **(head_args or {})})
+                **NODE_ARGS, "num_cpus": 2, "num_gpus": 2, "no_monitor": True, "include_dashboard": True,
+                "dashboard_host": "127.0.0.1", "dashboard_port": port})
             cluster.wait_for_nodes()
-            url = f"http://127.0.0.1:{port}" if dashboard else None
-            if url:
-                _wait_http(f"{url}/api/version", timeout=300)
+            url = f"http://127.0.0.1:{port}"
+            _wait_http(f"{url}/api/version", timeout=300)
             return Head(cluster, cluster.address, url)
         except Exception:
             if cluster is not None:
@@ -125,7 +123,7 @@ def shared_head() -> Head:
     """The session's head, started on first use (and again if it died)."""
     global _shared
     if _shared is None:
-        _shared = start_cluster(head_args={"num_cpus": 2, "num_gpus": 2}, dashboard=True)
+        _shared = start_head()
     return _shared
 
 

@@ -205,12 +205,12 @@ def job_driver_pids(out: Path) -> list[int]:
     """The processes of the submitted job's driver (Ray runs the entrypoint through a shell), found
     by its command line: jobs/generate.py writing to `out`."""
     pids = []
-    for d in Path("/proc").iterdir():
+    for d in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        if d.name.isdigit() and "jobs/generate.py" in cmd and f"output.path={out}" in cmd:
+        if "jobs/generate.py" in cmd and f"output.path={out}" in cmd:
             pids.append(int(d.name))
     return pids
 
