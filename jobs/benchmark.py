@@ -33,7 +33,7 @@ to pixels; warm-up, then repeats alternating the two; median seconds per image. 
 difference is reported for the final latents (a separate untimed output_type="latent" call) and
 for the decoded pixels (0..1 scale; ours are rounded to uint8).
 
-driver: planning (pipeline.source.plan_shards + the job's plan digest) and dispatch bookkeeping
+driver: planning (pipeline.data.source.plan_shards + the job's plan digest) and dispatch bookkeeping
 (jobs/generate.py's Dispatcher constructed for real: one ShardState per shard in its deque; every
 shard submitted through Dispatcher._fill to stand-in actor handles and completed through
 Dispatcher._done with a ShardStats, which the driver keeps), each size in a fresh process: time
@@ -116,7 +116,7 @@ def measure_source(path: str, shard_size: int, batch_size: int) -> dict:
     """Plan + read every shard of one input; runs in a fresh process so ru_maxrss is its own."""
     from pipeline.config import InputConfig
     from pipeline.records import RowOutcome
-    from pipeline.source import plan_shards, read_shard
+    from pipeline.data.source import plan_shards, read_shard
 
     base = _peak_mb()
     cfg = InputConfig(path=path, id_column="id", seed_column="seed")
@@ -223,7 +223,7 @@ def load_generate():
 
 
 def tiny_model():
-    from pipeline import sdxl as S
+    from pipeline.models import sdxl as S
     from pipeline.config import ModelConfig
 
     return S.load_sdxl(ModelConfig(id="tiny", device="cpu"))
@@ -277,10 +277,10 @@ def methods_md_evals(method: str, n: int, ks: list[int], negative: str, dnp_mode
 
 def count_evals(m, captioner, variant: tuple[str, str, dict], n: int, size: int) -> dict:
     """One image of one variant at N steps; every count of it side by side."""
-    from pipeline import guidance
+    from pipeline.sampling import guidance
     from pipeline.config import SamplerConfig
-    from pipeline.methods import SampleRequest, generate_batch
-    from pipeline.sampling import expected_evals, fresh_scheduler
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+    from pipeline.sampling.chains import expected_evals, fresh_scheduler
 
     label, method, extra = variant
     s = SamplerConfig(method=method, steps=n, height=size, width=size, batch_size=1, **extra)
@@ -304,7 +304,7 @@ def count_evals(m, captioner, variant: tuple[str, str, dict], n: int, size: int)
 
 
 def bench_evals(args: argparse.Namespace) -> dict:
-    from pipeline.captioner import Captioner
+    from pipeline.models.captioner import Captioner
     from pipeline.config import CaptionerConfig
 
     m = tiny_model()
@@ -337,8 +337,8 @@ def bare_loop(cfg, path: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.methods import SampleRequest, generate_batch
-    from pipeline.sdxl import load_sdxl
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+    from pipeline.models.sdxl import load_sdxl
 
     table = pq.read_table(path).to_pydict()
     reqs = [SampleRequest(p, s) for p, s in zip(table["prompt"], table["seed"])]  # the job's seeds too
@@ -436,7 +436,7 @@ def bench_diffusers(args: argparse.Namespace) -> dict:
     from diffusers import StableDiffusionXLPipeline
 
     from pipeline.config import SamplerConfig
-    from pipeline.methods import SampleRequest, generate_batch
+    from pipeline.sampling.batch import SampleRequest, generate_batch
 
     m = tiny_model()
     pipe = StableDiffusionXLPipeline(  # the very same modules: only the loop around them differs
@@ -521,7 +521,7 @@ def simulate_dispatch(d) -> int:
 def measure_driver(path: str, shard_size: int, workers: int, in_flight: int) -> dict:
     """Plan + dispatch bookkeeping of one input; runs in a fresh process so the peak RSS is its own."""
     from pipeline.config import Config, InputConfig, RayConfig
-    from pipeline.source import plan_shards
+    from pipeline.data.source import plan_shards
 
     gen = load_generate()
     base = _peak_mb()
@@ -582,7 +582,7 @@ SDXL_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
     norm_num_groups=32, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
-# Token ids of our offline byte-level CLIP tokenizer (pipeline.tiny), valid in the real 49408 vocab.
+# Token ids of our offline byte-level CLIP tokenizer (pipeline.models.tiny), valid in the real 49408 vocab.
 CLIP_TOKENS = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                    hidden_act="quick_gelu", projection_dim=768)
@@ -605,7 +605,7 @@ OPT_2_7B = dict(hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_atten
 
 
 def _tokenizer():
-    from pipeline.tiny import clip_tokenizer, write_clip_tokenizer
+    from pipeline.models.tiny import clip_tokenizer, write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer(Path(tmp))
@@ -629,7 +629,7 @@ def sdxl_pipe(device, real: bool):
     """A StableDiffusionXLPipeline: the real architecture (random) or the tiny one (CPU code-path check)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from pipeline.tiny import sdxl_pipeline_in_memory
+    from pipeline.models.tiny import sdxl_pipeline_in_memory
 
     tiny = sdxl_pipeline_in_memory()  # its scheduler is SDXL's (Euler, scaled_linear, leading, offset 1)
     if not real:
@@ -677,10 +677,10 @@ def gpu_extras(device, dtype, real: bool):
     import torch
     from transformers import Blip2Processor, BlipImageProcessor
 
-    from pipeline.captioner import Captioner
+    from pipeline.models.captioner import Captioner
     from pipeline.config import CaptionerConfig, ScoringConfig
-    from pipeline.scoring import AestheticHead, ClipScorerModel, Scorers, image_processor_class, load_scorers
-    from pipeline.tiny import tiny_blip2
+    from pipeline.scoring.scorers import AestheticHead, ClipScorerModel, Scorers, image_processor_class, load_scorers
+    from pipeline.models.tiny import tiny_blip2
 
     ccfg = CaptionerConfig(id="tiny", dtype=str(dtype).removeprefix("torch."), max_new_tokens=50)
     names = ["clip", "pickscore", "aesthetic"]
@@ -710,7 +710,7 @@ def _sync(device) -> None:
 def method_rate(m, method: str, args: argparse.Namespace, captioner=None) -> tuple[dict, list]:
     """images/s of generate_batch for one method after one warm-up batch (kernels, allocator)."""
     from pipeline.config import AnswerConfig, SamplerConfig
-    from pipeline.methods import SampleRequest, generate_batch
+    from pipeline.sampling.batch import SampleRequest, generate_batch
 
     b = args.gpu_batch
     s = SamplerConfig(method=method, steps=args.gpu_steps, height=args.gpu_size, width=args.gpu_size,
@@ -732,7 +732,7 @@ def flops_per_image(m, args: argparse.Namespace) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.config import SamplerConfig
-    from pipeline.methods import SampleRequest, generate_batch
+    from pipeline.sampling.batch import SampleRequest, generate_batch
 
     eager = dataclasses.replace(m, unet=getattr(m.unet, "_orig_mod", m.unet))  # count the eager graph
     s = SamplerConfig(method="cfg", steps=args.gpu_steps, height=args.gpu_size, width=args.gpu_size, batch_size=1)
@@ -769,7 +769,7 @@ def gpu_measure(device: str, real: bool, args: argparse.Namespace) -> dict:
 
     import torch
 
-    from pipeline import sdxl as S
+    from pipeline.models import sdxl as S
     from pipeline.config import ModelConfig
 
     dev, cuda = torch.device(device), torch.device(device).type == "cuda"

@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.config import METHODS, SCORERS, Config, ConfigError, load_config  # noqa: E402
-from pipeline.storage import Location, filesystem_for, open_location  # noqa: E402
+from pipeline.data.storage import Location, filesystem_for, open_location  # noqa: E402
 
 log = logging.getLogger("synthgen.evaluate")
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
@@ -275,16 +275,16 @@ def run_eval(cfg: Config, prompts: list[Prompt], methods: list[str], out: Locati
     import torch
     from PIL import Image
 
-    from pipeline.methods import SampleRequest, generate_batch
-    from pipeline.scoring import load_scorers
-    from pipeline.sdxl import load_sdxl
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+    from pipeline.scoring.scorers import load_scorers
+    from pipeline.models.sdxl import load_sdxl
     from pipeline.seeding import sample_seed
 
     t0 = time.perf_counter()
     model = load_sdxl(cfg.model)
     captioner = None
     if set(methods) & {"dnp", "cnp"} and cfg.sampler.dnp.mode != "human":
-        from pipeline.captioner import Captioner
+        from pipeline.models.captioner import Captioner
 
         captioner = Captioner(cfg.captioner, model.device)
     scorers = load_scorers(cfg.scoring, model.device)
@@ -343,7 +343,7 @@ def draw_grid(prompts: list[Prompt], methods: list[str], images: dict, rows: lis
     """Rows = prompts (id + wrapped text on the left), columns = methods; scores under each image."""
     from PIL import Image, ImageDraw
 
-    from pipeline.card import GREY, INK, LIGHT, PALETTE, draw_lines, fit, font, line_height, pack, wrap
+    from pipeline.report.card import GREY, INK, LIGHT, PALETTE, draw_lines, fit, font, line_height, pack, wrap
 
     f_head, f, f_small = font(16, bold=True), font(13), font(12)
     pad, text_w, head_h = 10, 230, 64
@@ -460,7 +460,7 @@ def evaluate(cfg: Config, prompts_path: str, methods: list[str], out_path: str, 
     rows = run_eval(cfg, prompts, methods, out, baseline, grid_rows, tile, save_images)
     scorers = [s for s in SCORERS if s in cfg.scoring.scorers]
     write_parquet(out, "results.parquet", rows, scorers)
-    from pipeline.sdxl import resolve_device
+    from pipeline.models.sdxl import resolve_device
 
     summary = {
         "prompts": info, "methods": methods, "baseline": baseline, "scorers": scorers, "seed": cfg.seed,

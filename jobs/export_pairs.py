@@ -59,8 +59,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.config import S3Config  # noqa: E402
-from pipeline.shards import committed, iter_samples  # noqa: E402
-from pipeline.storage import Location, is_s3, open_location  # noqa: E402
+from pipeline.data.shards import committed, iter_samples  # noqa: E402
+from pipeline.data.storage import Location, is_s3, open_location  # noqa: E402
 
 PAIR_SCHEMA = pa.schema([
     ("caption", pa.string()),
@@ -106,7 +106,7 @@ def to_jpeg(data: bytes, ext: str, image_format: str, quality: int) -> bytes:
 
 
 def no_pair_reason(scores: list[float | None]) -> str:
-    """Why the run recorded no pair (the same rules as pipeline.preference.pick_pair)."""
+    """Why the run recorded no pair (the same rules as pipeline.scoring.preference.pick_pair)."""
     vals = [s for s in scores if s is not None]
     if len(vals) < 2:
         return "no_pair_unscored"

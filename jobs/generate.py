@@ -67,9 +67,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from pipeline.config import Config, ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from pipeline.records import ShardSpec, ShardStats  # noqa: E402
-from pipeline.sink import committed_shards, read_stats, stats_path, write_index  # noqa: E402
-from pipeline.source import InputError, plan_shards  # noqa: E402
-from pipeline.storage import Location, is_s3, open_location  # noqa: E402
+from pipeline.data.sink import committed_shards, read_stats, stats_path, write_index  # noqa: E402
+from pipeline.data.source import InputError, plan_shards  # noqa: E402
+from pipeline.data.storage import Location, is_s3, open_location  # noqa: E402
 
 log = logging.getLogger("synthgen.generate")
 
@@ -424,7 +424,7 @@ def check_resources(cfg: Config, rc: RayContext) -> None:
 def start_captioners(cfg: Config, rc: RayContext) -> list:
     import ray
 
-    from pipeline.remote import CaptionerActor
+    from pipeline.driver.actors import CaptionerActor
 
     if not (_needs_captioner(cfg) and cfg.captioner.workers > 0):
         return []
@@ -437,7 +437,7 @@ def start_captioners(cfg: Config, rc: RayContext) -> list:
 def new_sampler(cfg: Config, rc: RayContext, worker_cls: type, slot: str, captioner: Any):
     import ray
 
-    from pipeline.remote import SamplerActor
+    from pipeline.driver.actors import SamplerActor
 
     return ray.remote(SamplerActor).options(
         num_gpus=cfg.ray.gpus_per_worker, num_cpus=cfg.ray.cpus_per_worker,
@@ -525,7 +525,7 @@ class Dispatcher:
     def _captioner_for(self, i: int):
         if not self.captioners:
             return None
-        from pipeline.remote import RemoteCaptioner
+        from pipeline.driver.actors import RemoteCaptioner
 
         return RemoteCaptioner(self.captioners, self.cfg.captioner.batch_size, offset=i,
                                retries=max(1, self.cfg.ray.max_actor_restarts))
@@ -895,11 +895,11 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Hook | None = No
     index = write_index(loc)
     summary = build_summary(p, d, rc, index, time.monotonic() - t0, error)
     try:  # the card describes committed data; failing to draw it must not fail a finished run
-        from pipeline.card import write_card
+        from pipeline.report.card import write_card
 
         summary["card"] = write_card(loc, p.cfg, summary)
     except Exception as e:  # noqa: BLE001
-        log.error("could not write the dataset card (rerun: python -m pipeline.card %s): %s", loc.url,
+        log.error("could not write the dataset card (rerun: python -m pipeline.report.card %s): %s", loc.url,
                   _error_text(e, 500))
         summary["card"] = None
     loc.write_text_atomic(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image, ImageDraw
 
-    from pipeline.captioner import Captioner
-    from pipeline.methods import SampleRequest, generate_batch
-    from pipeline.sdxl import load_sdxl
+    from pipeline.models.captioner import Captioner
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+    from pipeline.models.sdxl import load_sdxl
 
     model = load_sdxl(cfg.model)
     captioner = None

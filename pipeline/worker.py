@@ -19,14 +19,14 @@ import torch
 
 from pipeline import faults
 from pipeline.config import Config
-from pipeline.methods import Generated, SampleRequest, generate_batch
-from pipeline.preference import pick_pair
+from pipeline.sampling.batch import Generated, SampleRequest, generate_batch
+from pipeline.scoring.preference import pick_pair
 from pipeline.records import FAILED, PromptRecord, RowOutcome, Sample, ShardSpec, ShardStats
-from pipeline.sdxl import load_sdxl, resolve_device
+from pipeline.models.sdxl import load_sdxl, resolve_device
 from pipeline.seeding import retry_seed, row_seed
-from pipeline.sink import AlreadyCommitted, ShardSink, read_stats
-from pipeline.source import read_shard
-from pipeline.storage import open_location
+from pipeline.data.sink import AlreadyCommitted, ShardSink, read_stats
+from pipeline.data.source import read_shard
+from pipeline.data.storage import open_location
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ class ShardWorker:
         self.device = resolve_device(cfg.model.device)
         self.model = model or load_sdxl(cfg.model, self.device)  # tests and jobs may share one
         if captioner is None and needs_captioner(cfg):
-            from pipeline.captioner import Captioner
+            from pipeline.models.captioner import Captioner
 
             captioner = Captioner(cfg.captioner, self.device)
         self.captioner = captioner
         if scorers is None and cfg.scoring.scorers:
-            from pipeline.scoring import load_scorers
+            from pipeline.scoring.scorers import load_scorers
 
             scorers = load_scorers(cfg.scoring, self.device)
         self.scorers = scorers

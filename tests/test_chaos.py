@@ -45,7 +45,7 @@ from test_generate import (
 from pipeline import faults
 from pipeline.config import load_config
 from pipeline.records import Sample, sample_key
-from pipeline.sink import (
+from pipeline.data.sink import (
     AlreadyCommitted,
     ShardSink,
     committed_shards,
@@ -54,8 +54,8 @@ from pipeline.sink import (
     tar_path,
     write_index,
 )
-from pipeline.source import plan_shards
-from pipeline.storage import open_location
+from pipeline.data.source import plan_shards
+from pipeline.data.storage import open_location
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red fox", "a blue car", "a green tree", "", "a cat on a mat", "a yellow boat"]
@@ -281,7 +281,7 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
 def test_s3_throttling_resets_and_outage(tmp_path, tiny_cache, monkeypatch):
     """Input and output on S3 behind a proxy that throttles (503 SlowDown) and drops connections;
     the server is stopped between two shards and started again 4 s later on the same port. The
-    worker waits it out (pipeline.storage.RetryingFS): every shard committed once, identical to a
+    worker waits it out (pipeline.data.storage.RetryingFS): every shard committed once, identical to a
     local run, no pending multipart upload."""
     import boto3
 

@@ -20,8 +20,8 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.seeding import sample_seed
-from pipeline.shards import ShardSample
-from pipeline.storage import open_location
+from pipeline.data.shards import ShardSample
+from pipeline.data.storage import open_location
 
 EXPORT = Path(__file__).resolve().parent.parent / "jobs" / "export_pairs.py"
 PROMPTS = ["a red fox in snow", "a lighthouse at dusk", "two apples on a plate", "a steam train",
@@ -53,7 +53,7 @@ def make_cfg(prompts_file, out, margin):
 
 
 def read_groups(out: Path) -> dict[str, dict]:
-    """key -> {"meta": json, "images": {name: bytes}} straight from the tars (independent of pipeline.shards)."""
+    """key -> {"meta": json, "images": {name: bytes}} straight from the tars (independent of pipeline.data.shards)."""
     groups: dict[str, dict] = {}
     for tar in sorted((out / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:
@@ -76,9 +76,9 @@ def runs(tmp_path_factory, tiny_cache):
 
     torch.set_num_threads(1)
     from pipeline.config import ModelConfig, ScoringConfig
-    from pipeline.scoring import load_scorers
-    from pipeline.sdxl import load_sdxl
-    from pipeline.source import plan_shards
+    from pipeline.scoring.scorers import load_scorers
+    from pipeline.models.sdxl import load_sdxl
+    from pipeline.data.source import plan_shards
     from pipeline.worker import ShardWorker
 
     root = tmp_path_factory.mktemp("pref")

@@ -32,8 +32,8 @@ import raycluster
 from pipeline import faults
 from pipeline.config import load_config
 from pipeline.records import REJECTED, RowOutcome, Sample, ShardSpec, sample_key
-from pipeline.sink import ShardSink, committed_shards, stats_path, tar_path
-from pipeline.storage import open_location
+from pipeline.data.sink import ShardSink, committed_shards, stats_path, tar_path
+from pipeline.data.storage import open_location
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,9 +36,9 @@ from test_generate import FakeWorker, gen, no_ray, write_prompts
 
 from pipeline.config import REDACTED, InputConfig, load_config
 from pipeline.records import OK, REJECTED, PromptRecord, RowOutcome, Sample, sample_key
-from pipeline.sink import ShardSink, committed_shards, tar_path
-from pipeline.source import plan_shards, read_shard
-from pipeline.storage import open_location
+from pipeline.data.sink import ShardSink, committed_shards, tar_path
+from pipeline.data.source import plan_shards, read_shard
+from pipeline.data.storage import open_location
 
 MEMBER = re.compile(r"\d{12}\.(png|txt|json)")  # every tar member: <shard:06d><index:06d>.<ext>
 
@@ -418,7 +418,7 @@ def no_unpickling(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tiny_cache) -> Path:
-    from pipeline.tiny import tiny_sdxl
+    from pipeline.models.tiny import tiny_sdxl
 
     return tiny_sdxl()
 
@@ -426,7 +426,7 @@ def tiny_sdxl_dir(tiny_cache) -> Path:
 @pytest.mark.parametrize("component", ["unet", "vae"])
 def test_sdxl_refuses_pickled_weights(tmp_path, tiny_sdxl_dir, no_unpickling, component):
     from pipeline.config import ModelConfig
-    from pipeline.sdxl import load_sdxl
+    from pipeline.models.sdxl import load_sdxl
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "model"
@@ -446,7 +446,7 @@ def test_sdxl_refuses_pickled_weights(tmp_path, tiny_sdxl_dir, no_unpickling, co
 def test_sdxl_does_not_run_code_from_the_model_directory(tmp_path, tiny_sdxl_dir, no_unpickling):
     """model_index.json naming a custom class in a .py file of the model: refused, the file never runs."""
     from pipeline.config import ModelConfig
-    from pipeline.sdxl import load_sdxl
+    from pipeline.models.sdxl import load_sdxl
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "model"
@@ -463,9 +463,9 @@ def test_sdxl_does_not_run_code_from_the_model_directory(tmp_path, tiny_sdxl_dir
 
 
 def test_captioner_refuses_pickled_weights(tmp_path, tiny_cache, no_unpickling):
-    from pipeline.captioner import Captioner
+    from pipeline.models.captioner import Captioner
     from pipeline.config import CaptionerConfig
-    from pipeline.tiny import tiny_blip2
+    from pipeline.models.tiny import tiny_blip2
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "blip2"
@@ -480,8 +480,8 @@ def test_scorers_refuse_pickled_weights_and_remote_code(tmp_path, no_unpickling)
     import torch
     from safetensors import SafetensorError
 
-    from pipeline.scoring import load_aesthetic_head, load_clip_model, resolve_aesthetic_head
-    from pipeline.tiny_scorers import CLIP_LOGIT_SCALE, CLIP_PROJECTION_DIM, _clip_config
+    from pipeline.scoring.scorers import load_aesthetic_head, load_clip_model, resolve_aesthetic_head
+    from pipeline.scoring.tiny import CLIP_LOGIT_SCALE, CLIP_PROJECTION_DIM, _clip_config
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "clip"
@@ -543,14 +543,14 @@ def leaks(files: dict[str, bytes], texts: dict[str, str], secrets: set[str]) -> 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_cache):
     from pipeline.config import ModelConfig
-    from pipeline.sdxl import load_sdxl
+    from pipeline.models.sdxl import load_sdxl
 
     return load_sdxl(ModelConfig(id="tiny"))
 
 
 def test_credentials_never_reach_outputs_logs_or_the_card(tmp_path, monkeypatch, capsys, caplog, tiny_model):
     """Real ShardWorker (tiny SDXL, 2 steps, 32x32) in process, then the job's own finish and card."""
-    from pipeline.card import write_card
+    from pipeline.report.card import write_card
     from pipeline.worker import ShardWorker
 
     caplog.set_level(logging.DEBUG)

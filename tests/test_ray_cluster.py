@@ -23,8 +23,8 @@ from test_generate import (
     write_prompts,
 )
 
-from pipeline.sink import committed_shards, stats_path
-from pipeline.storage import open_location
+from pipeline.data.sink import committed_shards, stats_path
+from pipeline.data.storage import open_location
 
 pytestmark = [pytest.mark.ray]
 

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline import guidance
-from pipeline import sdxl as S
+from pipeline.sampling import guidance
+from pipeline.models import sdxl as S
 from pipeline.config import AnswerConfig, CaptionerConfig, ConfigError, DnpConfig, ModelConfig, SamplerConfig
-from pipeline.methods import SampleRequest, generate_batch
-from pipeline.sampling import Grid, NoisePredictor, answer_chain, expected_evals, fresh_scheduler
+from pipeline.sampling.batch import SampleRequest, generate_batch
+from pipeline.sampling.chains import Grid, NoisePredictor, answer_chain, expected_evals, fresh_scheduler
 from pipeline.seeding import initial_noise, sample_seed
 
 H = W = 32  # latents 4x4: the smallest size the tiny UNet takes
@@ -32,7 +32,7 @@ def model(tiny_cache):
 
 @pytest.fixture(scope="module")
 def captioner(tiny_cache):
-    from pipeline.captioner import Captioner
+    from pipeline.models.captioner import Captioner
 
     return Captioner(CaptionerConfig(id="tiny", max_new_tokens=8))
 
@@ -61,7 +61,7 @@ def test_dns_is_np_with_swapped_prompts(model):
     s = cfg_("dns")
     dns_out, _ = generate_batch(model, REQS, s)
     # NP with an empty (∅) positive and p as the negative, run through the same loop.
-    from pipeline.sampling import guided_chain
+    from pipeline.sampling.chains import guided_chain
 
     c_p = S.encode_prompts(model, [r.prompt for r in REQS], H, W)
     c_null = S.null_conditions(model, len(REQS), H, W)
@@ -262,7 +262,7 @@ def test_human_dnp_uses_the_given_negatives(model):
 
 # ------------------------------------------------------------ loading through from_pretrained
 def test_saved_model_loaded_by_path_matches_in_memory(model, tiny_cache):
-    from pipeline.tiny import sdxl_pipeline_in_memory, tiny_sdxl
+    from pipeline.models.tiny import sdxl_pipeline_in_memory, tiny_sdxl
 
     mem = S.from_pipeline(sdxl_pipeline_in_memory(), ModelConfig(), torch.device("cpu"))
     by_path = S.load_sdxl(ModelConfig(id=str(tiny_sdxl(str(tiny_cache)))))

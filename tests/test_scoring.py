@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import ScoringConfig
-from pipeline.scoring import load_aesthetic_head, load_scorers, resolve_aesthetic_head
+from pipeline.scoring.scorers import load_aesthetic_head, load_scorers, resolve_aesthetic_head
 
 ALL = ["clip", "pickscore", "aesthetic"]
 PROMPTS = ["a red fox in the snow", "a city at night", "a red fox in the snow", "A city at night", "x"]
@@ -58,7 +58,7 @@ def _cos(a, b):
 def test_scores_match_independent_formulas(scorers, tiny_cache):
     from safetensors.numpy import load_file
 
-    from pipeline.tiny_scorers import tiny_aesthetic_head, tiny_clip, tiny_pickscore
+    from pipeline.scoring.tiny import tiny_aesthetic_head, tiny_clip, tiny_pickscore
 
     images = _images()
     results = scorers.score(images, PROMPTS)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.config import S3Config
 from pipeline.records import FAILED, REJECTED, RowOutcome, Sample, ShardSpec, sample_key
-from pipeline.sink import (
+from pipeline.data.sink import (
     TAR_MTIME,
     AlreadyCommitted,
     ShardSink,
@@ -25,7 +25,7 @@ from pipeline.sink import (
     read_stats,
     write_index,
 )
-from pipeline.storage import open_location
+from pipeline.data.storage import open_location
 
 SPEC = ShardSpec(shard_id=3, path="prompts.parquet", row_start=10, row_stop=15)
 

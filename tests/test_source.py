@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.records import REJECTED, PromptRecord, RowOutcome, sample_key
-from pipeline.source import InputError, plan_shards, read_shard
+from pipeline.data.source import InputError, plan_shards, read_shard
 
 
 def write(path, columns: dict, row_group_size: int = 3, schema=None):

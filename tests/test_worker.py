@@ -15,9 +15,9 @@ from PIL import Image
 from pipeline import faults
 from pipeline.config import load_config
 from pipeline.records import FAILED, OK, REJECTED
-from pipeline.sdxl import load_sdxl
-from pipeline.sink import committed_shards
-from pipeline.source import plan_shards
+from pipeline.models.sdxl import load_sdxl
+from pipeline.data.sink import committed_shards
+from pipeline.data.source import plan_shards
 from pipeline.worker import ShardWorker
 
 PROMPTS = ["a red fox in snow", "", "a lighthouse at dusk", None, "two apples on a plate", "a ship\x07",
@@ -84,7 +84,7 @@ def test_every_row_is_a_sample_or_a_recorded_rejection(prompts_file, tmp_path, m
 
 
 def committed_shards_set(out):
-    from pipeline.storage import open_location
+    from pipeline.data.storage import open_location
 
     return committed_shards(open_location(str(out)))
 

@@ -1,8 +1,8 @@
 """The dataset card: `<out>/README.md` plus `card/hist_<scorer>.png` and `card/contact_sheet.png`.
 
-    from pipeline.card import write_card
+    from pipeline.report.card import write_card
     uri = write_card(location, cfg, summary)   # at the end of a run; returns the README's URI
-    python -m pipeline.card <output path>      # (re)write the card of an existing output
+    python -m pipeline.report.card <output path>      # (re)write the card of an existing output
 
 Everything is read and written through the Location, so it works the same on local disk and S3.
 The figures come from the output itself: the committed shards' stats files (counts, sampling
@@ -34,9 +34,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.shards import candidates, iter_samples, read_json
-from pipeline.sink import SHARDS, committed_shards, stats_path
-from pipeline.storage import Location, open_location
+from pipeline.data.shards import candidates, iter_samples, read_json
+from pipeline.data.sink import SHARDS, committed_shards, stats_path
+from pipeline.data.storage import Location, open_location
 
 README = "README.md"
 CARD_DIR = "card"
@@ -519,7 +519,7 @@ def contact_sheet(data: CardData, colours: dict[str, str], tile: int = 200, titl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.card", description="(Re)write the dataset card "
+    ap = argparse.ArgumentParser(prog="python -m pipeline.report.card", description="(Re)write the dataset card "
                                  "of an existing output from its shards, run/config.yaml and run/summary.json.")
     ap.add_argument("output", help="output.path of the run (local dir or s3://bucket/prefix)")
     ap.add_argument("--s3-endpoint-url")

@@ -1,7 +1,7 @@
 """SDXL through diffusers: load (hub id, local dir or "tiny"), encode prompts, UNet adapter, decode.
 
 Loading is always `from_pretrained` with safetensors only; "tiny" is first built into a local
-directory by pipeline.tiny and then loaded through the very same call.
+directory by pipeline.models.tiny and then loaded through the very same call.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.sampling import Conditions
+from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_model_path(model_id: str, cache_dir: str | None) -> str:
     if model_id == "tiny":
-        from pipeline.tiny import tiny_sdxl
+        from pipeline.models.tiny import tiny_sdxl
 
         return str(tiny_sdxl(cache_dir))
     return model_id

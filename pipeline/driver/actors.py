@@ -73,7 +73,7 @@ class CaptionerActor:
     def __init__(self, cfg: Config):
         import ray
 
-        from pipeline.captioner import Captioner
+        from pipeline.models.captioner import Captioner
 
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.captioner = Captioner(cfg.captioner, device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline import guidance
+from pipeline.sampling import guidance
 
 
 @dataclass

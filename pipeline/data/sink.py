@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline import faults
 from pipeline.records import FAILED, OK, REJECTED, RowOutcome, Sample, ShardSpec, ShardStats, sample_key
-from pipeline.storage import Location
+from pipeline.data.storage import Location
 
 SHARDS = "shards"
 TAR_MTIME = 0  # fixed, so that a rerun of a shard gives a byte-identical tar

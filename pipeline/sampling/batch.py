@@ -1,6 +1,6 @@
 """One entry for a batch: prompts + seeds + a method config -> images, latents and metadata.
 
-Dispatches `sampler.method` onto the loops in pipeline.sampling. Every chain of every method
+Dispatches `sampler.method` onto the loops in pipeline.sampling.chains. Every chain of every method
 runs batched (one UNet call per step for the whole batch) and starts from each sample's own noise.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from pipeline import sdxl as S
+from pipeline.models import sdxl as S
 from pipeline.config import SamplerConfig, validate_sampler
-from pipeline.sampling import (
+from pipeline.sampling.chains import (
     ChainTrace,
     NoisePredictor,
     answer_chain,

@@ -23,7 +23,7 @@ class Captioner:
         dtype = DTYPES[cfg.dtype] if self.device.type == "cuda" else torch.float32
         path = cfg.id
         if cfg.id == "tiny":
-            from pipeline.tiny import tiny_blip2
+            from pipeline.models.tiny import tiny_blip2
 
             path = str(tiny_blip2())
         kw = {"revision": cfg.revision} if cfg.revision else {}

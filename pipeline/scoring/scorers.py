@@ -29,7 +29,7 @@ are reported as errors, never stored.
 
 Everything loads through transformers `from_pretrained(..., use_safetensors=True)` with concrete
 CLIP classes (never remote code); `id: tiny` first builds a tiny random model offline
-(pipeline.tiny_scorers) and then loads it through the very same call.
+(pipeline.scoring.tiny) and then loads it through the very same call.
 
 Aesthetic head file (`scoring.aesthetic_head`): a `.safetensors` file, either a local path or a
 hub path `org/repo/path/in/repo.safetensors` (fetched with huggingface_hub.hf_hub_download at
@@ -252,7 +252,7 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
     import transformers
     from transformers import CLIPModel, CLIPTokenizer
 
-    from pipeline import tiny_scorers
+    from pipeline.scoring import tiny as tiny_scorers
 
     build = {"clip": tiny_scorers.tiny_clip, "pickscore": tiny_scorers.tiny_pickscore}[name]
     model_path = str(build(cache_dir)) if model_id == "tiny" else model_id
@@ -276,7 +276,7 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
 def resolve_aesthetic_head(spec: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """A local .safetensors path for `scoring.aesthetic_head` (tiny, local file, or hub path)."""
     if spec == "tiny":
-        from pipeline.tiny_scorers import tiny_aesthetic_head
+        from pipeline.scoring.tiny import tiny_aesthetic_head
 
         return tiny_aesthetic_head(cache_dir)
     if not spec.endswith(".safetensors"):

@@ -1,4 +1,4 @@
-"""Tiny random scorer models (`scoring.*_id: tiny`), built offline like pipeline.tiny's models.
+"""Tiny random scorer models (`scoring.*_id: tiny`), built offline like pipeline.models.tiny's models.
 
 - tiny CLIP (for `clip` and `aesthetic`): a CLIPModel with CLIP ViT-L/14's structure (quick_gelu,
   pre-LN ViT, EOS-pooled causal text tower, bias-free projections) at toy width, 32 px images,
@@ -8,7 +8,7 @@
   keys and shapes, its input width being the tiny CLIP's projection dim instead of 768.
 
 Weights are fixed-seed random, saved with `save_pretrained(safe_serialization=True)` by
-`pipeline.tiny.build_once` (lock + atomic publish), and loaded back by pipeline.scoring through
+`pipeline.models.tiny.build_once` (lock + atomic publish), and loaded back by pipeline.scoring.scorers through
 exactly the path used for hub ids. The logit scales are deliberately not ln(100), so a test can
 tell `100 * cos` (clip) from `logit_scale.exp() * cos` (pickscore).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.tiny import build_once, clip_tokenizer, write_clip_tokenizer
+from pipeline.models.tiny import build_once, clip_tokenizer, write_clip_tokenizer
 
 # Bump a suffix when that tiny model's config or seed changes, so stale caches are not reused.
 CLIP_NAME, PICKSCORE_NAME, AESTHETIC_NAME = "clip-scorer-s1", "pickscore-s1", "aesthetic-head-s1"
@@ -73,7 +73,7 @@ def tiny_pickscore(cache_dir: str | None = None) -> Path:
 def _build_aesthetic(path: Path) -> None:
     from safetensors.torch import save_file
 
-    from pipeline.scoring import AestheticHead
+    from pipeline.scoring.scorers import AestheticHead
 
     torch.manual_seed(22)
     head = AestheticHead(CLIP_PROJECTION_DIM)

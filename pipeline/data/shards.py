@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.sink import committed_shards, tar_path
-from pipeline.storage import Location
+from pipeline.data.sink import committed_shards, tar_path
+from pipeline.data.storage import Location
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 

@@ -1,0 +1,1 @@
+"""Command lines: parse arguments, call the library, map the result to an exit code."""

@@ -1,0 +1,1 @@
+"""Reports on committed output: the dataset card, figures, statistics, method evaluation."""

@@ -1,0 +1,1 @@
+"""Sampling: guidance rules (pure), the chains that run them, one record per method, batches."""
