@@ -1,69 +1,14 @@
+#!/usr/bin/env python
 """Render one prompt with every method to PNGs, side by side, so a person can look.
 
     python jobs/render.py "a red fox in the snow" --out outputs/render [dotted.key=value ...]
 
-Uses configs/default.yaml (tiny model) unless --config/overrides say otherwise, e.g.
-`--config configs/sdxl.yaml` on a GPU. Writes <out>/<method>.png and <out>/all.png.
+Parsing and drawing: pipeline/cli/render.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.config import load_config  # noqa: E402
-
-METHODS = ("cfg", "np", "dns", "dnp", "cnp", "answer")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("prompt")
-    ap.add_argument("--out", default="outputs/render")
-    ap.add_argument("--config", action="append", default=[])
-    ap.add_argument("--negative", default="blurry, low quality", help="negative prompt for np")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args(argv)
-    cfg = load_config(a.config, a.overrides)
-
-    from PIL import Image, ImageDraw
-
-    from pipeline.models.captioner import Captioner
-    from pipeline.sampling.batch import SampleRequest, generate_batch
-    from pipeline.models.sdxl import load_sdxl
-
-    model = load_sdxl(cfg.model)
-    captioner = None
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tiles = []
-    for method in a.methods.split(","):
-        if method in ("dnp", "cnp") and captioner is None:
-            captioner = Captioner(cfg.captioner, model.device)
-        s = dataclasses.replace(cfg.sampler, method=method, batch_size=1)
-        req = SampleRequest(a.prompt, a.seed, a.negative if method == "np" else None)
-        (g,), t = generate_batch(model, [req], s, captioner)
-        img = Image.fromarray(g.image.numpy())
-        img.save(out / f"{method}.png")
-        neg = g.metadata.get("negative_prompt") or ""
-        print(f"{method:7s} evals={g.metadata['unet_evals']:5d}  {t.sample_s + t.decode_s + t.caption_s:6.2f}s"
-              f"  negative={neg[:60]!r}  -> {out / f'{method}.png'}")
-        tiles.append((method, img))
-    size = max(128, cfg.sampler.width)
-    sheet = Image.new("RGB", (size * len(tiles), size + 20), "white")
-    for i, (name, img) in enumerate(tiles):
-        sheet.paste(img.resize((size, size)), (i * size, 20))
-        ImageDraw.Draw(sheet).text((i * size + 4, 4), name, fill="black")
-    sheet.save(out / "all.png")
-    print(f"side by side: {out / 'all.png'}")
-    return 0
-
+from pipeline.cli.render import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

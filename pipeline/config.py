@@ -12,10 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.sampling.methods import (
+    ANSWER_NEGATIVES,
+    ANSWER_NORMALIZE,
+    ANSWER_SCHEDULES,
+    DNP_MODES,
+    METHODS,
+    run_methods,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
-METHODS = ("cfg", "np", "dns", "dnp", "cnp", "answer")
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("png", "jpg", "webp")
@@ -161,6 +169,10 @@ class RayConfig:
     max_in_flight_per_worker: int = 2
     max_attempts: int = 3  # a shard failing this often is quarantined
     max_actor_restarts: int = 3
+    # A shard with no result after this long counts a failed attempt and its actor is replaced (it may
+    # hang: a stuck device, a deadlock). Generous: a shard of 1000 SDXL images at 1024² takes ~20 min
+    # on one GPU; cnp costs ~26x cfg. 0 turns it off.
+    shard_timeout_s: float = 21600.0
     local_num_cpus: Optional[int] = None  # for the local Ray started when no cluster runs
 
 
@@ -199,7 +211,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate_sampler(s: SamplerConfig, prefix: str = "sampler") -> None:
     """Check sampler values; shared by the job config and direct library use."""
-    _choice(f"{prefix}.method", s.method, METHODS)
+    _choice(f"{prefix}.method", s.method, tuple(METHODS))
     _choice(f"{prefix}.scheduler", s.scheduler, SCHEDULERS)
     _positive(f"{prefix}.steps", s.steps)
     _positive(f"{prefix}.guidance_scale", s.guidance_scale)
@@ -214,14 +226,14 @@ def validate_sampler(s: SamplerConfig, prefix: str = "sampler") -> None:
     a = s.answer
     if a.k < 0:
         raise ConfigError(f"{prefix}.answer.k={a.k} is not valid; it must be >= 0")
-    _choice(f"{prefix}.answer.schedule", a.schedule, ("step", "clamped", "linear"))
-    _choice(f"{prefix}.answer.negative", a.negative, ("A", "B", "C"))
-    _choice(f"{prefix}.answer.normalize", a.normalize, ("sample", "channel", "none"))
+    _choice(f"{prefix}.answer.schedule", a.schedule, ANSWER_SCHEDULES)
+    _choice(f"{prefix}.answer.negative", a.negative, ANSWER_NEGATIVES)
+    _choice(f"{prefix}.answer.normalize", a.normalize, ANSWER_NORMALIZE)
     if a.g_dns is not None:
         _positive(f"{prefix}.answer.g_dns", a.g_dns)
     _choice(f"{prefix}.nonfinite", s.nonfinite, ("resample", "fail"))
     _positive(f"{prefix}.nonfinite_retries", s.nonfinite_retries, allow_zero=True)
-    _choice(f"{prefix}.dnp.mode", s.dnp.mode, ("auto", "dns_only", "human"))
+    _choice(f"{prefix}.dnp.mode", s.dnp.mode, DNP_MODES)
     if s.dnp.g_dns is not None:
         _positive(f"{prefix}.dnp.g_dns", s.dnp.g_dns)
 
@@ -250,8 +262,6 @@ def validate(cfg: Config) -> Config:
     _choice("model.upcast_vae", cfg.model.upcast_vae, ("auto", "always", "never"))
     _choice("model.attention", cfg.model.attention, ("sdpa", "default"))
     validate_sampler(cfg.sampler)
-    if cfg.sampler.method == "dnp" and cfg.sampler.dnp.mode == "human" and not cfg.input.negative_column:
-        raise ConfigError("sampler.dnp.mode=human needs input.negative_column (the human negatives)")
     _choice("captioner.dtype", cfg.captioner.dtype, DTYPES)
     _positive("captioner.workers", cfg.captioner.workers, allow_zero=True)
     _positive("captioner.gpus_per_worker", cfg.captioner.gpus_per_worker, allow_zero=True)
@@ -263,7 +273,11 @@ def validate(cfg: Config) -> Config:
     _positive("scoring.batch_size", cfg.scoring.batch_size)
     _positive("preference.candidates", cfg.preference.candidates)
     for i, m in enumerate(cfg.preference.methods):
-        _choice(f"preference.methods[{i}]", m, METHODS)
+        _choice(f"preference.methods[{i}]", m, tuple(METHODS))
+    for m in run_methods(cfg):
+        if METHODS[m].needs_negatives(cfg.sampler) and not cfg.input.negative_column:
+            raise ConfigError(f"method {m} with sampler.dnp.mode={cfg.sampler.dnp.mode} needs input.negative_column "
+                              "(a negative prompt per row: the human negatives)")
     _choice("preference.ties", cfg.preference.ties, ("skip", "first"))
     _positive("preference.margin", cfg.preference.margin, allow_zero=True)
     if cfg.preference.candidates > 1 or cfg.preference.methods:
@@ -278,6 +292,7 @@ def validate(cfg: Config) -> Config:
     _positive("ray.max_in_flight_per_worker", cfg.ray.max_in_flight_per_worker)
     _positive("ray.max_attempts", cfg.ray.max_attempts)
     _positive("ray.max_actor_restarts", cfg.ray.max_actor_restarts, allow_zero=True)
+    _positive("ray.shard_timeout_s", cfg.ray.shard_timeout_s, allow_zero=True)
     _choice("logging.level", cfg.logging.level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     _positive("logging.progress_interval_s", cfg.logging.progress_interval_s)
     return cfg
@@ -329,20 +344,20 @@ def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
     """The config as plain data; secrets replaced by '***' when set."""
     d = dataclasses.asdict(cfg)
     if redact:
-        _redact(d)
+        redact_secrets(d)
     return d
 
 
-def _redact(d: Any) -> None:
+def redact_secrets(d: Any) -> None:
     if isinstance(d, dict):
         for k, v in d.items():
             if k in SECRET_KEYS and v:
                 d[k] = REDACTED
             else:
-                _redact(v)
+                redact_secrets(v)
     elif isinstance(d, list):
         for v in d:
-            _redact(v)
+            redact_secrets(v)
 
 
 def to_yaml(cfg: Config, redact: bool = True) -> str:

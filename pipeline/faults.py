@@ -13,6 +13,9 @@ SYNTHGEN_FAULTS="site:action[:times][:match], ..." e.g. "after_upload:kill:1:000
           (context of the last five: the shard name, e.g. 000002)
   action  raise (RuntimeError) | oom (an out-of-memory error) | kill (the process dies: os._exit)
           | nan (hit() returns True: the caller poisons its tensor)
+          | wait (block here: creates SYNTHGEN_FAULT_DIR/reached-<site>, then waits until
+            SYNTHGEN_FAULT_DIR/release-<site> exists, forever if nobody creates it; a test acts at a
+            known moment, e.g. kills the driver while a shard is held, instead of racing the machine)
   times   how many times it fires across all processes (default: always); counted with files in
           SYNTHGEN_FAULT_DIR (required when times is given)
   match   only fire when this string occurs in the hit's context (e.g. a shard name)
@@ -21,7 +24,11 @@ SYNTHGEN_FAULTS="site:action[:times][:match], ..." e.g. "after_upload:kill:1:000
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+
+ACTIONS = ("raise", "oom", "kill", "nan", "wait")
+WAIT_POLL_S = 0.05
 
 
 class InjectedFault(RuntimeError):
@@ -44,8 +51,8 @@ def _parse(spec: str) -> tuple[Rule, ...]:
     rules = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         f = part.split(":")
-        if len(f) < 2 or f[1] not in ("raise", "oom", "kill", "nan"):
-            raise ValueError(f"SYNTHGEN_FAULTS entry {part!r}: use site:raise|oom|kill|nan[:times][:match]")
+        if len(f) < 2 or f[1] not in ACTIONS:
+            raise ValueError(f"SYNTHGEN_FAULTS entry {part!r}: use site:{'|'.join(ACTIONS)}[:times][:match]")
         times = int(f[2]) if len(f) > 2 and f[2] else None
         rules.append(Rule(f[0], f[1], times, f[3] if len(f) > 3 else ""))
     return tuple(rules)
@@ -84,8 +91,21 @@ def hit(site: str, context: str = "") -> bool:
             raise InjectedFault(f"injected fault at {site} ({context})")
         if rule.action == "oom":
             raise InjectedOOM(f"CUDA out of memory (injected at {site})")
+        if rule.action == "wait":
+            _wait(site)
+            continue
         return True
     return False
+
+
+def _wait(site: str) -> None:
+    folder = os.environ.get("SYNTHGEN_FAULT_DIR")
+    if not folder:
+        raise RuntimeError("SYNTHGEN_FAULTS with a wait action needs SYNTHGEN_FAULT_DIR")
+    open(os.path.join(folder, f"reached-{site}"), "w").close()
+    release = os.path.join(folder, f"release-{site}")
+    while not os.path.exists(release):
+        time.sleep(WAIT_POLL_S)
 
 
 def is_oom(exc: BaseException) -> bool:

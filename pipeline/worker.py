@@ -19,21 +19,19 @@ import torch
 
 from pipeline import faults
 from pipeline.config import Config
-from pipeline.sampling.batch import Generated, SampleRequest, generate_batch
-from pipeline.scoring.preference import pick_pair
-from pipeline.records import FAILED, PromptRecord, RowOutcome, Sample, ShardSpec, ShardStats
-from pipeline.models.sdxl import load_sdxl, resolve_device
-from pipeline.seeding import retry_seed, row_seed
-from pipeline.data.sink import AlreadyCommitted, ShardSink, read_stats
+from pipeline.data.layout import read_stats
+from pipeline.data.sink import AlreadyCommitted, ShardSink
 from pipeline.data.source import read_shard
 from pipeline.data.storage import open_location
+from pipeline.models.device import resolve_device
+from pipeline.models.sdxl import load_sdxl
+from pipeline.records import FAILED, PromptRecord, RowOutcome, Sample, ShardSpec, ShardStats
+from pipeline.sampling.batch import Generated, SampleRequest, generate_batch
+from pipeline.sampling.methods import needs_captioner, run_methods
+from pipeline.scoring.preference import pick_pair
+from pipeline.seeding import retry_seed, row_seed
 
 log = logging.getLogger(__name__)
-
-
-def needs_captioner(cfg: Config) -> bool:
-    methods = set(cfg.preference.methods) | {cfg.sampler.method}
-    return bool(methods & {"dnp", "cnp"}) and cfg.sampler.dnp.mode != "human"
 
 
 @dataclass
@@ -107,7 +105,7 @@ class ShardWorker:
     def process(self, records: list[PromptRecord], totals: dict) -> list[Sample | RowOutcome]:
         """Generate, score and group the images of a micro-batch of records."""
         pref = self.cfg.preference
-        methods = list(pref.methods) or [self.cfg.sampler.method]
+        methods = run_methods(self.cfg)
         jobs = [_Job(r, c, m, row_seed(self.cfg.seed, r.prompt_id, c, r.seed))
                 for r in records for m in methods for c in range(pref.candidates)]
         results: dict[int, Generated | str] = {}  # job index -> result or error

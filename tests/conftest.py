@@ -46,15 +46,16 @@ def reference(synthgen_cache, tmp_path_factory):
     """The uninterrupted dataset (tiny SDXL, 6 rows, 3 shards of test_generate's config), made in
     this process by ShardWorker: no Ray, no actor processes to start. Every Ray run of the same
     config (tests/test_generate.py, tests/test_chaos.py) must reproduce its tars byte for byte."""
-    from test_generate import gen, make_cfg, write_prompts
+    from test_generate import make_cfg, write_prompts
 
+    from pipeline.driver.plan import prepare
     from pipeline.worker import ShardWorker
 
     d = tmp_path_factory.mktemp("reference")
     prompts = write_prompts(d / "p6.parquet", ["a red fox", "a blue car", "a green tree", "",
                                                "a cat on a mat", "a yellow boat"])
     out = d / "out"
-    p = gen.prepare(make_cfg(prompts, out))
+    p = prepare(make_cfg(prompts, out))
     w = ShardWorker(p.cfg, name="inproc")
     for spec in p.specs:
         w.run(spec)

@@ -1,4 +1,4 @@
-"""The suite's Ray, started as few times as possible (each start costs ~1 min on the 2-core CI VM).
+"""The suite's Ray, started once per session.
 
 - `shared_head()`: one head node on 127.0.0.1 (2 CPUs, 2 logical GPUs, the dashboard for `ray job
   submit`), started on first use by the tests that need Ray and stopped at the end of the session.
@@ -14,7 +14,6 @@ runs, minus what the tests do not need and what cannot start reliably on the CI 
 - the autoscaler monitor and the log monitor, which compete for the CPU with the dashboard agent,
   and the raylet aborts when that agent has not written its port files within a fixed ~15 s
   ("Timed out waiting for file .../metrics_agent_port").
-A start is still retried; what a failed start leaves running is killed before the next attempt.
 
 Loopback only: Ray replaces 127.0.0.1 in a driver's address by the machine's IP unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (conftest sets it for the session and every subprocess).
@@ -71,49 +70,29 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s")
 
 
-def start_head(attempts: int = 3) -> Head:
-    """The suite's head on 127.0.0.1 (NODE_ARGS with 2 CPUs, 2 logical GPUs and the dashboard),
-    retried; the processes of a failed attempt are killed (jobs/generate.py's /proc-based
-    kill_descendants)."""
+def start_head() -> Head:
+    """The suite's head on 127.0.0.1: NODE_ARGS with 2 CPUs, 2 logical GPUs and the dashboard."""
     from ray.cluster_utils import Cluster
-    from test_generate import gen
 
-    for attempt in range(1, attempts + 1):
-        before, cluster, port = gen.descendants(), None, free_port()
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={
-                **NODE_ARGS, "num_cpus": 2, "num_gpus": 2, "no_monitor": True, "include_dashboard": True,
-                "dashboard_host": "127.0.0.1", "dashboard_port": port})
-            cluster.wait_for_nodes()
-            url = f"http://127.0.0.1:{port}"
-            _wait_http(f"{url}/api/version", timeout=300)
-            return Head(cluster, cluster.address, url)
-        except Exception:
-            if cluster is not None:
-                try:
-                    cluster.shutdown()
-                except Exception:  # noqa: BLE001 - half-started: the kill below cleans up
-                    pass
-            gen.kill_descendants(exclude=before)
-            if attempt == attempts:
-                raise
-            time.sleep(5 * attempt)
+    port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **NODE_ARGS, "num_cpus": 2, "num_gpus": 2, "no_monitor": True, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    try:
+        cluster.wait_for_nodes()
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/api/version", timeout=120)
+    except Exception:
+        cluster.shutdown()
+        raise
+    return Head(cluster, cluster.address, url)
 
 
-def add_node(cluster, attempts: int = 3):
-    """One more one-CPU node in `cluster`, retried: on a busy 2-core VM a new raylet can abort
-    before its dashboard agent writes its port file (a fixed wait inside the raylet, "Timed out
-    waiting for file .../metrics_agent_port"; seen in CI and here). A failed node never registered;
-    its agents exit with their raylet."""
-    for attempt in range(1, attempts + 1):
-        try:
-            node = cluster.add_node(**NODE_ARGS)
-            cluster.wait_for_nodes()
-            return node
-        except Exception:
-            if attempt == attempts:
-                raise
-            time.sleep(10 * attempt)
+def add_node(cluster):
+    """One more one-CPU node in `cluster`."""
+    node = cluster.add_node(**NODE_ARGS)
+    cluster.wait_for_nodes()
+    return node
 
 
 _shared: Head | None = None

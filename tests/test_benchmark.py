@@ -1,4 +1,5 @@
-"""jobs/benchmark.py at tiny sizes, every subcommand through main([...]): properties, never timings.
+"""The benchmarks at tiny sizes, every subcommand through pipeline.cli.benchmark.main([...]) (what
+jobs/benchmark.py runs): properties, never timings.
 
 - evals: every variant at two N, all counts equal; a formula that disagrees makes the exit status 1.
 - diffusers: our CFG and StableDiffusionXLPipeline on the same modules give the same latents/pixels.
@@ -11,19 +12,14 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-# Imported by package name, not by file path: the driver benchmark's spawned children import it again.
-bench = importlib.import_module("jobs.benchmark")
+from pipeline.benchmarks import evals, gpu, real_sizes
+from pipeline.cli import benchmark as bench
 
 EVALS = ["--eval-steps", "2", "3", "--eval-caption-tokens", "4"]
 EFFICIENCY = ["--eff-size", "32", "--eff-steps", "2", "--eff-batch", "2", "--eff-images", "4", "--eff-shard-size", "2",
@@ -52,15 +48,15 @@ def test_evals_cover_every_variant_and_equal_the_formulas(tiny_cache, tmp_path):
     labels = {r["variant"] for r in e["rows"]}
     assert {"cfg", "np", "dns", "dnp auto", "dnp dns_only", "dnp human", "cnp", "answer k=3 linear C"} <= labels
     for r in e["rows"]:
-        assert r["counted"] == r["predictor"] == r["metadata"] == r["formula"] == r["expected_evals"] > 0
+        assert r["counted"] == r["predictor"] == r["metadata"] == r["formula"] == r["record"] > 0
     by = {(r["variant"], r["N"]): r["counted"] for r in e["rows"]}
     assert by[("cfg", 3)] == 6 and by[("dnp auto", 3)] == 12 and by[("cnp", 3)] == 6 + 12
     assert "all equal: True" in out
 
 
 def test_evals_exit_1_when_a_count_differs(tiny_cache, tmp_path, monkeypatch):
-    real = bench.methods_md_evals
-    monkeypatch.setattr(bench, "methods_md_evals", lambda m, *a: real(m, *a) + (m == "dns"))
+    real = evals.methods_md_evals
+    monkeypatch.setattr(evals, "methods_md_evals", lambda m, *a: real(m, *a) + (m == "dns"))
     rc, rep, _ = run(tmp_path, "evals", "--eval-steps", "2", "--eval-caption-tokens", "2")
     wrong = {r["variant"] for r in rep["evals"]["rows"] if not r["equal"]}
     assert rc == 1 and not rep["evals"]["all_equal"] and wrong == {"dns"}
@@ -68,11 +64,11 @@ def test_evals_exit_1_when_a_count_differs(tiny_cache, tmp_path, monkeypatch):
 
 def test_methods_md_formulas_give_its_worked_examples():
     steps_above_half = [1] * 25 + [0] * 25  # N = 50: 25 steps with τ > T/2
-    assert bench.methods_md_evals("answer", 50, steps_above_half, "A", "auto") == 150
-    assert bench.methods_md_evals("answer", 50, [3 * k for k in steps_above_half], "A", "auto") == 250
-    assert bench.methods_md_evals("cfg", 50, [], "A", "auto") == 100
-    assert bench.methods_md_evals("dnp", 50, [], "A", "auto") == 200
-    assert bench.methods_md_evals("cnp", 50, [], "A", "auto") == 100 + 50 * 51
+    assert evals.methods_md_evals("answer", 50, steps_above_half, "A", "auto") == 150
+    assert evals.methods_md_evals("answer", 50, [3 * k for k in steps_above_half], "A", "auto") == 250
+    assert evals.methods_md_evals("cfg", 50, [], "A", "auto") == 100
+    assert evals.methods_md_evals("dnp", 50, [], "A", "auto") == 200
+    assert evals.methods_md_evals("cnp", 50, [], "A", "auto") == 100 + 50 * 51
 
 
 # ------------------------------------------------------------------ diffusers
@@ -125,18 +121,18 @@ def test_gpu_is_skipped_without_cuda(tmp_path):
 
 def test_gpu_configs_are_the_real_model_sizes():
     """Built on the meta device (no memory): parameter counts of the published checkpoints."""
-    sizes = {k: sum(p.numel() for p in v.parameters()) for k, v in bench.sdxl_modules("meta").items()}
+    sizes = {k: sum(p.numel() for p in v.parameters()) for k, v in real_sizes.sdxl_modules("meta").items()}
     assert sizes == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
                      "text_encoder_2": 694_659_840}
-    clips = {k: sum(p.numel() for p in v.parameters()) for k, v in bench.clip_modules("meta").items()}
+    clips = {k: sum(p.numel() for p in v.parameters()) for k, v in real_sizes.clip_modules("meta").items()}
     assert clips == {"clip": 427_616_513, "pickscore": 986_109_441}
-    assert sum(p.numel() for p in bench.blip2_model("meta", 259).parameters()) == 3_744_679_936
+    assert sum(p.numel() for p in real_sizes.blip2_model("meta", 259).parameters()) == 3_744_679_936
 
 
 @pytest.mark.slow
 def test_gpu_code_runs_on_cpu_with_the_tiny_models(tiny_cache):
     args = bench.build_parser().parse_args(["gpu", *GPU, "--peak-tflops", "1"])
-    r = bench.gpu_measure("cpu", False, args)
+    r = gpu.gpu_measure("cpu", False, args)
     assert set(r["methods"]) == {"cfg", "answer", "dnp"}
     assert all(v["images_per_s"] > 0 for v in r["methods"].values())
     assert r["methods"]["cfg"]["evals_per_image"] == 6 and r["methods"]["dnp"]["evals_per_image"] == 12

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.report.card import CONTACT_SHEET, PALETTE, hist_path, write_card
 from pipeline.config import load_config, to_yaml
-from pipeline.data.sink import write_index
+from pipeline.data.layout import write_index
 from pipeline.data.storage import open_location
+from pipeline.report.card import CONTACT_SHEET, PALETTE, hist_path, write_card
 
 PROMPTS = ["a red fox in snow", "", "a lighthouse at dusk with a very long description of the stormy sea, "
            "the waves, the clouds and a small boat far away", None, "two apples on a plate", "a steam train"]
@@ -37,8 +37,8 @@ def shared(tiny_cache):
 
     torch.set_num_threads(1)
     from pipeline.config import ModelConfig, ScoringConfig
-    from pipeline.scoring.scorers import load_scorers
     from pipeline.models.sdxl import load_sdxl
+    from pipeline.scoring.scorers import load_scorers
 
     return load_sdxl(ModelConfig(id="tiny")), load_scorers(ScoringConfig(scorers=["clip", "pickscore"]), "cpu")
 

@@ -1,13 +1,12 @@
-"""jobs/evaluate.py on the tiny model: 3 prompts x 3 methods, identical seeds, results.parquet,
+"""The evaluation (pipeline/report/evaluation.py, jobs/evaluate.py) on the tiny model: 3 prompts x
+3 methods, identical seeds, results.parquet,
 summary.json/.md consistent with it, labelled grids; the statistics helpers against known values."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.cli.evaluate import main as evaluate_main
 from pipeline.config import load_config
+from pipeline.report import stats
+from pipeline.report.evaluation import evaluate, read_prompts
 from pipeline.seeding import sample_seed
 
-EVALUATE = Path(__file__).resolve().parent.parent / "jobs" / "evaluate.py"
 PARTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
 METHODS = ["cfg", "answer", "dns"]
 SCORERS = ["clip", "pickscore", "aesthetic"]
@@ -30,18 +31,6 @@ TSV = ('Prompt\tCategory\n'
        'never reached (limit)\tOther\n')
 
 
-def _load():
-    """jobs/evaluate.py as a module (jobs/ is not a package)."""
-    name = "synthgen_jobs_evaluate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EVALUATE)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-ev = _load()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,7 @@ def evaluated(tmp_path_factory, tiny_cache):
                            "sampler.batch_size=2"])
     assert cfg.scoring.scorers == []  # the job's default scorers apply
     out = root / "out"
-    summary = ev.evaluate(cfg, str(root / "prompts.tsv"), METHODS, str(out), limit=3, grid_rows=2, tile=96)
+    summary = evaluate(cfg, str(root / "prompts.tsv"), METHODS, str(out), limit=3, grid_rows=2, tile=96)
     return out, summary, pq.read_table(out / "results.parquet").to_pylist()
 
 
@@ -133,23 +122,23 @@ def test_grids_rows_are_prompts_and_columns_methods(evaluated):
 
 
 def test_bad_method_is_a_usage_error(tmp_path, capsys):
-    assert ev.main(["--prompts", str(tmp_path / "x.tsv"), "--methods", "cfg,nope", "--out", str(tmp_path)]) == 2
+    assert evaluate_main(["--prompts", str(tmp_path / "x.tsv"), "--methods", "cfg,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_statistics_helpers():
     for df, t in ((1, 12.706204736), (2, 4.302652730), (9, 2.262157163), (30, 2.042272456)):
-        assert ev.t_ppf(0.975, df) == pytest.approx(t, abs=1e-8)
-    assert ev.wilson(0.5, 10) == pytest.approx((0.2365930905, 0.7634069095))
-    w = ev.win_rate([1, 2, 3, None], [0, 2, 4, 1])
+        assert stats.t_ppf(0.975, df) == pytest.approx(t, abs=1e-8)
+    assert stats.wilson(0.5, 10) == pytest.approx((0.2365930905, 0.7634069095))
+    w = stats.win_rate([1, 2, 3, None], [0, 2, 4, 1])
     assert (w["n"], w["wins"], w["ties"], w["losses"], w["rate"]) == (3, 1, 1, 1, 0.5)
-    assert (w["ci_low"], w["ci_high"]) == ev.wilson(0.5, 3)
-    assert ev.mean_ci([1.0])["ci_low"] is None
+    assert (w["ci_low"], w["ci_high"]) == stats.wilson(0.5, 3)
+    assert stats.mean_ci([1.0])["ci_low"] is None
 
 
 @pytest.mark.skipif(not PARTI.is_file(), reason="PartiPrompts.tsv is not next to the repository")
 def test_reads_partiprompts_verbatim():
-    prompts, info = ev.read_prompts(str(PARTI))
+    prompts, info = read_prompts(str(PARTI))
     assert info["column"] == "Prompt" and len(prompts) == 1632 and prompts[0].prompt_id == "0"
     assert any(p.prompt.startswith('"G I G G L E" painted') for p in prompts)  # quotes kept
-    assert len(ev.read_prompts(str(PARTI), limit=5)[0]) == 5
+    assert len(read_prompts(str(PARTI), limit=5)[0]) == 5

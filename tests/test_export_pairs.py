@@ -3,12 +3,10 @@ local and from the S3 server."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
 import statistics
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,12 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.cli import export_pairs as export_cli
 from pipeline.config import load_config
-from pipeline.seeding import sample_seed
+from pipeline.data import pairs as ep
 from pipeline.data.shards import ShardSample
 from pipeline.data.storage import open_location
+from pipeline.seeding import sample_seed
 
-EXPORT = Path(__file__).resolve().parent.parent / "jobs" / "export_pairs.py"
 PROMPTS = ["a red fox in snow", "a lighthouse at dusk", "two apples on a plate", "a steam train",
            "a quiet harbor at night", "a bowl of soup"]
 N = 3  # candidates per prompt
@@ -31,18 +30,6 @@ PICK_A_PIC = ["caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "mod
 EXTRA = ["score_0", "score_1", "scorer", "seed_0", "seed_1", "key", "prompt_id", "method_0", "method_1"]
 
 
-def _load_export_module():
-    """jobs/export_pairs.py as a module (jobs/ is not a package)."""
-    name = "synthgen_jobs_export_pairs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXPORT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-ep = _load_export_module()
 
 
 def make_cfg(prompts_file, out, margin):
@@ -76,9 +63,9 @@ def runs(tmp_path_factory, tiny_cache):
 
     torch.set_num_threads(1)
     from pipeline.config import ModelConfig, ScoringConfig
-    from pipeline.scoring.scorers import load_scorers
-    from pipeline.models.sdxl import load_sdxl
     from pipeline.data.source import plan_shards
+    from pipeline.models.sdxl import load_sdxl
+    from pipeline.scoring.scorers import load_scorers
     from pipeline.worker import ShardWorker
 
     root = tmp_path_factory.mktemp("pref")
@@ -174,7 +161,7 @@ def test_groups_without_pair_are_counted_and_min_margin_filters(runs, tmp_path):
     groups = read_groups(runs["margin"])
     no_pair = sum(g["meta"]["preference"]["chosen"] is None for g in groups.values())
     out = tmp_path / "parts"
-    rc = ep.main([str(runs["margin"]), str(out), "--rows-per-file", "1", "--row-group-size", "1",
+    rc = export_cli.main([str(runs["margin"]), str(out), "--rows-per-file", "1", "--row-group-size", "1",
                   "--report", str(tmp_path / "report.json")])
     report = json.loads((tmp_path / "report.json").read_text())
     assert rc == 0 and report["skipped"]["no_pair_below_margin"] == no_pair > 0

@@ -30,19 +30,18 @@ import pytest
 import raycluster
 
 from pipeline import faults
-from pipeline.config import load_config
-from pipeline.records import REJECTED, RowOutcome, Sample, ShardSpec, sample_key
-from pipeline.data.sink import ShardSink, committed_shards, stats_path, tar_path
+from pipeline.cli.generate import main as generate_main
+from pipeline.config import ConfigError, load_config
+from pipeline.data.layout import committed_shards, stats_path, tar_path
+from pipeline.data.sink import ShardSink
 from pipeline.data.storage import open_location
+from pipeline.driver import localray
+from pipeline.driver.job import run_job
+from pipeline.driver.localray import RayContext, check_resources
+from pipeline.driver.plan import RunRefused, fingerprint, fingerprint_config, prepare
+from pipeline.records import REJECTED, RowOutcome, Sample, ShardSpec, sample_key
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from jobs.benchmark import load_generate  # noqa: E402 - jobs/ is found through REPO
-
-gen = load_generate()
 
 
 # ------------------------------------------------------------------ shared helpers (also used by
@@ -186,7 +185,7 @@ def no_ray(monkeypatch):
     """Make any Ray start an error: proves a code path never reaches Ray."""
     def boom(*a, **k):
         raise AssertionError("Ray must not be started here")
-    monkeypatch.setattr(gen, "connect_ray", boom)
+    monkeypatch.setattr(localray, "connect_ray", boom)
 
 
 # ================================================================== no Ray
@@ -200,7 +199,7 @@ def no_ray(monkeypatch):
 ])
 def test_bad_config_exits_2_before_ray(monkeypatch, capsys, tmp_path, args, needle):
     no_ray(monkeypatch)
-    rc = gen.main(args + [f"output.path={tmp_path / 'out'}"])
+    rc = generate_main(args + [f"output.path={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert rc == 2
     assert needle in err and "error" in err
@@ -217,7 +216,7 @@ def test_bad_input_exits_2_before_ray(monkeypatch, capsys, tmp_path):
              ([f"input.path={nocol}", "input.prompt_column=text"], "'text'")]
     for args, needle in cases:
         out = tmp_path / "out"
-        rc = gen.main(args + [f"output.path={out}"])
+        rc = generate_main(args + [f"output.path={out}"])
         err = capsys.readouterr().err
         assert rc == 2, args
         assert needle in err, err
@@ -227,11 +226,11 @@ def test_bad_input_exits_2_before_ray(monkeypatch, capsys, tmp_path):
 def test_local_ray_without_gpus_refuses_gpu_workers(tmp_path, prompts6, monkeypatch):
     """A private local Ray cannot grow: gpus_per_worker > available GPUs fails before any actor."""
     cfg = make_cfg(prompts6, tmp_path / "out", "ray.gpus_per_worker=1")
-    rc = gen.RayContext("local", "x", {}, False)
+    rc = RayContext("local", "x", {}, False)
     monkeypatch.setitem(sys.modules, "ray", type(sys)("ray"))
     sys.modules["ray"].cluster_resources = lambda: {"CPU": 2.0}
-    with pytest.raises(gen.ConfigError, match="ray.gpus_per_worker=1"):
-        gen.check_resources(cfg, rc)
+    with pytest.raises(ConfigError, match="ray.gpus_per_worker=1"):
+        check_resources(cfg, rc)
 
 
 def test_fingerprint_ignores_execution_settings(tmp_path, prompts6):
@@ -242,16 +241,16 @@ def test_fingerprint_ignores_execution_settings(tmp_path, prompts6):
     other = [make_cfg(prompts6, tmp_path / "a", o) for o in
              ("seed=1", "sampler.steps=3", "output.shard_size=3", "sampler.method=answer",
               "output.image_format=jpg", "sampler.guidance_scale=7")]
-    fp = gen.fingerprint(base)
-    assert all(gen.fingerprint(c) == fp for c in same)
-    assert len({gen.fingerprint(c) for c in other} | {fp}) == len(other) + 1
-    assert "ray.num_workers" not in gen.fingerprint_config(base)
-    assert "sampler.steps" in gen.fingerprint_config(base)
+    fp = fingerprint(base)
+    assert all(fingerprint(c) == fp for c in same)
+    assert len({fingerprint(c) for c in other} | {fp}) == len(other) + 1
+    assert "ray.num_workers" not in fingerprint_config(base)
+    assert "sampler.steps" in fingerprint_config(base)
 
 
 def commit_all_in_process(cfg) -> None:
     """Commit every planned shard with FakeWorker, no Ray (a finished run)."""
-    p = gen.prepare(cfg)
+    p = prepare(cfg)
     w = FakeWorker(p.cfg, name="inproc")
     for s in p.specs:
         w.run(s)
@@ -263,7 +262,7 @@ def test_finished_output_is_not_sampled_again(tmp_path, prompts6, monkeypatch, c
     commit_all_in_process(cfg)
     before = {i: (out / stats_path(i)).stat().st_mtime_ns for i in range(3)}
     no_ray(monkeypatch)
-    res = gen.run_job(cfg, worker_cls=FakeWorker)
+    res = run_job(cfg, worker_cls=FakeWorker)
     assert res.exit_code == 0
     s = res.summary
     assert (s["planned_shards"], s["committed_shards"], s["skipped_shards"], s["new_shards"]) == (3, 3, 3, 0)
@@ -272,7 +271,7 @@ def test_finished_output_is_not_sampled_again(tmp_path, prompts6, monkeypatch, c
     assert json.loads((out / "run" / "summary.json").read_text())["status"] == "succeeded"
     assert (out / "run" / "config.yaml").exists() and (out / "index.json").exists()
     # the CLI says the same and where the output is
-    rc = gen.main(cli_args(prompts6, out))
+    rc = generate_main(cli_args(prompts6, out))
     printed = capsys.readouterr().out
     assert rc == 0 and f"output: {out}" in printed and "skipped 3" in printed
 
@@ -282,20 +281,20 @@ def test_resume_with_other_config_is_refused_then_new_run_archives(tmp_path, pro
     commit_all_in_process(make_cfg(prompts6, out))
     old_fp = json.loads((out / "run" / "fingerprint.json").read_text())["fingerprint"]
     no_ray(monkeypatch)
-    with pytest.raises(gen.RunRefused, match=r"sampler\.steps: 2 -> 3"):
-        gen.prepare(make_cfg(prompts6, out, "sampler.steps=3"))
-    rc = gen.main([f"input.path={prompts6}", "input.id_column=id", f"output.path={out}", "sampler.steps=3",
+    with pytest.raises(RunRefused, match=r"sampler\.steps: 2 -> 3"):
+        prepare(make_cfg(prompts6, out, "sampler.steps=3"))
+    rc = generate_main([f"input.path={prompts6}", "input.id_column=id", f"output.path={out}", "sampler.steps=3",
                    "output.shard_size=2"])
     assert rc == 2 and "output.new_run=true" in capsys.readouterr().err
     assert committed_shards(open_location(str(out))) == {0, 1, 2}  # nothing touched
     # the same config, spelled with other execution settings, resumes
-    gen.prepare(make_cfg(prompts6, out, "ray.num_workers=1", "sampler.batch_size=1"))
+    prepare(make_cfg(prompts6, out, "ray.num_workers=1", "sampler.batch_size=1"))
     # another input under the same name: refused (plan changed)
     write_prompts(prompts6, ["x"] * 5)
-    with pytest.raises(gen.RunRefused, match="shard plan changed"):
-        gen.prepare(make_cfg(prompts6, out))
+    with pytest.raises(RunRefused, match="shard plan changed"):
+        prepare(make_cfg(prompts6, out))
     # new_run moves the old run away and starts over
-    p = gen.prepare(make_cfg(prompts6, out, "sampler.steps=3", "output.new_run=true"))
+    p = prepare(make_cfg(prompts6, out, "sampler.steps=3", "output.new_run=true"))
     prev = out / "run" / f"previous-{old_fp[:12]}"
     assert p.archived and Path(p.archived) == prev
     assert committed_shards(open_location(str(out))) == set()
@@ -307,46 +306,8 @@ def test_foreign_output_is_refused(tmp_path, prompts6, monkeypatch):
     out = tmp_path / "out"
     commit_all_in_process(make_cfg(prompts6, out))
     (out / "run" / "fingerprint.json").unlink()
-    with pytest.raises(gen.RunRefused, match="no run/fingerprint.json"):
-        gen.prepare(make_cfg(prompts6, out))
-
-
-def test_failed_local_ray_start_is_cleaned_up_and_retried(monkeypatch):
-    """A start that fails (as Ray's does when the raylet misses its startup window) leaves processes
-    behind; they are killed before the next attempt, and the last failure is raised."""
-    import subprocess
-
-    ray = pytest.importorskip("ray")
-    left: list[subprocess.Popen] = []
-    calls: list[dict] = []
-
-    def init(**kw):
-        calls.append(kw)
-        if len(calls) < 3:  # what a failed start leaves: a process tree of its own
-            left.append(subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300"]))
-            time.sleep(0.3)
-            raise Exception("The current node timed out during startup.")
-
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
-    warmed: list = []
-    monkeypatch.setattr(gen, "_read_package_files", warmed.append)
-    before = {pid for pid in gen.descendants() if gen._alive(pid)}
-    gen.start_local_ray(num_cpus=2)
-    assert len(calls) == 3 and calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
-    assert all(p.wait(timeout=30) == -9 for p in left)  # killed, not left running
-    assert warmed == [ray, ray]  # the page cache warmed before each retry
-    assert {pid for pid in gen.descendants() if gen._alive(pid)} <= before
-    calls.clear()
-
-    def broken(**kw):
-        calls.append(kw)
-        raise Exception("still broken")
-
-    monkeypatch.setattr(ray, "init", broken)
-    with pytest.raises(Exception, match="still broken"):
-        gen.start_local_ray(attempts=2)
-    assert len(calls) == 2
+    with pytest.raises(RunRefused, match="no run/fingerprint.json"):
+        prepare(make_cfg(prompts6, out))
 
 
 def test_unwritable_output_exits_2(tmp_path, prompts6, monkeypatch, capsys):
@@ -358,7 +319,7 @@ def test_unwritable_output_exits_2(tmp_path, prompts6, monkeypatch, capsys):
         out = tmp_path / "ro" / "out"
         (tmp_path / "ro").mkdir(mode=0o500)
     no_ray(monkeypatch)
-    rc = gen.main([f"input.path={prompts6}", f"output.path={out}"])
+    rc = generate_main([f"input.path={prompts6}", f"output.path={out}"])
     assert rc == 2 and "cannot use output.path" in capsys.readouterr().err
 
 
@@ -373,14 +334,16 @@ def test_retry_requeue_and_quarantine(ray_local, tmp_path):
     prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
     out = tmp_path / "out"
     ev = Events()
-    res = gen.run_job(make_cfg(prompts, out), worker_cls=ChaosWorker, hooks=ev)
+    res = run_job(make_cfg(prompts, out), worker_cls=ChaosWorker, hooks=ev)
     s = res.summary
     assert res.exit_code == 1 and s["status"] == "quarantined"
     assert s["quarantined_shards"] == [2]
     assert committed_shards(open_location(str(out))) == {0, 1, 3}
     q = json.loads((out / "run" / "quarantine.json").read_text())["shards"]
     assert [r["shard"] for r in q] == [2] and q[0]["failures"] == 2
-    assert all("fake failure of shard 2" in e["error"] for e in q[0]["errors"])
+    # (its errors may also hold an actor death: it can be queued on the actor that shard 1 kills)
+    raised = [e for e in q[0]["errors"] if e["kind"] == "exception"]
+    assert len(raised) == 2 and all("fake failure of shard 2" in e["error"] for e in raised)
     stats = {i: json.loads((out / stats_path(i)).read_text()) for i in (0, 1, 3)}
     assert stats[0]["attempt"] >= 2  # its first attempt raised (or was lost with the dying actor)
     assert stats[1]["attempt"] >= 2  # requeued after its actor died
@@ -396,7 +359,7 @@ def test_retry_requeue_and_quarantine(ray_local, tmp_path):
     assert sum(w["shards"] for w in s["workers"].values()) == 3
     # a resume retries the quarantined shard (here it still fails) and samples nothing else
     ev2 = Events()
-    res2 = gen.run_job(make_cfg(prompts, out, "ray.num_workers=1"), worker_cls=ChaosWorker, hooks=ev2)
+    res2 = run_job(make_cfg(prompts, out, "ray.num_workers=1"), worker_cls=ChaosWorker, hooks=ev2)
     assert res2.exit_code == 1 and {p["shard"] for p in ev2.of("submitted")} == {2}
 
 
@@ -408,7 +371,7 @@ class PoisonWorker(FakeWorker):
 def test_shard_that_keeps_killing_its_actor_is_quarantined(ray_local, tmp_path):
     prompts = write_prompts(tmp_path / "p4.parquet", [f"prompt {i}" for i in range(4)])
     out = tmp_path / "out"
-    res = gen.run_job(make_cfg(prompts, out, "ray.max_actor_restarts=1"), worker_cls=PoisonWorker)
+    res = run_job(make_cfg(prompts, out, "ray.max_actor_restarts=1"), worker_cls=PoisonWorker)
     s = res.summary
     assert res.exit_code == 1 and s["quarantined_shards"] == [0]
     assert committed_shards(open_location(str(out))) == {1}
@@ -424,7 +387,7 @@ class BrokenInitWorker(FakeWorker):
 
 @pytest.mark.ray
 def test_actor_init_failure_stops_the_run(ray_local, tmp_path, prompts6):
-    res = gen.run_job(make_cfg(prompts6, tmp_path / "out"), worker_cls=BrokenInitWorker)
+    res = run_job(make_cfg(prompts6, tmp_path / "out"), worker_cls=BrokenInitWorker)
     assert res.exit_code == 1 and res.summary["status"] == "failed"
     assert "model weights not found" in res.summary["error"]
     assert res.summary["missing_shards"] == [0, 1, 2]
@@ -447,7 +410,7 @@ def test_real_job_on_local_ray_with_a_sampler_killed_mid_shard(ray_local, refere
     monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
     out = tmp_path / "out"
     ev = Events()
-    res = gen.run_job(make_cfg(prompts, out, "ray.num_workers=1"), hooks=ev)
+    res = run_job(make_cfg(prompts, out, "ray.num_workers=1"), hooks=ev)
     assert res.exit_code == 0, res.summary
     assert list(fault_dir.iterdir()), "the fault fired"
     s = res.summary
@@ -488,7 +451,7 @@ def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, tmp_path, prompt
     (out / stats_path(1)).unlink()
     before = {i: (out / stats_path(i)).stat().st_mtime_ns for i in (0, 2)}
     ev = Events()
-    res = gen.run_job(make_cfg(prompts6, out, "ray.num_workers=1"), worker_cls=FakeWorker, hooks=ev)
+    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1"), worker_cls=FakeWorker, hooks=ev)
     assert res.exit_code == 0, res.summary
     assert {p["shard"] for p in ev.of("submitted")} == {1}
     assert res.summary["new_shards"] == 1 and res.summary["skipped_shards"] == 2
@@ -503,7 +466,7 @@ def test_dnp_through_captioner_actors(ray_local, tmp_path):
     prompts = write_prompts(tmp_path / "p2.parquet", ["a red fox", "a blue car"])
     out = tmp_path / "out"
     cfg = make_cfg(prompts, out, "sampler.method=dnp", "captioner.workers=1", "ray.num_workers=1")
-    res = gen.run_job(cfg)
+    res = run_job(cfg)
     assert res.exit_code == 0, res.summary
     assert res.summary["workers"]["sampler-0"]["captioner"] == "RemoteCaptioner"
     assert_complete(out, n_rows=2, n_shards=1)

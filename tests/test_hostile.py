@@ -32,13 +32,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_generate import FakeWorker, gen, no_ray, write_prompts
+from test_generate import FakeWorker, no_ray, write_prompts
 
+from pipeline.cli.generate import main as generate_main
 from pipeline.config import REDACTED, InputConfig, load_config
-from pipeline.records import OK, REJECTED, PromptRecord, RowOutcome, Sample, sample_key
-from pipeline.data.sink import ShardSink, committed_shards, tar_path
+from pipeline.data.layout import committed_shards, tar_path
+from pipeline.data.sink import ShardSink
 from pipeline.data.source import plan_shards, read_shard
 from pipeline.data.storage import open_location
+from pipeline.driver.plan import prepare
+from pipeline.records import OK, REJECTED, PromptRecord, RowOutcome, Sample, sample_key
 
 MEMBER = re.compile(r"\d{12}\.(png|txt|json)")  # every tar member: <shard:06d><index:06d>.<ext>
 
@@ -74,7 +77,7 @@ def large_text(values: list) -> pa.Array:
 def test_invalid_config_values_exit_2_before_ray(monkeypatch, capsys, tmp_path, override, needle):
     no_ray(monkeypatch)
     out = tmp_path / "out"
-    rc = gen.main([override, f"output.path={out}"])
+    rc = generate_main([override, f"output.path={out}"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert needle in err and err.startswith("error:"), err
@@ -91,7 +94,7 @@ def test_config_file_that_is_not_a_yaml_mapping_exits_2(monkeypatch, capsys, tmp
     no_ray(monkeypatch)
     bad = tmp_path / "hostile.yaml"
     bad.write_bytes(content)
-    rc = gen.main(["--config", str(bad), f"output.path={tmp_path / 'out'}"])
+    rc = generate_main(["--config", str(bad), f"output.path={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and str(bad) in err, err
     assert not (tmp_path / "out").exists()
@@ -164,7 +167,7 @@ def test_unusable_input_exits_2_before_ray_and_writes_nothing(monkeypatch, capsy
     no_ray(monkeypatch)
     args, needle = _input_case(case, tmp_path)
     out = tmp_path / "out"
-    rc = gen.main([*args, f"output.path={out}"])
+    rc = generate_main([*args, f"output.path={out}"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert needle in err and err.startswith("error:"), err
@@ -178,7 +181,7 @@ def test_output_below_a_regular_file_exits_2(monkeypatch, capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     for out in (blocker, blocker / "out"):
-        rc = gen.main([f"input.path={inp}", f"output.path={out}"])
+        rc = generate_main([f"input.path={inp}", f"output.path={out}"])
         err = capsys.readouterr().err
         assert rc == 2 and f"cannot use output.path={out}" in err, err
     assert blocker.read_text() == "not a directory"
@@ -193,7 +196,7 @@ def test_non_empty_foreign_output_is_refused(monkeypatch, capsys, tmp_path):
     (out / "shards" / "notes.txt").write_text("mine")
     before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     try:
-        rc = gen.main([f"input.path={inp}", f"output.path={out}"])
+        rc = generate_main([f"input.path={inp}", f"output.path={out}"])
     except AssertionError as e:  # no_ray: the run went on to start Ray
         pytest.fail(f"a foreign, non-empty output.path was used: {e}")
     assert rc == 2 and "output.path" in capsys.readouterr().err
@@ -335,12 +338,12 @@ def sidecar_rows(out: Path) -> list[dict]:
 def commit_in_process_then_main(args: list[str], monkeypatch) -> int:
     """Every shard committed in this process by SourceWorker, then the job itself: it finds all shards
     done (index, summary and card written) and never starts Ray."""
-    p = gen.prepare(load_config(overrides=args))
+    p = prepare(load_config(overrides=args))
     worker = SourceWorker(p.cfg, name="inproc")
     for spec in p.specs:
         worker.run(spec)
     no_ray(monkeypatch)
-    return gen.main(args)
+    return generate_main(args)
 
 
 def test_end_to_end_every_row_is_in_the_sidecar_and_nothing_escapes_the_output(tmp_path, monkeypatch, capsys):
@@ -463,8 +466,8 @@ def test_sdxl_does_not_run_code_from_the_model_directory(tmp_path, tiny_sdxl_dir
 
 
 def test_captioner_refuses_pickled_weights(tmp_path, tiny_cache, no_unpickling):
-    from pipeline.models.captioner import Captioner
     from pipeline.config import CaptionerConfig
+    from pipeline.models.captioner import Captioner
     from pipeline.models.tiny import tiny_blip2
 
     marker = tmp_path / "PWNED"
@@ -480,7 +483,8 @@ def test_scorers_refuse_pickled_weights_and_remote_code(tmp_path, no_unpickling)
     import torch
     from safetensors import SafetensorError
 
-    from pipeline.scoring.scorers import load_aesthetic_head, load_clip_model, resolve_aesthetic_head
+    from pipeline.scoring.aesthetic import load_aesthetic_head, resolve_aesthetic_head
+    from pipeline.scoring.clip import load_clip_model
     from pipeline.scoring.tiny import CLIP_LOGIT_SCALE, CLIP_PROJECTION_DIM, _clip_config
 
     marker = tmp_path / "PWNED"
@@ -564,12 +568,12 @@ def test_credentials_never_reach_outputs_logs_or_the_card(tmp_path, monkeypatch,
             "logging.level=DEBUG", *(f"{k}={v}" for k, v in SECRETS.items())]
     cfg = load_config(overrides=args)
     assert cfg.output.s3.secret == SECRETS["output.s3.secret"]  # the secrets really are in the config
-    p = gen.prepare(cfg)
+    p = prepare(cfg)
     worker = ShardWorker(p.cfg, model=tiny_model, name="inproc")
     stats = [worker.run(spec) for spec in p.specs]
     assert [(s.samples, s.rejected) for s in stats] == [(1, 1), (1, 1)]
     no_ray(monkeypatch)
-    assert gen.main(args) == 0  # finishes the run: index.json, run/summary.json, README.md, card/*.png
+    assert generate_main(args) == 0  # finishes the run: index.json, run/summary.json, README.md, card/*.png
     summary = json.loads((out / "run" / "summary.json").read_text())
     write_card(str(out), cfg, summary)  # the card again, from a path and the unredacted Config
     printed = capsys.readouterr()

@@ -17,14 +17,14 @@ import pytest
 from test_generate import (
     Events,
     FakeWorker,
-    gen,
     make_cfg,
     pickle_fakes_by_value,
     write_prompts,
 )
 
-from pipeline.data.sink import committed_shards, stats_path
+from pipeline.data.layout import committed_shards, stats_path
 from pipeline.data.storage import open_location
+from pipeline.driver.job import run_job
 
 pytestmark = [pytest.mark.ray]
 
@@ -34,7 +34,7 @@ def test_each_sampler_actor_gets_its_own_gpu(ray_local, tmp_path):
     prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
     out = tmp_path / "out"
     ev = Events()
-    res = gen.run_job(make_cfg(prompts, out, "ray.gpus_per_worker=1"), worker_cls=FakeWorker, hooks=ev)
+    res = run_job(make_cfg(prompts, out, "ray.gpus_per_worker=1"), worker_cls=FakeWorker, hooks=ev)
     assert res.exit_code == 0, res.summary
     infos = {p["slot"]: p["info"] for p in ev.of("actor_ready")}
     assert set(infos) == {"sampler-0", "sampler-1"}
@@ -56,7 +56,7 @@ def test_two_node_cluster_spreads_shards(node_cluster, tmp_path):
     assert len(nodes) == 2
     prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
     out = tmp_path / "out"
-    res = gen.run_job(make_cfg(prompts, out), worker_cls=FakeWorker)
+    res = run_job(make_cfg(prompts, out), worker_cls=FakeWorker)
     assert res.exit_code == 0, res.summary
     workers = res.summary["workers"].values()
     assert {w["node_id"] for w in workers if w["shards"] > 0} == nodes

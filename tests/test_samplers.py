@@ -8,11 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.sampling import guidance
-from pipeline.models import sdxl as S
 from pipeline.config import AnswerConfig, CaptionerConfig, ConfigError, DnpConfig, ModelConfig, SamplerConfig
+from pipeline.models import sdxl as S
+from pipeline.sampling import guidance
 from pipeline.sampling.batch import SampleRequest, generate_batch
-from pipeline.sampling.chains import Grid, NoisePredictor, answer_chain, expected_evals, fresh_scheduler
+from pipeline.sampling.chains import Grid, NoisePredictor, answer_chain, fresh_scheduler
+from pipeline.sampling.methods import METHODS
 from pipeline.seeding import initial_noise, sample_seed
 
 H = W = 32  # latents 4x4: the smallest size the tiny UNet takes
@@ -120,7 +121,8 @@ def test_only_main_steps_advance_the_scheduler(model):
     state = gen.get_state()
     z0 = torch.randn(1, 4, 4, 4, generator=gen) * sched.init_noise_sigma
     gen_state_after_noise = gen.get_state()
-    answer_chain(predict, sched, z0, c_null, c_p, 5.0, 5.0, k=3)
+    ks = guidance.answer_schedule("step", 3, [float(t) for t in sched.timesteps])
+    answer_chain(predict, sched, z0, c_null, c_p, 5.0, 5.0, ks)
     assert len(calls) == STEPS  # scheduler.step once per main step, never in the mini-chain
     assert calls == [None] + list(range(1, STEPS))
     assert sorted(set(seen), key=lambda v: -1 if v is None else v) == [None] + list(range(1, STEPS))
@@ -151,10 +153,14 @@ def test_eval_formulas_match_methods_md_examples(model):
     sched = fresh_scheduler(model.make_scheduler("euler"), 50)
     ts = [float(t) for t in sched.timesteps]
     assert sum(1 for t in ts if t > 500) == 25
-    assert expected_evals("cfg", 50) == 100 and expected_evals("dnp", 50) == 200
-    assert expected_evals("answer", 50, guidance.answer_schedule("step", 1, ts)) == 150
-    assert expected_evals("answer", 50, guidance.answer_schedule("step", 3, ts)) == 250
-    assert expected_evals("cnp", 50) == 100 + 50 * 51
+
+    def evals(method, ks=(), **kw):
+        return METHODS[method].evals(SamplerConfig(method=method, steps=50, **kw), list(ks))
+
+    assert evals("cfg") == 100 and evals("dnp") == 200
+    assert evals("answer", guidance.answer_schedule("step", 1, ts)) == 150
+    assert evals("answer", guidance.answer_schedule("step", 3, ts)) == 250
+    assert evals("cnp") == 100 + 50 * 51
 
 
 VARIANTS = [("cfg", {}), ("np", {}), ("dns", {}), ("dnp", {}), ("dnp", {"dnp": DnpConfig(mode="dns_only")}),
@@ -182,8 +188,8 @@ def test_unet_counter_equals_formula(model, captioner, method, extra):
         S.unet_fn = orig
     sched = fresh_scheduler(model.make_scheduler("euler"), steps)
     ks = guidance.answer_schedule(s.answer.k and s.answer.schedule, s.answer.k,
-                                  [float(x) for x in sched.timesteps]) if method == "answer" else None
-    want = expected_evals(method, steps, ks, s.answer.negative, s.dnp.mode)
+                                  [float(x) for x in sched.timesteps]) if method == "answer" else []
+    want = METHODS[method].evals(s, ks)
     assert sum(counted) == want * len(reqs) == t.evals
     assert all(o.metadata["unet_evals"] == want for o in out)
     assert len(counted) == t.calls  # one batched call per chain step for the whole batch

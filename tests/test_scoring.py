@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.config import ScoringConfig
-from pipeline.scoring.scorers import load_aesthetic_head, load_scorers, resolve_aesthetic_head
+from pipeline.scoring.aesthetic import load_aesthetic_head, resolve_aesthetic_head
+from pipeline.scoring.scorers import load_scorers
 
 ALL = ["clip", "pickscore", "aesthetic"]
 PROMPTS = ["a red fox in the snow", "a city at night", "a red fox in the snow", "A city at night", "x"]

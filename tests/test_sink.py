@@ -15,17 +15,10 @@ import pytest
 from PIL import Image
 
 from pipeline.config import S3Config
-from pipeline.records import FAILED, REJECTED, RowOutcome, Sample, ShardSpec, sample_key
-from pipeline.data.sink import (
-    TAR_MTIME,
-    AlreadyCommitted,
-    ShardSink,
-    committed_shards,
-    encode_image,
-    read_stats,
-    write_index,
-)
+from pipeline.data.layout import committed_shards, read_stats, write_index
+from pipeline.data.sink import TAR_MTIME, AlreadyCommitted, ShardSink, encode_image
 from pipeline.data.storage import open_location
+from pipeline.records import FAILED, REJECTED, RowOutcome, Sample, ShardSpec, sample_key
 
 SPEC = ShardSpec(shard_id=3, path="prompts.parquet", row_start=10, row_stop=15)
 

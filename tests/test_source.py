@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.records import REJECTED, PromptRecord, RowOutcome, sample_key
 from pipeline.data.source import InputError, plan_shards, read_shard
+from pipeline.records import REJECTED, PromptRecord, RowOutcome, sample_key
 
 
 def write(path, columns: dict, row_group_size: int = 3, schema=None):

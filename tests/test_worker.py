@@ -14,10 +14,10 @@ from PIL import Image
 
 from pipeline import faults
 from pipeline.config import load_config
-from pipeline.records import FAILED, OK, REJECTED
-from pipeline.models.sdxl import load_sdxl
-from pipeline.data.sink import committed_shards
+from pipeline.data.layout import committed_shards
 from pipeline.data.source import plan_shards
+from pipeline.models.sdxl import load_sdxl
+from pipeline.records import FAILED, OK, REJECTED
 from pipeline.worker import ShardWorker
 
 PROMPTS = ["a red fox in snow", "", "a lighthouse at dusk", None, "two apples on a plate", "a ship\x07",

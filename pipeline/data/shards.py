@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.data.sink import committed_shards, tar_path
+from pipeline.data.layout import committed_shards, tar_path
 from pipeline.data.storage import Location
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")

@@ -38,14 +38,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import faults
-from pipeline.records import FAILED, OK, REJECTED, RowOutcome, Sample, ShardSpec, ShardStats, sample_key
+from pipeline.data.layout import sidecar_path, stats_path, tar_path
 from pipeline.data.storage import Location
+from pipeline.records import FAILED, OK, REJECTED, RowOutcome, Sample, ShardSpec, ShardStats, sample_key
 
-SHARDS = "shards"
 TAR_MTIME = 0  # fixed, so that a rerun of a shard gives a byte-identical tar
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # extra image names: no dots, no slashes
-_STATS = re.compile(r"(\d{6})\.stats\.json")
 ENCODE_AHEAD = 8  # samples queued for encoding at most: bounds the images held in memory
 _COMPUTED = {"shard_id", "rows", "samples", "rejected", "failed", "tar_bytes", "tar_sha256"}
 
@@ -61,18 +60,6 @@ class AlreadyCommitted(RuntimeError):
     def __init__(self, location: Location, shard_id: int):
         super().__init__(f"shard {shard_id:06d} is already committed at {location.uri(stats_path(shard_id))}")
         self.shard_id = shard_id
-
-
-def tar_path(shard_id: int) -> str:
-    return f"{SHARDS}/{shard_id:06d}.tar"
-
-
-def sidecar_path(shard_id: int) -> str:
-    return f"{SHARDS}/{shard_id:06d}.parquet"
-
-
-def stats_path(shard_id: int) -> str:
-    return f"{SHARDS}/{shard_id:06d}.stats.json"
 
 
 def encode_image(img: Any, fmt: str = "png", quality: int = 95) -> bytes:
@@ -298,30 +285,3 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"metadata value {o!r} of type {type(o).__name__} is not JSON serializable")
-
-
-# -- reading committed output --------------------------------------------------------------------
-def committed_shards(location: Location) -> set[int]:
-    """Shard ids whose stats file exists."""
-    return {int(m.group(1)) for name in location.listdir(SHARDS) if (m := _STATS.fullmatch(name))}
-
-
-def read_stats(location: Location, shard_id: int) -> ShardStats:
-    return ShardStats.from_dict(json.loads(location.read_text(stats_path(shard_id))))
-
-
-def write_index(location: Location) -> dict[str, Any]:
-    """Write index.json listing every committed shard (samples, bytes, sha256); returns it."""
-    ids = sorted(committed_shards(location))
-    raw = location.read_many([stats_path(i) for i in ids])
-    shards = []
-    for i in ids:
-        st = ShardStats.from_dict(json.loads(raw[stats_path(i)]))
-        shards.append({"shard": i, "tar": tar_path(i), "sidecar": sidecar_path(i), "rows": st.rows,
-                       "samples": st.samples, "rejected": st.rejected, "failed": st.failed,
-                       "bytes": st.tar_bytes, "sha256": st.tar_sha256})
-    index = {"shards": shards, "totals": {k: sum(s[k] for s in shards)
-                                          for k in ("rows", "samples", "rejected", "failed", "bytes")}}
-    index["totals"]["shards"] = len(shards)
-    location.write_text_atomic("index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
-    return index

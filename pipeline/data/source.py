@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
-from pipeline.records import REJECTED, PromptRecord, RowOutcome, ShardSpec, sample_key
 from pipeline.data.storage import filesystem_for, is_s3, normalize_path
+from pipeline.records import REJECTED, PromptRecord, RowOutcome, ShardSpec, sample_key
 
 TEXT_SUFFIX = ".txt"
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (torch.Generator.manual_seed's range)

@@ -1,9 +1,9 @@
 """Ray wiring around the plain workers: the sampler actor, the captioner actor, the remote captioner.
 
-The classes here are plain Python; jobs/generate.py applies `ray.remote(num_gpus=..., ...)` with the
-resources from the config. They live in the package (not in jobs/) so that actors on any node
-import them by name from the shipped code. `ray` is imported inside functions only, so importing
-this module costs nothing; pipeline/worker.py never imports it.
+The classes here are plain Python; `new_sampler` and `start_captioners` apply `ray.remote(...)` with
+the resources from the config. They live in the package so that actors on any node import them by
+name from the shipped code. `ray` is imported inside functions only, so importing this module costs
+nothing; pipeline/worker.py never imports it.
 
 - `SamplerActor` holds one `ShardWorker` (or the test double passed as `worker_cls`). Ray's GPU
   assignment (CUDA_VISIBLE_DEVICES, `ray.get_gpu_ids()`) is what pins it; without a GPU it runs
@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.records import ShardSpec, ShardStats
+from pipeline.sampling.methods import needs_captioner
 
 
 def ray_identity() -> dict[str, Any]:
@@ -122,3 +123,34 @@ class RemoteCaptioner:
         handle = self.handles[self._next]
         self._next = (self._next + 1) % len(self.handles)
         return handle.caption.remote(chunk)
+
+
+def new_sampler(cfg: Config, rc: Any, worker_cls: type, slot: str, captioner: Any):
+    """A SamplerActor holding `worker_cls(cfg, captioner=..., name=...)`; Ray restarts it on a crash."""
+    import ray
+
+    return ray.remote(SamplerActor).options(
+        num_gpus=cfg.ray.gpus_per_worker, num_cpus=cfg.ray.cpus_per_worker,
+        max_restarts=cfg.ray.max_actor_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
+        runtime_env=rc.runtime_env or None).remote(worker_cls, cfg, slot, captioner)
+
+
+def start_captioners(cfg: Config, rc: Any) -> list:
+    """`captioner.workers` CaptionerActors when a method of the run captions (else none: the sampler
+    workers caption in-process when captioner.workers is 0)."""
+    import ray
+
+    if not (needs_captioner(cfg) and cfg.captioner.workers > 0):
+        return []
+    remote = ray.remote(CaptionerActor).options(
+        num_gpus=cfg.captioner.gpus_per_worker, num_cpus=0, max_restarts=cfg.ray.max_actor_restarts,
+        max_task_retries=cfg.ray.max_actor_restarts, runtime_env=rc.runtime_env or None)
+    return [remote.remote(cfg) for _ in range(cfg.captioner.workers)]
+
+
+def remote_captioner(cfg: Config, handles: list, offset: int) -> RemoteCaptioner | None:
+    """The captioner handed to one sampler worker: the pool of captioner actors, or None."""
+    if not handles:
+        return None
+    return RemoteCaptioner(handles, cfg.captioner.batch_size, offset=offset,
+                           retries=max(1, cfg.ray.max_actor_restarts))

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import CaptionerConfig
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from pipeline.models.device import DTYPES
 
 
 class Captioner:

@@ -13,20 +13,10 @@ from typing import Any
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.models.device import DTYPES, resolve_device
 from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device=cuda but no CUDA device is visible; use model.device=auto or cpu")
-    return torch.device(device)
-
 
 def resolve_model_path(model_id: str, cache_dir: str | None) -> str:
     if model_id == "tiny":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -137,14 +137,6 @@ def scheduler_step(scheduler, eps: torch.Tensor, j: int, z: torch.Tensor) -> tor
     return scheduler.step(eps, t, z, return_dict=False)[0]
 
 
-@dataclass
-class ChainTrace:
-    """Per-call visible state: what a chain did, for metadata and invariant tests."""
-
-    k_schedule: list[int] = field(default_factory=list)
-    negatives: list[list[str]] = field(default_factory=list)  # CNP: captions per step
-
-
 def guided_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_u: Conditions,
                  c_c: Conditions, g: float, on_step: Callable | None = None) -> torch.Tensor:
     """A full sampling run with ε̂ = ε_u + g·(ε_c − ε_u): cfg (u=∅, c=p), np (u=n, c=p), dns (u=p, c=∅).
@@ -161,14 +153,13 @@ def guided_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_u: Condi
 
 
 def answer_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Conditions,
-                 c_p: Conditions, g: float, g_dns: float, k: int, schedule: str = "step",
-                 negative: str = "A", norm: str = "sample", trace: ChainTrace | None = None,
-                 on_step: Callable | None = None) -> torch.Tensor:
-    """ANSWER (Desai & Vasconcelos, ICCV 2025): CFG whose negative is a K-step DNS mini-chain's ε."""
+                 c_p: Conditions, g: float, g_dns: float, ks: list[int], negative: str = "A",
+                 norm: str = "sample", on_step: Callable | None = None) -> torch.Tensor:
+    """ANSWER (Desai & Vasconcelos, ICCV 2025): CFG whose negative is a K_i-step DNS mini-chain's ε.
+
+    ks: K_i per main step (guidance.answer_schedule); 0 makes that step exactly CFG.
+    """
     grid = Grid.from_scheduler(scheduler)
-    ks = guidance.answer_schedule(schedule, k, [float(t) for t in grid.timesteps])
-    if trace is not None:
-        trace.k_schedule = ks
     for i in range(len(grid)):
         eps_null, eps_p = predict.pair(grid, z, i, c_null, c_p)
         if ks[i] == 0:
@@ -197,8 +188,7 @@ def answer_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Co
 
 
 def cnp_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Conditions, c_p: Conditions,
-              g: float, g_dns: float, negative_at: Callable[[torch.Tensor], Conditions],
-              trace: ChainTrace | None = None) -> torch.Tensor:
+              g: float, g_dns: float, negative_at: Callable[[torch.Tensor], Conditions]) -> torch.Tensor:
     """Complete DNP (Desai & Vasconcelos, ECCV 2024 baseline): a fresh DNS negative at every step.
 
     At step i a full DNS chain runs from z_i over steps i..N−1 (pure ODE steps), its result is
@@ -214,21 +204,3 @@ def cnp_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Condi
         eps_n, eps_p = predict.pair(grid, z, i, c_n, c_p)
         z = scheduler_step(scheduler, guidance.negative_prompt(eps_n, eps_p, g), i, z)
     return z
-
-
-def expected_evals(method: str, steps: int, k_schedule: list[int] | None = None,
-                   negative: str = "A", dnp_mode: str = "auto") -> int:
-    """UNet evals per image from methods.md's formulas (the counter must agree)."""
-    n = steps
-    if method in ("cfg", "np", "dns"):
-        return 2 * n
-    if method == "dnp":
-        return 2 * n if dnp_mode in ("dns_only", "human") else 4 * n
-    if method == "cnp":
-        return 2 * n + n * (n + 1)
-    if method == "answer":
-        ks = k_schedule or []
-        active = sum(1 for k in ks if k > 0)
-        fewer = {"A": 0, "B": 1, "C": 2}[negative]
-        return 2 * n + 2 * sum(ks) - fewer * active
-    raise ValueError(f"unknown method {method!r}")

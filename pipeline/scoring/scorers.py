@@ -31,53 +31,26 @@ Everything loads through transformers `from_pretrained(..., use_safetensors=True
 CLIP classes (never remote code); `id: tiny` first builds a tiny random model offline
 (pipeline.scoring.tiny) and then loads it through the very same call.
 
-Aesthetic head file (`scoring.aesthetic_head`): a `.safetensors` file, either a local path or a
-hub path `org/repo/path/in/repo.safetensors` (fetched with huggingface_hub.hf_hub_download at
-`scoring.aesthetic_head_revision`), read with safetensors only (no pickle, no torch.load). Its keys
-are those of the reference `MLP.state_dict()` (nn.Sequential `layers`; Dropouts at 1, 3, 5; no
-activations, the ReLUs are commented out upstream):
-
-    layers.0.weight [1024, 768]  layers.0.bias [1024]
-    layers.2.weight [128, 1024]  layers.2.bias [128]
-    layers.4.weight [64, 128]    layers.4.bias [64]
-    layers.6.weight [16, 64]     layers.6.bias [16]
-    layers.7.weight [1, 16]      layers.7.bias [1]
-
-A ready converted file is `ttj/sac-logos-ava1-l14-linearMSE/model.safetensors` (revision
-1e77fa05081323d99725fc40a9bf9f88180490e7, same keys; NVIDIA NeMo Curator loads it this way). The
-upstream file is a pickle (`sac+logos+ava1-l14-linearMSE.pth` in
-github.com/christophschuhmann/improved-aesthetic-predictor); convert it once, on a trusted machine:
-
-    import torch
-    from safetensors.torch import save_file
-    sd = torch.load("sac+logos+ava1-l14-linearMSE.pth", map_location="cpu", weights_only=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, "sac+logos+ava1-l14-linearMSE.safetensors")
-
-(a plain state dict; if its keys lack the `layers.` prefix, add it.)
+The CLIP models: pipeline/scoring/clip.py; the aesthetic head and its file: pipeline/scoring/aesthetic.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipeline import faults
 from pipeline.config import ScoringConfig
+from pipeline.models.device import DTYPES, resolve_device
+from pipeline.scoring.aesthetic import AestheticHead, load_aesthetic_head, resolve_aesthetic_head, sha256_file
+from pipeline.scoring.clip import ClipScorerModel, hub_commit_from_path, load_clip_model
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-AESTHETIC_DIMS = (1024, 128, 64, 16, 1)  # hidden widths of the LAION v2 MLP after its input
 SCORED_IMAGE = {
     "source": "decoded",
     "format": "uint8 RGB [H, W, 3]",
@@ -94,61 +67,9 @@ class SampleScores(NamedTuple):
     errors: dict[str, str]  # only the failed scorers, {} when all succeeded
 
 
-class AestheticHead(nn.Module):
-    """The LAION improved aesthetic predictor v2 MLP (linear layers only, as released)."""
-
-    def __init__(self, in_dim: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-def image_processor_class():
-    """The PIL CLIP image processor (the reference preprocessing, the same on every machine)."""
-    try:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-        return CLIPImageProcessorPil
-    except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL one
-        from transformers import CLIPImageProcessor
-        return CLIPImageProcessor
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _error(e: BaseException) -> str:
     msg = f"{type(e).__name__}: {e}"
     return msg if len(msg) <= MAX_ERROR_CHARS else msg[:MAX_ERROR_CHARS - 3] + "..."
-
-
-def _hub_commit(repo_id: str, filename: str, revision: str | None) -> str | None:
-    """The commit a hub id resolved to (from the local HF cache, no network); None for local dirs."""
-    if Path(repo_id).exists():
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        p = try_to_load_from_cache(repo_id, filename, revision=revision)
-        if isinstance(p, str):
-            return _hub_commit_from_path(Path(p))
-    except Exception:  # provenance is best effort; the configured revision is recorded anyway
-        pass
-    return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_rgb_image(image: Any):
@@ -199,121 +120,6 @@ def _batched(fn, items: list, batch_size: int, what: str) -> tuple[list, list[st
             except Exception as e:
                 errs[start + j] = _error(e)
     return out, errs
-
-
-def _features(out) -> torch.Tensor:
-    """get_*_features returns a tensor (transformers 4) or an output with the projected pooler_output."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-@dataclass
-class ClipScorerModel:
-    """A CLIPModel with its tokenizer and (PIL) image processor, loaded like any hub model."""
-
-    name: str
-    model: Any
-    tokenizer: Any
-    image_processor: Any
-    device: torch.device
-    dtype: torch.dtype
-    info: dict
-
-    @cached_property
-    def pixel_key(self) -> str:
-        """Equal for two models whose image preprocessing is identical (pixels are then shared)."""
-        return json.dumps(self.image_processor.to_dict(), sort_keys=True, default=str)
-
-    @property
-    def max_tokens(self) -> int:
-        positions = self.model.config.text_config.max_position_embeddings
-        return min(int(self.tokenizer.model_max_length), positions)
-
-    def pixels(self, image) -> torch.Tensor:
-        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-
-    def image_embeds(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        px = torch.stack(pixels).to(self.device, self.dtype)
-        return _features(self.model.get_image_features(pixel_values=px)).float()
-
-    def text_embeds(self, prompts: list[str]) -> torch.Tensor:
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompt is a {type(p).__name__}, not a str")
-        tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt").to(self.device)
-        return _features(self.model.get_text_features(input_ids=tok["input_ids"],
-                                                      attention_mask=tok["attention_mask"])).float()
-
-
-def load_clip_model(name: str, model_id: str, revision: str | None, processor_id: str,
-                    processor_revision: str | None, device: torch.device, dtype: torch.dtype,
-                    cache_dir: str | None = None) -> ClipScorerModel:
-    """`CLIPModel.from_pretrained(id, revision, safetensors only)`; "tiny" ids are built first."""
-    import transformers
-    from transformers import CLIPModel, CLIPTokenizer
-
-    from pipeline.scoring import tiny as tiny_scorers
-
-    build = {"clip": tiny_scorers.tiny_clip, "pickscore": tiny_scorers.tiny_pickscore}[name]
-    model_path = str(build(cache_dir)) if model_id == "tiny" else model_id
-    proc_path = str(build(cache_dir)) if processor_id == "tiny" else processor_id
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    model = CLIPModel.from_pretrained(model_path, revision=revision, use_safetensors=True,
-                                      **{dtype_kw: dtype}).to(device).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(proc_path, revision=processor_revision)
-    image_processor = image_processor_class().from_pretrained(proc_path, revision=processor_revision)
-    info = {"id": model_id, "revision": revision,
-            "commit": _hub_commit(model_path, "config.json", revision) if model_id != "tiny" else None,
-            "dtype": str(dtype).removeprefix("torch."),
-            "image_processor": type(image_processor).__name__}
-    if processor_id != model_id or processor_revision != revision:
-        info.update(processor_id=processor_id, processor_revision=processor_revision,
-                    processor_commit=_hub_commit(proc_path, "preprocessor_config.json", processor_revision)
-                    if processor_id != "tiny" else None)
-    return ClipScorerModel(name, model, tokenizer, image_processor, device, dtype, info)
-
-
-def resolve_aesthetic_head(spec: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local .safetensors path for `scoring.aesthetic_head` (tiny, local file, or hub path)."""
-    if spec == "tiny":
-        from pipeline.scoring.tiny import tiny_aesthetic_head
-
-        return tiny_aesthetic_head(cache_dir)
-    if not spec.endswith(".safetensors"):
-        raise ValueError(f"scoring.aesthetic_head={spec!r} must be a .safetensors file (pickled .pth/.bin "
-                         "files are not loaded; see pipeline/scoring.py for the one-time conversion)")
-    local = Path(spec).expanduser()
-    if local.is_file():
-        return local
-    parts = spec.split("/")
-    if local.is_absolute() or spec.startswith((".", "~")) or len(parts) < 3:
-        raise FileNotFoundError(f"scoring.aesthetic_head={spec!r}: no such file, and not a hub path "
-                                "'org/repo/file.safetensors'")
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision))
-
-
-def load_aesthetic_head(path: str | Path, in_dim: int | None = None) -> AestheticHead:
-    """The head from a .safetensors file (safetensors only), checked key by key and shape by shape."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    expected = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
-    if set(state) != expected:
-        raise ValueError(f"aesthetic head {path}: keys {sorted(state)} are not the LAION v2 MLP's "
-                         f"{sorted(expected)} (missing {sorted(expected - set(state))}, unexpected "
-                         f"{sorted(set(state) - expected)})")
-    file_in = state["layers.0.weight"].shape[1]
-    if in_dim is not None and file_in != in_dim:
-        raise ValueError(f"aesthetic head {path} takes {file_in}-d embeddings but the CLIP model gives "
-                         f"{in_dim}-d ones (the LAION v2 head needs CLIP ViT-L/14: 768)")
-    head = AestheticHead(file_in)
-    try:
-        head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as e:  # a shape that is not the LAION v2 MLP's
-        raise ValueError(f"aesthetic head {path}: {e}") from None
-    return head.eval()
 
 
 class Scorers:
@@ -447,16 +253,16 @@ def load_scorers(cfg: ScoringConfig, device: torch.device | str | None = None,
         info["pickscore"] = dict(pickscore.info, logit_scale_exp=scale,
                                  value="logit_scale.exp() * cos(image_embeds, text_embeds)")
     if "aesthetic" in names:
-        path = resolve_aesthetic_head(cfg.aesthetic_head, cfg.aesthetic_head_revision, cache_dir)
+        if cfg.aesthetic_head == "tiny":
+            from pipeline.scoring.tiny import tiny_aesthetic_head
+
+            path = tiny_aesthetic_head(cache_dir)
+        else:
+            path = resolve_aesthetic_head(cfg.aesthetic_head, cfg.aesthetic_head_revision)
         head = load_aesthetic_head(path, in_dim=clip.model.config.projection_dim).to(device)
         info["aesthetic"] = {
             "head": cfg.aesthetic_head, "revision": cfg.aesthetic_head_revision,
-            "commit": _hub_commit_from_path(path), "sha256": _sha256(path),
+            "commit": hub_commit_from_path(path), "sha256": sha256_file(path),
             "embedding": dict(clip.info, of="clip's CLIP ViT-L/14 image forward (shared)"),
             "value": "LAION improved aesthetic predictor v2 MLP(l2-normalised CLIP image_embeds), float32"}
     return Scorers(names, clip, pickscore, head, cfg.batch_size, device, info)
-
-
-def _hub_commit_from_path(path: Path) -> str | None:
-    parts = Path(path).parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None

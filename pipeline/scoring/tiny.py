@@ -73,7 +73,7 @@ def tiny_pickscore(cache_dir: str | None = None) -> Path:
 def _build_aesthetic(path: Path) -> None:
     from safetensors.torch import save_file
 
-    from pipeline.scoring.scorers import AestheticHead
+    from pipeline.scoring.aesthetic import AestheticHead
 
     torch.manual_seed(22)
     head = AestheticHead(CLIP_PROJECTION_DIM)

@@ -1,0 +1,46 @@
+"""`jobs/export_pairs.py`: export a run's preference groups as Pick-a-Pic v2 style Parquet pairs
+(pipeline/data/pairs.py). Exit codes: 0 done (even with zero pairs: see the report); 2 bad arguments
+or no committed shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.config import S3Config
+from pipeline.data import pairs
+from pipeline.data.pairs import export_pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="jobs/export_pairs.py", description=pairs.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", help="the run's output.path (local dir or s3://bucket/prefix)")
+    ap.add_argument("dest", help="out.parquet (one file) or a directory of part files (local or s3://)")
+    ap.add_argument("--min-margin", type=float, default=None,
+                    help="also skip pairs whose score gap is below this (on top of the run's margin)")
+    ap.add_argument("--rows-per-file", type=int, default=0, help="rows per part file (directories; 10000)")
+    ap.add_argument("--row-group-size", type=int, default=64, help="rows per Parquet row group (memory bound)")
+    ap.add_argument("--image-format", choices=("jpg", "keep"), default="jpg")
+    ap.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    ap.add_argument("--report", help="also write the JSON report to this local file")
+    ap.add_argument("--s3-endpoint-url")
+    ap.add_argument("--s3-region")
+    a = ap.parse_args(argv)
+    s3 = S3Config(endpoint_url=a.s3_endpoint_url, region=a.s3_region)
+    try:
+        report = export_pairs(a.source, a.dest, a.min_margin, a.rows_per_file, a.row_group_size,
+                              a.image_format, a.quality, s3=s3)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=1, sort_keys=True)
+    print(text)
+    if a.report:
+        Path(a.report).write_text(text + "\n")
+    skipped = ", ".join(f"{k} {v}" for k, v in report["skipped"].items() if v) or "none"
+    print(f"{report['pairs']} pair(s) from {report['groups']} group(s) in {report['shards']} shard(s); "
+          f"skipped: {skipped}", file=sys.stderr)
+    return 0

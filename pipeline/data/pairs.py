@@ -1,0 +1,276 @@
+"""Export the preference groups of a run as Pick-a-Pic v2 style Parquet pairs (Diffusion-DPO input).
+
+    python jobs/export_pairs.py <run output (dir or s3://...)> <out.parquet | out dir | s3://...> \\
+        [--min-margin M] [--rows-per-file N] [--row-group-size R] [--image-format jpg|keep]
+    export_pairs(source, dest, ...) -> report          # the same from Python
+
+Reads the committed shards only (those with a stats file), streaming one sample at a time, and
+writes one row per preference group that has a chosen/rejected pair. Memory holds one Parquet row
+group (--row-group-size rows, default 64) at a time.
+
+Columns (Pick-a-Pic v2 names where Pick-a-Pic has them, so Diffusion-DPO's train.py reads it as is):
+
+    caption            the prompt
+    jpg_0, jpg_1       image bytes. JPEG (quality --quality, default 95, 4:4:4 chroma) re-encoded from
+                       the stored PNG/WebP, as Pick-a-Pic stores JPEG; jpg files are copied unchanged.
+                       --image-format keep copies the stored bytes whatever their format.
+    label_0, label_1   1.0 chosen / 0.0 rejected; 0.5 / 0.5 for a tie (only with preference.ties=first)
+    model_0, model_1   "<model id>[@<revision>]:<method>"
+    are_different      True (the two images are different candidates); has_label: True
+    score_0, score_1   the preference scorer's raw value; scorer: its name
+    scores_0, scores_1 every score of the candidate, as JSON
+    seed_0, seed_1, method_0, method_1, candidate_0, candidate_1, key, prompt_id
+
+Which of chosen/rejected goes to slot 0 is decided by a hash of the sample key (deterministic, about
+half each way), so label_0 is not always 1.
+
+Groups that give no pair are counted by reason, never dropped silently: the run found no pair
+(tie with ties=skip, best-worst below preference.margin, fewer than two scored candidates), the
+pair is below --min-margin, or an image is missing. Plain (non-group) samples are counted too.
+The report is printed as JSON (and written to --report FILE when given).
+
+Output: a path ending in .parquet is one file (--rows-per-file must then be 0); anything else is a
+directory of part-00000.parquet, part-00001.parquet, ... (--rows-per-file rows each, default 10000).
+Every file appears atomically (written locally, then published), local or s3://. S3 credentials
+come from the standard AWS environment; --s3-endpoint-url/--s3-region for other endpoints.
+
+Exit codes: 0 done (even with zero pairs: see the report); 2 bad arguments or no committed shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import S3Config
+from pipeline.data.shards import committed, iter_samples
+from pipeline.data.storage import Location, is_s3, open_location
+
+PAIR_SCHEMA = pa.schema([
+    ("caption", pa.string()),
+    ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
+    ("label_0", pa.float64()), ("label_1", pa.float64()),
+    ("model_0", pa.string()), ("model_1", pa.string()),
+    ("are_different", pa.bool_()), ("has_label", pa.bool_()),
+    ("score_0", pa.float64()), ("score_1", pa.float64()), ("scorer", pa.string()),
+    ("scores_0", pa.string()), ("scores_1", pa.string()),
+    ("seed_0", pa.int64()), ("seed_1", pa.int64()),
+    ("method_0", pa.string()), ("method_1", pa.string()),
+    ("candidate_0", pa.int32()), ("candidate_1", pa.int32()),
+    ("key", pa.string()), ("prompt_id", pa.string()),
+])
+SKIP_REASONS = ("plain_sample", "no_pair_tie", "no_pair_below_margin", "no_pair_unscored",
+                "below_min_margin", "missing_image")
+
+
+# ------------------------------------------------------------------ one group -> one row
+def slot_flip(key: str) -> bool:
+    """True: the rejected image goes to slot 0. A hash of the key: deterministic, ~50/50."""
+    return bool(hashlib.sha256(f"pair-slot\x1f{key}".encode()).digest()[0] & 1)
+
+
+def model_name(meta: dict[str, Any]) -> str:
+    m = meta.get("model") or {}
+    mid = str(m.get("id") or "unknown") if isinstance(m, dict) else str(m)
+    rev = m.get("revision") if isinstance(m, dict) else None
+    return f"{mid}@{rev}:{meta.get('method')}" if rev else f"{mid}:{meta.get('method')}"
+
+
+def to_jpeg(data: bytes, ext: str, image_format: str, quality: int) -> bytes:
+    """Stored image bytes -> the bytes of the jpg_* column (see the module docstring)."""
+    if image_format == "keep" or ext.rsplit(".", 1)[-1] in ("jpg", "jpeg"):
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")
+    buf = io.BytesIO()
+    rgb.save(buf, "JPEG", quality=quality, subsampling=0)  # 4:4:4: no chroma blur
+    return buf.getvalue()
+
+
+def no_pair_reason(scores: list[float | None]) -> str:
+    """Why the run recorded no pair (the same rules as pipeline.scoring.preference.pick_pair)."""
+    vals = [s for s in scores if s is not None]
+    if len(vals) < 2:
+        return "no_pair_unscored"
+    return "no_pair_tie" if max(vals) == min(vals) else "no_pair_below_margin"
+
+
+def pair_row(sample: Any, min_margin: float | None, image_format: str, quality: int,
+             ) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) or (None, skip reason) for one sample of a run."""
+    meta = sample.meta
+    if not sample.is_group:
+        return None, "plain_sample"
+    pref = meta.get("preference") or {}
+    cands = meta["candidates"]
+    scorer = pref.get("scorer")
+    scores = [(c.get("scores") or {}).get(scorer) for c in cands]
+    chosen, rejected = pref.get("chosen"), pref.get("rejected")
+    if chosen is None or rejected is None:
+        return None, no_pair_reason(scores)
+    s_c, s_r = scores[chosen], scores[rejected]
+    if s_c is None or s_r is None:
+        return None, "no_pair_unscored"
+    gap = s_c - s_r
+    if min_margin is not None and gap < min_margin:
+        return None, "below_min_margin"
+    names = {n.split(".", 1)[0]: n for n in sample.image_names()}
+    if str(chosen) not in names or str(rejected) not in names:
+        return None, "missing_image"
+    tie = s_c == s_r
+    order = (rejected, chosen) if slot_flip(sample.key) else (chosen, rejected)
+    row: dict[str, Any] = {"caption": meta.get("prompt", ""), "scorer": scorer, "key": sample.key,
+                           "prompt_id": meta.get("prompt_id"), "are_different": True, "has_label": True}
+    for slot, i in enumerate(order):
+        c = cands[i]
+        name = names[str(i)]
+        row[f"jpg_{slot}"] = to_jpeg(sample.files[name], name, image_format, quality)
+        row[f"label_{slot}"] = 0.5 if tie else (1.0 if i == chosen else 0.0)
+        row[f"model_{slot}"] = model_name(c)
+        row[f"score_{slot}"] = scores[i]
+        row[f"scores_{slot}"] = json.dumps(c.get("scores") or {}, sort_keys=True)
+        row[f"seed_{slot}"] = c.get("seed")
+        row[f"method_{slot}"] = c.get("method")
+        row[f"candidate_{slot}"] = c.get("candidate", i)
+    return row, None
+
+
+# ------------------------------------------------------------------ output files
+def _split_dest(dest: str) -> tuple[str, str | None]:
+    """(directory, file name) for a single .parquet file; (directory, None) for a directory."""
+    if not dest.endswith(".parquet"):
+        return dest, None
+    if is_s3(dest):
+        scheme, rest = dest.split("://", 1)
+        parent, name = posixpath.split(rest)
+        return f"{scheme}://{parent}", name
+    parent, name = os.path.split(os.path.abspath(os.path.expanduser(dest)))
+    return parent, name
+
+
+@dataclass
+class PartWriter:
+    """Parquet files written row group by row group to a local temp file, then published."""
+
+    location: Location
+    single_name: str | None
+    rows_per_file: int
+    row_group_size: int
+    metadata: dict[str, str]
+    files: list[str] = field(default_factory=list)
+    rows_written: int = 0
+    _buf: list[dict[str, Any]] = field(default_factory=list)
+    _writer: Any = None
+    _tmp: str | None = None
+    _rel: str | None = None
+    _file_rows: int = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._buf.append(row)
+        if len(self._buf) >= self.row_group_size:
+            self._flush()
+
+    def _open(self) -> None:
+        self._rel = self.single_name or f"part-{len(self.files):05d}.parquet"
+        self._tmp = self.location.local_temp(self._rel)
+        schema = PAIR_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in self.metadata.items()})
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._file_rows = 0
+
+    def _close(self) -> None:
+        self._writer.close()
+        self.location.publish(self._tmp, self._rel)
+        self.files.append(self.location.uri(self._rel))
+        self._writer = self._tmp = None
+
+    def _flush(self) -> None:
+        while self._buf:
+            if self._writer is None:
+                self._open()
+            room = self.rows_per_file - self._file_rows if self.rows_per_file else len(self._buf)
+            chunk, self._buf = self._buf[:room], self._buf[room:]
+            self._writer.write_table(pa.Table.from_pylist(chunk, schema=PAIR_SCHEMA))
+            self._file_rows += len(chunk)
+            self.rows_written += len(chunk)
+            if self.rows_per_file and self._file_rows >= self.rows_per_file:
+                self._close()
+
+    def close(self) -> None:
+        self._flush()
+        if self._writer is None and not self.files:  # no pairs: still one (empty) file with the schema
+            self._open()
+        if self._writer is not None:
+            self._close()
+        if self.single_name is None:  # parts left over from an earlier, longer export
+            for name in self.location.listdir():
+                if name.startswith("part-") and name.endswith(".parquet") \
+                        and self.location.uri(name) not in self.files:
+                    self.location.remove(name)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            if self._tmp and os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+
+# ------------------------------------------------------------------ the export
+def export_pairs(source: str | Location, dest: str, min_margin: float | None = None, rows_per_file: int = 0,
+                 row_group_size: int = 64, image_format: str = "jpg", quality: int = 95,
+                 s3: S3Config | None = None, out_s3: S3Config | None = None) -> dict[str, Any]:
+    """Stream the committed shards of `source` into Parquet pairs at `dest`; returns the report."""
+    if image_format not in ("jpg", "keep"):
+        raise ValueError(f"image_format={image_format!r}; use jpg or keep")
+    if row_group_size < 1 or rows_per_file < 0:
+        raise ValueError("row_group_size must be >= 1 and rows_per_file >= 0")
+    src = source if isinstance(source, Location) else open_location(source, s3)
+    shards = committed(src)
+    if not shards:
+        raise FileNotFoundError(f"{src.url}: no committed shards (shards/*.stats.json)")
+    out_dir, single = _split_dest(dest)
+    if single is not None and rows_per_file:
+        raise ValueError(f"{dest} is a single .parquet file; give a directory to split by --rows-per-file")
+    if single is None and not rows_per_file:
+        rows_per_file = 10000
+    out = open_location(out_dir, out_s3 if out_s3 is not None else s3)
+    provenance = {"source": src.url, "min_margin": min_margin, "image_format": image_format,
+                  "quality": quality, "convention": "pick-a-pic v2 (caption, jpg_0, jpg_1, label_0, label_1, "
+                                                    "model_0, model_1)"}
+    writer = PartWriter(out, single, rows_per_file, row_group_size, {"synthgen": json.dumps(provenance)})
+    skipped: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    scorers: Counter[str] = Counter()
+    try:
+        for sample in iter_samples(src, shards):
+            counts["samples"] += 1
+            counts["groups"] += sample.is_group
+            row, reason = pair_row(sample, min_margin, image_format, quality)
+            if row is None:
+                skipped[reason] += 1
+                continue
+            counts["ties_labelled_half"] += row["label_0"] == 0.5
+            counts["slot0_chosen"] += row["label_0"] == 1.0
+            scorers[row["scorer"]] += 1
+            writer.add(row)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"source": src.url, "dest": dest, "files": writer.files, "shards": len(shards),
+            "samples": counts["samples"], "groups": counts["groups"], "pairs": writer.rows_written,
+            "pairs_slot0_chosen": counts["slot0_chosen"], "ties_labelled_half": counts["ties_labelled_half"],
+            "scorers": dict(scorers), "min_margin": min_margin,
+            "skipped": {r: skipped.get(r, 0) for r in SKIP_REASONS}}
+
+

@@ -1,0 +1,94 @@
+"""One generation job: config -> plan shards -> resume check -> run/config.yaml -> Ray -> sampler
+actors (+ captioner actors) -> every shard committed or quarantined -> index.json, run/summary.json
+and the dataset card.
+
+    from pipeline.config import load_config
+    from pipeline.driver.job import run_job
+    result = run_job(load_config(overrides=["input.path=prompts.parquet", "output.path=out/"]))
+    result.exit_code, result.summary, result.output
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.data.layout import QUARANTINE_FILE, SUMMARY_FILE, write_index
+from pipeline.driver.plan import prepare
+from pipeline.driver.policy import error_text
+from pipeline.driver.summary import build_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    exit_code: int
+    summary: dict[str, Any]
+    output: str
+
+
+def run_job(cfg: Config, worker_cls: type | None = None, hooks: Any = None) -> JobResult:
+    """Run one job for a validated config. Raises InputError/ConfigError/RunRefused before Ray starts.
+
+    `worker_cls` (default pipeline.worker.ShardWorker) is constructed in each sampler actor as
+    `worker_cls(cfg, captioner=..., name=...)`; tests pass doubles. `hooks(event, payload)`: see
+    pipeline/driver/executor.py.
+    """
+    t0 = time.monotonic()
+    p = prepare(cfg)
+    todo = p.todo
+    total_rows = sum(s.num_rows for s in p.specs)
+    rows_before = sum(s.num_rows for s in p.specs if s.shard_id in p.committed_before)
+    log.info("output: %s", p.location.url)
+    log.info("plan: %d shard(s), %d row(s); %d already committed, %d to run (fingerprint %s)", len(p.specs),
+             total_rows, len(p.committed_before), len(todo), p.fingerprint[:12])
+    ex = rc = error = None
+    if todo:
+        ex, rc, error = _execute(p.cfg, p.location, todo, worker_cls, hooks, total_rows, rows_before)
+    if ex is None or not ex.book.quarantined:
+        p.location.remove(QUARANTINE_FILE)  # a quarantine of an earlier run that has now been redone
+    index = write_index(p.location)
+    summary = build_summary(p, ex, rc, index, time.monotonic() - t0, error)
+    try:  # the card describes committed data; failing to draw it must not fail a finished run
+        from pipeline.report.card import write_card
+
+        summary["card"] = write_card(p.location, p.cfg, summary)
+    except Exception as e:  # noqa: BLE001
+        log.error("could not write the dataset card (rerun: python -m pipeline.cli.card %s): %s", p.location.url,
+                  error_text(e, 500))
+        summary["card"] = None
+    p.location.write_text_atomic(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    return JobResult(summary["exit_code"], summary, p.location.url)
+
+
+def _execute(cfg: Config, location: Any, todo: list, worker_cls: type | None, hooks: Any, total_rows: int,
+             rows_before: int):
+    """Connect Ray, run the shards on sampler actors; (executor, ray context, abort reason)."""
+    from pipeline.driver.actors import start_captioners
+    from pipeline.driver.executor import Executor
+    from pipeline.driver.localray import check_resources, connect_ray
+
+    if worker_cls is None:
+        from pipeline.worker import ShardWorker
+
+        worker_cls = ShardWorker
+    rc = connect_ray(cfg)
+    try:
+        check_resources(cfg, rc)
+        ex = Executor(cfg, rc, location, todo, worker_cls, start_captioners(cfg, rc), hooks, total_rows,
+                      rows_before)
+        try:
+            ex.run()
+        finally:
+            ex.stop()
+        return ex, rc, ex.abort_reason
+    finally:
+        if rc.started_here:
+            import ray
+
+            ray.shutdown()

@@ -1,0 +1,86 @@
+"""The run summary: `run/summary.json` and the lines printed at the end of a run.
+
+Exit codes: 0 every planned shard is committed; 1 a shard was quarantined or the run failed;
+2 the config, the input or the output location cannot be used (nothing was started); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.data.layout import QUARANTINE_FILE
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float, error: str | None) -> dict[str, Any]:
+    """p: plan.Prepared; ex: executor.Executor or None (nothing to run); rc: localray.RayContext or None."""
+    planned = {s.shard_id for s in p.specs}
+    committed = {s["shard"] for s in index["shards"]} & planned
+    quarantined = sorted(ex.book.quarantined) if ex else []
+    missing = sorted(planned - committed - set(quarantined))
+    if error or missing:
+        status, code = "failed", EXIT_FAILED
+    elif quarantined:
+        status, code = "quarantined", EXIT_FAILED
+    else:
+        status, code = "succeeded", EXIT_OK
+    new = ex.book.done if ex else {}
+    run_samples = sum(s.samples for s in new.values())
+    sampling_s = ex.progress.sampling_s if ex else 0.0
+    workers = {}
+    for s in ex.slots if ex else []:
+        workers[s.name] = {
+            "node_ip": s.info.get("node_ip"), "node_id": s.info.get("node_id"), "host": s.info.get("host"),
+            "gpu_ids": s.info.get("gpu_ids"), "device": s.info.get("device"), "shards": s.shards,
+            "rows": s.rows, "samples": s.samples, "busy_s": round(s.busy_s, 3),
+            "samples_per_s": round(s.samples / s.busy_s, 4) if s.busy_s else 0.0, "requeued": s.requeued,
+            "deaths": s.deaths, "replacements": s.replacements, "dead": s.dead, "init_error": s.init_error,
+            "captioner": s.info.get("captioner")}
+    totals = index["totals"]
+    return {
+        "status": status, "exit_code": code, "error": error, "output": p.location.url,
+        "fingerprint": p.fingerprint, "archived_previous_run": p.archived,
+        "planned_shards": len(planned), "committed_shards": len(committed),
+        "skipped_shards": len(p.committed_before), "new_shards": len(new),
+        "quarantined_shards": quarantined, "missing_shards": missing,
+        "rows": totals["rows"], "samples": totals["samples"], "rejected": totals["rejected"],
+        "failed": totals["failed"], "bytes": totals["bytes"],
+        "this_run": {"shards": len(new), "rows": sum(s.rows for s in new.values()), "samples": run_samples,
+                     "sampling_s": round(sampling_s, 3),
+                     "samples_per_s": round(run_samples / sampling_s, 4) if sampling_s else 0.0,
+                     "failed_attempts": ex.book.failed_attempts if ex else 0,
+                     "actor_deaths": ex.book.actor_deaths if ex else 0, "requeues": ex.book.requeues if ex else 0},
+        "wall_s": round(wall_s, 3),
+        "samples_per_s": round(run_samples / wall_s, 4) if wall_s else 0.0,
+        "workers": workers,
+        "ray": {"mode": rc.mode, "address": rc.address} if rc else None,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"synthgen: {s['status']} (exit {s['exit_code']})" + (f": {s['error']}" if s["error"] else ""),
+        f"  shards   planned {s['planned_shards']}, committed {s['committed_shards']} "
+        f"(skipped {s['skipped_shards']}, new {s['new_shards']}), quarantined {len(s['quarantined_shards'])}"
+        + (f" {s['quarantined_shards'][:10]}" if s["quarantined_shards"] else "")
+        + (f", missing {len(s['missing_shards'])}" if s["missing_shards"] else ""),
+        f"  rows     {s['rows']}: samples {s['samples']}, rejected {s['rejected']}, failed {s['failed']}",
+        f"  time     {s['wall_s']:.1f}s wall, {s['this_run']['samples']} new samples, "
+        f"{s['this_run']['samples_per_s']:.3f} samples/s while sampling; failed attempts "
+        f"{s['this_run']['failed_attempts']}, actor deaths {s['this_run']['actor_deaths']}, "
+        f"requeues {s['this_run']['requeues']}",
+    ]
+    if s["workers"]:
+        lines.append(f"  {'worker':<12} {'node':<16} {'gpu':<6} {'shards':>6} {'samples':>8} {'busy_s':>9} "
+                     f"{'samples/s':>10}")
+        for name, w in s["workers"].items():
+            gpus = ",".join(w["gpu_ids"] or []) or "-"
+            lines.append(f"  {name:<12} {str(w['node_ip']):<16} {gpus:<6} {w['shards']:>6} {w['samples']:>8} "
+                         f"{w['busy_s']:>9.1f} {w['samples_per_s']:>10.3f}")
+    if s["quarantined_shards"]:
+        lines.append(f"  quarantine: {s['output'].rstrip('/')}/{QUARANTINE_FILE}")
+    if s.get("card"):
+        lines.append(f"  card: {s['card']}")
+    lines.append(f"output: {s['output']}")
+    return "\n".join(lines)

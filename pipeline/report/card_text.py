@@ -1,0 +1,251 @@
+"""The dataset card's text (`<out>/README.md`): run summary, what was generated, score statistics,
+samples, workers, output format and how to load it."""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+from typing import Any
+
+from pipeline.data.layout import CONTACT_SHEET, SUMMARY_FILE
+from pipeline.data.storage import Location
+from pipeline.report.stats import describe
+
+
+def get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return default if d is None else d
+
+
+def _num(v: Any, dec: int = 4) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{dec}f}" if isinstance(v, float) or dec else str(v)
+
+
+def _int(v: Any) -> str:
+    return str(int(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+
+def _hms(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return ""
+    s = int(round(s))
+    return f" ({s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d})"
+
+
+def _code(v: Any) -> str:
+    if v in (None, ""):
+        return "n/a"
+    return "`" + str(v).replace("`", "'") + "`"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _shard_pattern(ids: list[int]) -> str:
+    if not ids:
+        return "shards/{000000..000000}.tar"
+    if ids == list(range(ids[0], ids[-1] + 1)):
+        return f"shards/{{{ids[0]:06d}..{ids[-1]:06d}}}.tar" if len(ids) > 1 else f"shards/{ids[0]:06d}.tar"
+    return "shards/{" + ",".join(f"{i:06d}" for i in ids[:50]) + ("}" if len(ids) <= 50 else ",...}") + ".tar"
+
+
+def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data: Any,
+           figures: list[tuple[str, str]], has_sheet: bool) -> str:
+    """The README text."""
+    st = data.stats
+    out: list[str] = []
+    add = out.append
+    methods = data.methods or list(dict.fromkeys(get(c, "preference", "methods", default=[])
+                                                 or [get(c, "sampler", "method", default="n/a")]))
+    model = get(c, "model", default={})
+    quarantined = summary.get("quarantined_shards")
+    q_ids = quarantined if isinstance(quarantined, list) else []
+    q_count = len(quarantined) if isinstance(quarantined, list) else quarantined
+    n_images = sum(data.images.values())
+    add(f"# Synthetic image dataset: {_code(location.url)}\n")
+    add(f"{_int(summary.get('samples', st.get('samples')))} samples ({n_images} images) generated with "
+        f"{_code(get(model, 'id'))} using {', '.join(f'`{m}`' for m in methods)} "
+        f"from {_int(summary.get('rows', st.get('rows')))} prompt rows. Written by synthgen "
+        f"(`jobs/generate.py`); this card is generated from the committed shards and `{SUMMARY_FILE}`.\n")
+
+    add("## Run summary\n")
+    add("| | |\n|---|---|")
+    rows = [
+        ("Status", f"{summary.get('status', 'n/a')} (exit {summary.get('exit_code', 'n/a')})"
+         + (f": {_cell(summary['error'])}" if summary.get("error") else "")),
+        ("Rows", _int(summary.get("rows", st.get("rows")))),
+        ("Samples", _int(summary.get("samples", st.get("samples")))),
+        ("Images", str(n_images)),
+        ("Rejected rows", _int(summary.get("rejected", st.get("rejected")))),
+        ("Failed rows", _int(summary.get("failed", st.get("failed")))),
+        ("Committed shards", str(len(data.shards))),
+        ("Planned shards", _int(summary.get("planned_shards"))),
+        ("Quarantined shards", _int(q_count if q_count is not None else None)
+         + (f" ({', '.join(f'{i:06d}' if isinstance(i, int) else str(i) for i in q_ids[:20])}"
+            f"{', ...' if len(q_ids) > 20 else ''}; see `run/quarantine.json`)" if q_ids else "")),
+        ("Wall time (s)", _num(summary.get("wall_s"), 1) + _hms(summary.get("wall_s"))),
+        ("Samples/s (wall, this run)", _num(summary.get("samples_per_s"), 3)),
+        ("Samples/s (while sampling, this run)", _num(get(summary, "this_run", "samples_per_s"), 3)),
+        ("Sampler time, summed over shards (s)", _num(st.get("sample_s"), 1)),
+        ("UNet evaluations", _int(st.get("unet_evals"))),
+        ("Dataset size (tar bytes)", _int(st.get("tar_bytes"))),
+        ("Run seed", _int(get(c, "seed"))),
+        ("Input", f"{_code(get(c, 'input', 'path'))}, column {_code(get(c, 'input', 'prompt_column'))}"),
+    ]
+    out.extend(f"| {k} | {v} |" for k, v in rows)
+    add("")
+
+    add("## What was generated\n")
+    add("| Model | |\n|---|---|")
+    out.extend(f"| {k} | {v} |" for k, v in (
+        ("id", _code(get(model, "id"))), ("revision", _code(get(model, "revision"))),
+        ("variant", _code(get(model, "variant"))), ("dtype", _code(get(model, "dtype"))),
+        ("VAE", _code(get(model, "vae_id")) if get(model, "vae_id") else "the model's own")))
+    if len(data.models) > 1:
+        add("\nSamples record more than one model: " + "; ".join(f"{_code(k)} ({n})" for k, n in data.models.items()))
+    add("")
+    s = get(c, "sampler", default={})
+    add("Sampler (config): " + ", ".join(f"{k} `{get(s, k)}`" for k in (
+        "method", "steps", "guidance_scale", "scheduler", "height", "width", "batch_size")
+        if get(s, k) is not None) + (f", negative_prompt `{_cell(s['negative_prompt'])}`"
+                                      if s.get("negative_prompt") else "") + ".\n")
+    add("Methods as recorded in the samples:\n")
+    add("| method | images | UNet evals / image | guidance | steps | scheduler | size | parameters |")
+    add("|---|---:|---:|---:|---:|---|---|---|")
+    for m in data.methods:
+        evals = data.evals[m] / data.images[m] if data.images[m] else math.nan
+        for j, (setting, n) in enumerate(data.settings[m].most_common(5)):
+            p = json.loads(setting)
+            params = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p["params"].items())) or "–"
+            add(f"| `{m}` | {n} | {_num(evals, 1) if j == 0 else ''} | {p['guidance_scale']} | {p['steps']} | "
+                f"{p['scheduler']} | {p['size']} | {_cell(params)} |")
+        if len(data.settings[m]) > 5:
+            add(f"| `{m}` | … {len(data.settings[m]) - 5} more settings | | | | | | |")
+    if not data.methods:
+        add("| n/a | 0 | | | | | | |")
+    if set(methods) & {"dnp", "cnp"}:
+        cap = get(c, "captioner", default={})
+        add(f"\nCaptioner (DNP/CNP negatives): {_code(get(cap, 'id'))}, revision {_code(get(cap, 'revision'))}.")
+    sc = get(c, "scoring", default={})
+    if data.scorers or get(sc, "scorers"):
+        add("\nScorers (raw values, stored per image under `scores` in the json):\n")
+        add("| scorer | model | revision |\n|---|---|---|")
+        ids = {"clip": ("clip_id", "clip_revision"), "pickscore": ("pickscore_id", "pickscore_revision"),
+               "aesthetic": ("aesthetic_head", "aesthetic_head_revision")}
+        for name in dict.fromkeys(list(get(sc, "scorers", default=[])) + data.scorers):
+            k_id, k_rev = ids.get(name, (None, None))
+            add(f"| `{name}` | {_code(get(sc, k_id)) if k_id else 'n/a'} | "
+                f"{_code(get(sc, k_rev)) if k_rev else 'n/a'} |")
+    pref = get(c, "preference", default={})
+    if data.groups:
+        add("\n### Preference groups\n")
+        add(f"Each prompt is one group of {get(pref, 'candidates', default='n/a')} candidate(s) per method "
+            f"({', '.join(f'`{m}`' for m in data.methods)}); chosen/rejected picked by "
+            f"`{get(pref, 'scorer', default='n/a')}` with margin {get(pref, 'margin', default='n/a')}, "
+            f"ties `{get(pref, 'ties', default='n/a')}`.\n")
+        m = describe(data.margins)
+        add("| | |\n|---|---|")
+        out.extend(f"| {k} | {v} |" for k, v in (
+            ("Groups", str(data.groups)), ("Groups with a pair", str(data.pairs)),
+            ("Groups without a pair", str(data.groups - data.pairs)),
+            ("Score gap chosen − rejected, mean", _num(m.get("mean"))),
+            ("Score gap chosen − rejected, min", _num(m.get("min")))))
+        add("\nExport the pairs (Pick-a-Pic v2 columns) with "
+            f"`python jobs/export_pairs.py {location.url} pairs.parquet`.")
+    add("")
+
+    add("## Score statistics\n")
+    if data.scorers:
+        add("Per method and scorer, over every scored image; std is the sample standard deviation (n−1); "
+            "`missing` counts images whose score is null (scorer error, see `score_errors` in the json).\n")
+        add("| method | scorer | n | missing | mean | std | min | median | max |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for scorer in data.scorers:
+            for m in data.methods:
+                vals, miss = data.scores.get((m, scorer), array("d")), data.missing.get((m, scorer), 0)
+                if not len(vals) and not miss:
+                    continue
+                z = describe(vals)
+                add(f"| `{m}` | `{scorer}` | {z['n']} | {miss} | {_num(z.get('mean'))} | {_num(z.get('std'))} | "
+                    f"{_num(z.get('min'))} | {_num(z.get('median'))} | {_num(z.get('max'))} |")
+        add("")
+        for scorer, path in figures:
+            add(f"![{scorer} histogram]({path})\n")
+    else:
+        add("No scores were recorded (`scoring.scorers` is empty).\n")
+
+    add("## Samples\n")
+    if has_sheet:
+        add(f"The first samples of each method (rows), with their prompts and scores: `{CONTACT_SHEET}`.\n")
+        add(f"![contact sheet]({CONTACT_SHEET})\n")
+    else:
+        add("No samples were committed.\n")
+
+    workers = summary.get("workers") or {}
+    if isinstance(workers, dict) and workers:
+        add("## Workers (this run)\n")
+        add("| worker | host | device | GPUs | shards | samples | busy s | samples/s |")
+        add("|---|---|---|---|---:|---:|---:|---:|")
+        for name, w in workers.items():
+            w = w if isinstance(w, dict) else {}
+            gpus = ",".join(map(str, w.get("gpu_ids") or [])) or "–"
+            add(f"| {_cell(name)} | {_cell(w.get('host') or w.get('node_ip') or 'n/a')} | "
+                f"{_cell(w.get('device') or 'n/a')} | {gpus} | {_int(w.get('shards'))} | {_int(w.get('samples'))} | "
+                f"{_num(w.get('busy_s'), 1)} | {_num(w.get('samples_per_s'), 3)} |")
+        add("")
+
+    fmt = data.image_format
+    pattern = _shard_pattern(data.shards)
+    ds = f'ds = wds.WebDataset("{location.url}/{pattern}", shardshuffle=False).decode("pil")'
+    if data.groups:
+        load = f"""{ds}
+for s in ds:                 # images -> PIL, json -> dict, txt -> str
+    meta = s["json"]
+    images = [s[f"{{i}}.{fmt}"] for i in range(len(meta["candidates"]))]  # one per candidate
+    p = meta["preference"]   # chosen / rejected candidate indices (or None)
+    print(meta["prompt"], p["chosen"], p["rejected"], [c["scores"] for c in meta["candidates"]])"""
+    else:
+        load = f"""{ds}.to_tuple("{fmt}", "json")
+for image, meta in ds:       # PIL image, metadata dict
+    print(meta["prompt"], meta["seed"], meta.get("scores"))"""
+    add("## Output format\n")
+    add(f"""```
+{location.url}/
+  shards/000000.tar           WebDataset shard: per sample <key>.{fmt}, <key>.txt (prompt), <key>.json (metadata)
+  shards/000000.parquet       one row per input row: key, row, prompt_id, status (ok/rejected/failed), error, ...
+  shards/000000.stats.json    written last: a shard is committed when this file exists
+  index.json                  committed shards with sample counts, byte sizes and sha256
+  run/config.yaml             the resolved config (secrets redacted); run/summary.json: run figures
+  README.md, card/            this card
+```
+
+Keys are `{{shard:06d}}{{index:06d}}` (no dots). A preference group stores its candidates as
+`<key>.0.{fmt}`, `<key>.1.{fmt}`, … with per-candidate metadata under `candidates` and the pick under
+`preference` (`chosen`, `rejected`: candidate indices, or null when no pair met the margin).
+The json holds: key, prompt, prompt_id, seed, method, guidance_scale, steps, scheduler, width, height,
+model (id, revision, dtype), negative_prompt, method parameters, unet_evals, scores.
+
+Load with [webdataset](https://github.com/webdataset/webdataset) (read only the committed shards
+listed in `index.json`):
+
+```python
+import webdataset as wds
+
+{load}
+```
+""")
+    if location.s3:
+        add("On S3, stream shards through the AWS CLI: "
+            f"`wds.WebDataset(\"pipe:aws s3 cp {location.url}/{pattern} -\")`, or download them first.\n")
+    add("Reproduce: run `jobs/generate.py` with `run/config.yaml`; seeds derive from (run seed, prompt id, "
+        "candidate), so a rerun reproduces every sample.\n")
+    return "\n".join(out)
+
+
