@@ -9,21 +9,13 @@ config give the same plan on any machine.
 `read_shard` streams the record batches of the row groups a shard overlaps and turns every row
 into exactly one PromptRecord or RowOutcome(REJECTED, reason), in row order.
 
-Validation choices: prompts are kept verbatim (no stripping, no normalisation), so what is stored
-is what was given; a prompt containing control characters other than tab/newline/CR is rejected
-(not silently cleaned) so the user sees and fixes it. Text columns are read as raw bytes and
-decoded here, so one row of invalid UTF-8 rejects that row instead of failing the batch. A null
-seed means "derive the seed"; the first occurrence of a duplicate id wins, even if that row is
-itself rejected for another reason.
+Which rows are rejected, and why: pipeline/data/validate.py.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime
-import decimal
-import math
 import posixpath
 import re
 from collections.abc import Iterator
@@ -35,11 +27,10 @@ import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
 from pipeline.data.storage import filesystem_for, is_s3, normalize_path
-from pipeline.records import REJECTED, PromptRecord, RowOutcome, ShardSpec, sample_key
+from pipeline.data.validate import RowValidator, id_str, short
+from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
 TEXT_SUFFIX = ".txt"
-SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (torch.Generator.manual_seed's range)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 except \t \n \r
 _MAGIC = re.compile(r"[*?\[]")
 _SCAN_BATCH = 64 * 1024  # rows per batch when scanning ids at planning time
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
@@ -190,7 +181,7 @@ def _duplicate_ids(fs: Any, files: list[str], counts: list[int],
             fi = int(np.searchsorted(offsets, first[s], side="right")) - 1
             i = int(np.searchsorted(offsets, g, side="right")) - 1
             where = f"{_stable_name(files[fi], cfg.path)}:{first[s] - offsets[fi]}"
-            out.setdefault(i, {})[g - int(offsets[i])] = f"duplicate id {_short(s)} (first seen at {where})"
+            out.setdefault(i, {})[g - int(offsets[i])] = f"duplicate id {short(s)} (first seen at {where})"
     return out
 
 
@@ -202,7 +193,7 @@ def _scan_ids(fs: Any, files: list[str], counts: list[int],
         end += n
         with _parquet(fs, f, cfg) as pf:
             for batch in pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False):
-                ids = [_id_str(v) for v in _values(batch.column(0), "id")]
+                ids = [id_str(v) for v in _values(batch.column(0), "id")]
                 if pos + len(ids) > end:
                     break
                 yield pos, ids
@@ -218,7 +209,7 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be > 0")
     fs, path = filesystem_for(spec.path, cfg.s3)
-    check = _Validator(spec, cfg, tokenizer, _stable_name(path, cfg.path))
+    check = RowValidator(spec, cfg, tokenizer, _stable_name(path, cfg.path))
     read = max(batch_size, _READ_BATCH)
     chunks = _text_chunks(fs, path, spec, read) if path.endswith(TEXT_SUFFIX) else \
         _parquet_chunks(fs, path, spec, cfg, read)
@@ -329,150 +320,6 @@ def _skip_lines(f: Any, n: int, name: str) -> None:
             f.seek(pos + idx + 1)
             return
         seen, pos = seen + c, pos + len(block)
-
-
-class _Validator:
-    """Turns raw column values into PromptRecords or rejections, with the shard's id bookkeeping."""
-
-    def __init__(self, spec: ShardSpec, cfg: InputConfig, tokenizer: Any, name: str):
-        self.spec, self.cfg, self.tok, self.name = spec, cfg, tokenizer, name
-        self.planned = dict(spec.planned_rejections)
-        self.seen: dict[str, int] = {}  # id -> row, duplicates inside this shard
-
-    def rows(self, row0: int, cols: dict[str, list]) -> list[PromptRecord | RowOutcome]:
-        out: list[PromptRecord | RowOutcome] = []
-        ids, negs, seeds = cols.get("id"), cols.get("negative"), cols.get("seed")
-        extras = [(k[len("extra:"):], v) for k, v in cols.items() if k.startswith("extra:")]
-        max_chars = self.cfg.max_prompt_chars
-        for j, raw in enumerate(cols["prompt"]):
-            row = row0 + j
-            key = sample_key(self.spec.shard_id, row - self.spec.row_start)
-            pid = _id_str(ids[j]) if ids is not None else f"{self.name}:{row}"
-            err = self._id_error(pid, row) if ids is not None else None
-            prompt, err = (None, err) if err else _text(raw, "prompt", max_chars)
-            neg, seed = None, None
-            if not err and negs is not None:
-                neg, err = _text(negs[j], "negative prompt", max_chars)
-                if err and err.startswith(("null", "empty", "whitespace-only")):
-                    neg, err = None, None  # no per-row negative: the run-wide one applies
-            if not err and seeds is not None:
-                seed, err = _seed(seeds[j])
-            if err:
-                out.append(RowOutcome(key, row, pid, REJECTED, err))
-            else:
-                extra = {name: _jsonable(v[j]) for name, v in extras}
-                out.append(PromptRecord(key, row, pid, prompt, neg, seed, extra))
-        return self._tokens(out) if self.tok is not None else out
-
-    def _id_error(self, pid: str | None, row: int) -> str | None:
-        if row in self.planned:
-            return self.planned[row]
-        if pid is None:
-            return f"null id (input.id_column={self.cfg.id_column!r})"
-        if pid in self.seen:
-            return f"duplicate id {_short(pid)} (first seen at {self.name}:{self.seen[pid]})"
-        self.seen[pid] = row
-        return None
-
-    def _tokens(self, items: list[PromptRecord | RowOutcome]) -> list[PromptRecord | RowOutcome]:
-        """Apply input.max_prompt_tokens (counted with BOS/EOS) to prompts and negatives."""
-        recs = [r for r in items if isinstance(r, PromptRecord)]
-        jobs = [(r, "prompt", "prompt") for r in recs]
-        jobs += [(r, "negative_prompt", "negative prompt") for r in recs if r.negative_prompt]
-        if not jobs:
-            return items
-        lengths = [len(ids) for ids in self.tok([getattr(r, a) for r, a, _ in jobs], verbose=False).input_ids]
-        limit, bad = self.cfg.max_prompt_tokens, {}
-        for (r, attr, what), n in zip(jobs, lengths):
-            if n <= limit or id(r) in bad:
-                continue
-            if self.cfg.overlong == "reject":
-                bad[id(r)] = (f"{what} has {n} tokens; input.max_prompt_tokens is {limit} "
-                              "(input.overlong=truncate keeps a truncated prompt instead)")
-                continue
-            cut = _truncate(self.tok, getattr(r, attr), limit)
-            if not cut.strip():
-                bad[id(r)] = f"{what} is empty after truncation to {limit} tokens"
-            else:
-                setattr(r, attr, cut)
-                r.truncated = True
-        return [RowOutcome(r.key, r.row, r.prompt_id, REJECTED, bad[id(r)])
-                if isinstance(r, PromptRecord) and id(r) in bad else r for r in items]
-
-
-def _truncate(tok: Any, text: str, limit: int) -> str:
-    """The longest prefix of `text` that fits in `limit` tokens, cut at a token boundary.
-
-    Fast tokenizers give character offsets, so the original text (case, spacing) is kept;
-    otherwise the kept tokens are decoded.
-    """
-    if getattr(tok, "is_fast", False):
-        enc = tok(text, truncation=True, max_length=limit, return_offsets_mapping=True)
-        ends = [e for s, e in enc["offset_mapping"] if e > s]
-        cut = text[: max(ends)].rstrip() if ends else ""
-        if len(tok(cut).input_ids) <= limit:
-            return cut
-    ids = tok(text, truncation=True, max_length=limit).input_ids
-    return tok.decode(ids, skip_special_tokens=True).strip()
-
-
-def _text(raw: Any, what: str, max_chars: int) -> tuple[str | None, str | None]:
-    """(text, None) for a usable prompt, else (None, reason)."""
-    if raw is None:
-        return None, f"null {what}"
-    if not isinstance(raw, (bytes, str)):
-        return None, f"{what} is {type(raw).__name__}, not a string"
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return None, f"{what} is not valid UTF-8 (bad byte at offset {e.start})"
-    if not raw.strip():
-        return None, f"whitespace-only {what}" if raw else f"empty {what}"
-    if m := _CONTROL.search(raw):
-        return None, f"{what} contains control character U+{ord(m.group()):04X} at position {m.start()}"
-    if len(raw) > max_chars:
-        return None, f"{what} has {len(raw)} characters; input.max_prompt_chars is {max_chars}"
-    return raw, None
-
-
-def _seed(v: Any) -> tuple[int | None, str | None]:
-    if v is None:
-        return None, None  # derive from (run seed, prompt id)
-    n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < SEED_LIMIT:
-        return None, f"seed {_short(v)} is not an integer in [0, 2**64)"
-    return n, None
-
-
-def _id_str(v: Any) -> str | None:
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "backslashreplace")
-    return str(v)
-
-
-def _jsonable(v: Any) -> Any:
-    """Extra column values as JSON-friendly data for the sample metadata."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "backslashreplace")
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (datetime.date, datetime.time)):
-        return v.isoformat()
-    if isinstance(v, decimal.Decimal):
-        return str(v)
-    return str(v)
-
-
-def _short(v: Any, n: int = 80) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def _stable_name(path: str, input_path: str) -> str:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the chain functions' argument; importing it here would import torch
-    from pipeline.sampling.batch import Batch
+Batch = Any  # a pipeline.sampling.batch.Batch: the chain functions' argument (importing it would import torch)
 
 ANSWER_SCHEDULES = ("step", "clamped", "linear")
 ANSWER_NEGATIVES = ("A", "B", "C")
