@@ -142,3 +142,20 @@ def test_committed_shard_is_not_redone(prompts_file, tmp_path, model):
     again = w.run(dataclasses.replace(spec))
     assert again.tar_sha256 == first.tar_sha256
     assert (tmp_path / "shards" / "000000.tar").stat().st_mtime_ns == mtime
+
+
+def test_a_seed_above_2_63_is_stored_losslessly_and_its_shard_commits(tmp_path, model):
+    """Seeds up to 2**64 - 1 are valid (torch.Generator's range): the sidecar keeps them exactly and
+    the other rows of the shard commit with it (an int64 column used to fail every attempt)."""
+    big = 2**63 + 5
+    path = tmp_path / "seeds.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "prompt": ["a red fox", "a blue car", "a green tree"],
+                             "seed": pa.array([7, big, 2**64 - 1], pa.uint64())}), path)
+    cfg = make_cfg(path, tmp_path / "out", "input.seed_column=seed")
+    run_all(cfg, model)
+    side = {r["prompt_id"]: r for r in sidecars(tmp_path / "out").to_pylist()}
+    assert {k: (r["status"], r["seed"]) for k, r in side.items()} == {
+        "a": (OK, 7), "b": (OK, big), "c": (OK, 2**64 - 1)}
+    metas = {json.loads(v)["prompt_id"]: json.loads(v) for k, v in read_tar(tmp_path / "out" / "shards" / "000000.tar")
+             .items() if k.endswith(".json")}
+    assert metas["b"]["seed"] == big and metas["c"]["seed"] == 2**64 - 1

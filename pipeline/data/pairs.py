@@ -63,7 +63,7 @@ PAIR_SCHEMA = pa.schema([
     ("are_different", pa.bool_()), ("has_label", pa.bool_()),
     ("score_0", pa.float64()), ("score_1", pa.float64()), ("scorer", pa.string()),
     ("scores_0", pa.string()), ("scores_1", pa.string()),
-    ("seed_0", pa.int64()), ("seed_1", pa.int64()),
+    ("seed_0", pa.uint64()), ("seed_1", pa.uint64()),  # seeds are unsigned 64-bit
     ("method_0", pa.string()), ("method_1", pa.string()),
     ("candidate_0", pa.int32()), ("candidate_1", pa.int32()),
     ("key", pa.string()), ("prompt_id", pa.string()),

@@ -50,7 +50,7 @@ _COMPUTED = {"shard_id", "rows", "samples", "rejected", "failed", "tar_bytes", "
 
 SIDECAR_SCHEMA = pa.schema([
     ("key", pa.string()), ("row", pa.int64()), ("prompt_id", pa.string()), ("status", pa.string()),
-    ("error", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("images", pa.int32()),
+    ("error", pa.string()), ("prompt", pa.string()), ("seed", pa.uint64()), ("images", pa.int32()),
 ])
 
 
