@@ -109,6 +109,8 @@ def _wait(site: str) -> None:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error a smaller batch can avoid: torch.OutOfMemoryError (the allocator refused),
+    never a "CUDA error: out of memory" RuntimeError (the CUDA context itself is broken)."""
     import torch
 
-    return isinstance(exc, (InjectedOOM, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    return isinstance(exc, (InjectedOOM, torch.OutOfMemoryError))

@@ -138,16 +138,20 @@ class ShardWorker:
         except Exception as e:
             if not faults.is_oom(e):
                 raise
+            oom = str(e)  # only the text: the traceback (and the batch's tensors) go with the handler
+        else:
+            oom = None
+        if oom is not None:  # out of the handler: the failed batch's memory can be freed before the halves
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(chunk) > self.cfg.sampler.min_batch_size and len(chunk) > 1:
                 half = len(chunk) // 2
-                log.warning("out of memory at batch %d: splitting (%s)", len(chunk), e)
+                log.warning("out of memory at batch %d: splitting (%s)", len(chunk), oom)
                 self._generate(jobs, chunk[:half], method, results, totals)
                 self._generate(jobs, chunk[half:], method, results, totals)
                 return
             for i in chunk:
-                results[i] = f"out of memory at batch size {len(chunk)}: {e}"
+                results[i] = f"out of memory at batch size {len(chunk)}: {oom}"
             return
         totals["sample_s"] += t.sample_s + t.decode_s + t.caption_s
         totals["unet_evals"] += t.evals

@@ -114,6 +114,40 @@ def test_oom_splits_the_batch_then_fails_rows_below_the_floor(prompts_file, tmp_
     assert all("out of memory" in r["error"] for r in side if r["status"] == FAILED)
 
 
+def test_oom_halves_run_after_the_handler_has_released_the_failed_batch(prompts_file, tmp_path, model,
+                                                                       monkeypatch):
+    """The halves of a batch that ran out of memory are sampled after the except block has ended, so
+    no traceback still holds the failed batch's tensors while they run."""
+    import sys
+
+    from pipeline import worker as W
+
+    monkeypatch.setattr(faults, "_RULES", faults._parse("sample:oom:1"))
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(tmp_path))
+    calls = []
+    real = W.generate_batch
+
+    def spy(m, reqs, s, captioner=None, **kw):
+        calls.append((len(reqs), sys.exc_info()[1]))
+        return real(m, reqs, s, captioner, **kw)
+
+    monkeypatch.setattr(W, "generate_batch", spy)
+    stats = run_all(make_cfg(prompts_file, tmp_path / "split"), model)
+    assert sum(s.samples for s in stats) == 5
+    assert [n for n, _ in calls[:2]] == [1, 1]  # the first batch of 2 ran out of memory: two halves
+    assert [exc for _, exc in calls] == [None] * len(calls)
+
+
+def test_only_out_of_memory_errors_split_a_batch():
+    import torch
+
+    assert faults.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert faults.is_oom(faults.InjectedOOM("CUDA out of memory (injected)"))
+    # the CUDA context is broken after this one: splitting the batch cannot help, the attempt fails
+    assert not faults.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not faults.is_oom(ValueError("the prompt is out of memory range"))
+
+
 @pytest.mark.parametrize("policy", ["resample", "fail"])
 def test_nonfinite_results_are_never_written(prompts_file, tmp_path, model, monkeypatch, policy):
     monkeypatch.setattr(faults, "_RULES", faults._parse("nonfinite:nan:1:000000000002"))
