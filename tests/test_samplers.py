@@ -218,6 +218,24 @@ def test_seed_derivation_is_stable_and_distinct():
     assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])
 
 
+# ------------------------------------------------------------ the mini-chain's ODE step is the scheduler's step
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_ode_step_equals_the_scheduler_step(model, scheduler):
+    """Grid.ode_step (the mini-chain's step, which mutates nothing) and the main scheduler's own step
+    (Euler s_churn = 0; DDIM η = 0, unclipped x̂₀) give the same latents at every grid point, so an
+    ANSWER/CNP chain runs on the same ODE as the main chain."""
+    g = torch.Generator().manual_seed(3)
+    template = model.make_scheduler(scheduler)
+    grid = Grid.from_scheduler(fresh_scheduler(template, 10))
+    for j in range(len(grid)):
+        # a large ε makes x̂₀ leave [-1, 1]: where a clipping DDIM would differ
+        z, eps = torch.randn(2, 4, 4, 4, generator=g) * 3, torch.randn(2, 4, 4, 4, generator=g) * 3
+        sched = fresh_scheduler(template, 10)
+        kw = {"eta": 0.0} if scheduler == "ddim" else {}
+        want = sched.step(eps, sched.timesteps[j], z, return_dict=False, **kw)[0]
+        assert (grid.ode_step(z, eps, j) - want).abs().max().item() <= 1e-4, j
+
+
 # ------------------------------------------------------------ diffusers parity
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_cfg_matches_diffusers_pipeline(model, scheduler):

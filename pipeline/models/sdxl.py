@@ -55,14 +55,18 @@ class SDXL:
         """A fresh Euler or DDIM scheduler from the model's scheduler config, predicting ε.
 
         v-prediction models are converted to ε in the NoisePredictor, so the scheduler must
-        treat its input as ε.
+        treat its input as ε. DDIM built from an Euler config would inherit clip_sample=True (its
+        default): pinned off, so that its step equals the mini-chain's ODE step.
         """
         from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
         cls = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}.get(name)
         if cls is None:
             raise ValueError(f"sampler.scheduler={name!r} is not supported; use euler or ddim")
-        return cls.from_config({**self.scheduler_config, "prediction_type": "epsilon"})
+        config = {**self.scheduler_config, "prediction_type": "epsilon"}
+        if name == "ddim":  # x̂₀ unclipped, as the mini-chain's pure ODE step computes it (methods.md)
+            config.update(clip_sample=False, thresholding=False)
+        return cls.from_config(config)
 
 
 def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
