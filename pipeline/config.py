@@ -134,6 +134,9 @@ class CaptionerConfig:
     gpus_per_worker: float = 0.0
     batch_size: int = 16
     max_new_tokens: int = 50
+    # captioner actors: a chunk of batch_size images with no captions after this long is sent to the
+    # next actor, and the silent one is restarted. 0 waits forever.
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -267,6 +270,7 @@ def validate(cfg: Config) -> Config:
     _positive("captioner.gpus_per_worker", cfg.captioner.gpus_per_worker, allow_zero=True)
     _positive("captioner.batch_size", cfg.captioner.batch_size)
     _positive("captioner.max_new_tokens", cfg.captioner.max_new_tokens)
+    _positive("captioner.timeout_s", cfg.captioner.timeout_s, allow_zero=True)
     for i, name in enumerate(cfg.scoring.scorers):
         _choice(f"scoring.scorers[{i}]", name, SCORERS)
     _choice("scoring.dtype", cfg.scoring.dtype, DTYPES)

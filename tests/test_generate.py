@@ -363,6 +363,64 @@ def test_retry_requeue_and_quarantine(ray_local, tmp_path):
     assert res2.exit_code == 1 and {p["shard"] for p in ev2.of("submitted")} == {2}
 
 
+class HangingWorker(FakeWorker):
+    """Shard 1's first attempt never returns (a stuck device, a deadlock): only a timeout ends it."""
+
+    def run(self, spec, attempt=1):
+        if spec.shard_id == 1 and attempt == 1:
+            while True:
+                time.sleep(1)
+        return super().run(spec, attempt)
+
+
+@pytest.mark.ray
+def test_a_hung_shard_times_out_its_actor_is_replaced_and_the_shard_requeued(ray_local, tmp_path, prompts6):
+    """ray.shard_timeout_s: 8 s here, 40x what a FakeWorker shard takes; the hung attempt never ends."""
+    out = tmp_path / "out"
+    ev = Events()
+    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1", "ray.shard_timeout_s=8", "ray.max_attempts=3"),
+                  worker_cls=HangingWorker, hooks=ev)
+    assert res.exit_code == 0, res.summary
+    assert [(p["shard"], p["attempt"]) for p in ev.of("timed_out")] == [(1, 1)]
+    assert [p["slot"] for p in ev.of("actor_replaced")] == ["sampler-0"]
+    assert json.loads((out / stats_path(1)).read_text())["attempt"] == 2
+    assert res.summary["this_run"]["failed_attempts"] == 1
+    assert res.summary["workers"]["sampler-0"]["replacements"] == 1
+    ref = tmp_path / "ref"
+    commit_all_in_process(make_cfg(prompts6, ref))
+    assert tar_digests(out) == tar_digests(ref)
+
+
+class SlowFirstCaptioner:
+    """A captioner actor whose first call never answers (until Ray restarts the actor)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def caption(self, images):
+        if not os.path.exists(self.marker):  # the first call, across restarts of this actor
+            open(self.marker, "w").close()
+            while True:
+                time.sleep(1)
+        return [f"caption of {int(im[0][0][0])}" for im in images]
+
+
+@pytest.mark.ray
+def test_a_silent_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tmp_path):
+    from pipeline.driver.actors import RemoteCaptioner
+
+    ray = ray_local
+    actor = ray.remote(SlowFirstCaptioner).options(max_restarts=1, num_cpus=0)
+    handles = [actor.remote(str(tmp_path / "hung-a")), actor.remote(str(tmp_path / "hung-b"))]
+    images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
+    t0 = time.monotonic()
+    caps = RemoteCaptioner(handles, batch_size=2, retries=3, timeout_s=3)(images)
+    assert caps == ["caption of 10", "caption of 20", "caption of 30"]  # input order kept
+    assert time.monotonic() - t0 >= 3  # it waited for the timeout, then went on
+    with pytest.raises(TimeoutError, match="captioner.timeout_s"):  # every try silent: a clear error
+        RemoteCaptioner([actor.remote(str(tmp_path / "never"))], batch_size=2, retries=0, timeout_s=1)(images)
+
+
 class PoisonWorker(FakeWorker):
     DIE = {0: None}  # shard 0 kills its actor every time
 

@@ -91,38 +91,45 @@ class RemoteCaptioner:
     """`captioner(images) -> captions` over a pool of CaptionerActor handles.
 
     Images go out in chunks of `batch_size`, chunk i to actor (offset + i) mod n, all chunks in
-    flight at once; captions come back in input order. A chunk whose actor died is retried on the
-    next actor (Ray restarts captioner actors; their tasks are also retried by Ray itself).
+    flight at once; captions come back in input order. A chunk whose actor died, or that has no
+    answer after `timeout_s` (0: no limit), is sent to the next actor, at most `retries` times; a
+    silent actor is killed so that Ray restarts it (a hung one would hold its chunks forever).
     """
 
-    def __init__(self, handles: list, batch_size: int, offset: int = 0, retries: int = 3):
+    def __init__(self, handles: list, batch_size: int, offset: int = 0, retries: int = 3, timeout_s: float = 0.0):
         if not handles:
             raise ValueError("RemoteCaptioner needs at least one captioner actor")
         self.handles, self.batch_size, self.retries = list(handles), max(1, batch_size), retries
+        self.timeout_s = timeout_s or None
         self._next = offset % len(self.handles)
 
     def __call__(self, images: list) -> list[str]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         chunks = [list(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         out: list[list[str]] = []
-        refs = [self._submit(c) for c in chunks]
-        for chunk, ref in zip(chunks, refs):
+        sent = [self._submit(c) for c in chunks]
+        for chunk, (handle, ref) in zip(chunks, sent):
             for attempt in range(self.retries + 1):
                 try:
-                    out.append(ray.get(ref))
+                    out.append(ray.get(ref, timeout=self.timeout_s))
                     break
-                except RayActorError:
+                except (RayActorError, GetTimeoutError) as e:
+                    if isinstance(e, GetTimeoutError):
+                        ray.kill(handle, no_restart=False)  # hung: Ray restarts it
                     if attempt == self.retries:
+                        if isinstance(e, GetTimeoutError):
+                            raise TimeoutError(f"no captions from the captioner actors within {self.timeout_s:g}s, "
+                                               f"{self.retries + 1} tries (captioner.timeout_s)") from None
                         raise
-                    ref = self._submit(chunk)
+                    handle, ref = self._submit(chunk)
         return [c for caps in out for c in caps]
 
     def _submit(self, chunk: list):
         handle = self.handles[self._next]
         self._next = (self._next + 1) % len(self.handles)
-        return handle.caption.remote(chunk)
+        return handle, handle.caption.remote(chunk)
 
 
 def new_sampler(cfg: Config, rc: Any, worker_cls: type, slot: str, captioner: Any):
@@ -153,4 +160,4 @@ def remote_captioner(cfg: Config, handles: list, offset: int) -> RemoteCaptioner
     if not handles:
         return None
     return RemoteCaptioner(handles, cfg.captioner.batch_size, offset=offset,
-                           retries=max(1, cfg.ray.max_actor_restarts))
+                           retries=max(1, cfg.ray.max_actor_restarts), timeout_s=cfg.captioner.timeout_s)
