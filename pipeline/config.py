@@ -85,6 +85,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     vae_id: Optional[str] = None  # e.g. an fp16-safe SDXL VAE; else the model's own
     upcast_vae: str = "auto"  # auto (fp16 without vae_id) | always | never
+    vae_slice: int = 1  # images per VAE decode call (the decode is the memory peak at 1024²)
     cache_dir: Optional[str] = None  # where the tiny model is built; default ~/.cache
     trust_remote_code: bool = False
     compile: bool = False  # torch.compile the UNet (GPU)
@@ -264,6 +265,7 @@ def validate(cfg: Config) -> Config:
     _choice("model.device", cfg.model.device, ("auto", "cpu", "cuda"))
     _choice("model.upcast_vae", cfg.model.upcast_vae, ("auto", "always", "never"))
     _choice("model.attention", cfg.model.attention, ("sdpa", "default"))
+    _positive("model.vae_slice", cfg.model.vae_slice)
     validate_sampler(cfg.sampler)
     _choice("captioner.dtype", cfg.captioner.dtype, DTYPES)
     _positive("captioner.workers", cfg.captioner.workers, allow_zero=True)

@@ -236,6 +236,34 @@ def test_ode_step_equals_the_scheduler_step(model, scheduler):
         assert (grid.ode_step(z, eps, j) - want).abs().max().item() <= 1e-4, j
 
 
+# ------------------------------------------------------------ VAE decode in slices
+def test_vae_decodes_in_slices_within_one_level_of_the_batched_decode(model):
+    """The decode is the memory peak at 1024² and runs after all the UNet work: model.vae_slice
+    images per VAE call (default 1) instead of the whole batch, same pixels up to 1/255."""
+    z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = model.vae.decode
+
+    def spy(x, *a, **kw):
+        seen.append(x.shape[0])
+        return real(x, *a, **kw)
+
+    model.vae.decode = spy
+    try:
+        sliced = S.decode(model, z)
+        assert seen == [1] * 5
+        seen.clear()
+        whole = S.decode(dataclasses.replace(model, vae_slice=5), z)
+        assert seen == [5]
+        seen.clear()
+        pairs = S.decode(dataclasses.replace(model, vae_slice=2), z)
+        assert seen == [2, 2, 1]
+    finally:
+        del model.vae.decode
+    assert sliced.shape == whole.shape == (5, 64, 64, 3) and sliced.dtype == torch.uint8
+    assert (sliced.int() - whole.int()).abs().max() <= 1 and (pairs.int() - whole.int()).abs().max() <= 1
+
+
 # ------------------------------------------------------------ diffusers parity
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_cfg_matches_diffusers_pipeline(model, scheduler):

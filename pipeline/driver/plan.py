@@ -7,7 +7,7 @@ output with another fingerprint or plan is refused (exit 2, the differing keys a
 with a matching fingerprint new_run changes nothing (the shards would come out identical). Keys that
 do not change the dataset are left out of the fingerprint (FINGERPRINT_EXCLUDE): where the output
 goes, credentials and endpoints, Ray resources and timeouts, logging, and execution choices that
-change images by float rounding at most: batch sizes, device, attention kernel, compile,
+change images by float rounding at most: batch sizes, VAE slices, device, attention kernel, compile,
 channels_last. Samples are seeded per sample, never per batch or worker, so a resume may use another
 batch size or worker count. Committed shards are skipped; a finished output is not sampled again.
 """
@@ -46,6 +46,7 @@ FINGERPRINT_VERSION = 1
 FINGERPRINT_EXCLUDE = (
     "ray", "logging", "output.path", "output.new_run", "output.s3", "input.s3",
     "model.device", "model.cache_dir", "model.compile", "model.channels_last", "model.attention",
+    "model.vae_slice",
     "sampler.batch_size", "sampler.min_batch_size",
     "captioner.workers", "captioner.gpus_per_worker", "captioner.batch_size", "captioner.timeout_s",
     "scoring.batch_size",

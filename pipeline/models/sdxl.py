@@ -41,7 +41,8 @@ class SDXL:
     dtype: torch.dtype
     vae_dtype: torch.dtype
     force_zeros_for_empty_prompt: bool = True
-    info: dict = field(default_factory=dict)  # model id, revision, dtype, ... for metadata
+    info: dict = field(default_factory=dict)
+    vae_slice: int = 1  # images per VAE decode call  # model id, revision, dtype, ... for metadata
 
     @property
     def vae_scale_factor(self) -> int:
@@ -113,6 +114,7 @@ def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, vae=None) -> SDX
         tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2,
         scheduler_config=dict(pipe.scheduler.config), device=device, dtype=dtype, vae_dtype=vae_dtype,
         force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+        vae_slice=cfg.vae_slice,
         info={"id": cfg.id, "revision": cfg.revision, "variant": cfg.variant, "dtype": cfg.dtype,
               "vae_id": cfg.vae_id, "vae_dtype": str(vae_dtype).replace("torch.", "")})
     if cfg.compile:
@@ -183,8 +185,12 @@ def unet_fn(m: SDXL):
 
 @torch.no_grad()
 def decode(m: SDXL, latents: torch.Tensor) -> torch.Tensor:
-    """Latents [B, 4, h, w] -> images uint8 [B, H, W, 3] on CPU."""
-    z = latents.to(m.device, m.vae_dtype) / m.vae.config.scaling_factor
-    x = m.vae.decode(z, return_dict=False)[0]
-    x = (x.float() / 2 + 0.5).clamp(0, 1)
-    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    """Latents [B, 4, h, w] -> images uint8 [B, H, W, 3] on CPU, `m.vae_slice` images per VAE call:
+    at 1024² the decode, not the UNet, is the memory peak, and it comes after all the chains."""
+    out = []
+    for part in latents.split(max(1, m.vae_slice)):
+        z = part.to(m.device, m.vae_dtype) / m.vae.config.scaling_factor
+        x = m.vae.decode(z, return_dict=False)[0]
+        x = (x.float() / 2 + 0.5).clamp(0, 1)
+        out.append((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out)
