@@ -236,6 +236,35 @@ def test_ode_step_equals_the_scheduler_step(model, scheduler):
         assert (grid.ode_step(z, eps, j) - want).abs().max().item() <= 1e-4, j
 
 
+# ------------------------------------------------------------ torch.compile: one graph for every batch shape
+def test_compiled_unet_is_traced_once_for_every_batch_shape(model, tiny_cache, monkeypatch):
+    """model.compile: the UNet meets 2B rows (pairs), B rows (ANSWER variant B), remainders and halves;
+    each new shape must not trace (and, with inductor, compile) the UNet again. Counted with a backend
+    that records every graph dynamo hands it; the results are the eager UNet's."""
+    import torch._dynamo
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append([tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)][:1])
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=backend))
+    torch._dynamo.reset()
+    try:
+        compiled = S.load_sdxl(ModelConfig(id="tiny", cache_dir=str(tiny_cache), compile=True))
+        b_variant = AnswerConfig(k=1, negative="B")
+        for reqs, s in ((REQS, cfg_("cfg")), (REQS[:2], cfg_("cfg")), (REQS[:1], cfg_("cfg")),
+                        (REQS[:1], cfg_("answer", answer=b_variant)), (REQS, cfg_("answer", answer=b_variant))):
+            got, _ = generate_batch(compiled, reqs, s)
+            want, _ = generate_batch(model, reqs, s)
+            assert (latents(got) - latents(want)).abs().max() <= 1e-4
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1, graphs
+
+
 # ------------------------------------------------------------ VAE decode in slices
 def test_vae_decodes_in_slices_within_one_level_of_the_batched_decode(model):
     """The decode is the memory peak at 1024² and runs after all the UNet work: model.vae_slice

@@ -42,7 +42,8 @@ class SDXL:
     vae_dtype: torch.dtype
     force_zeros_for_empty_prompt: bool = True
     info: dict = field(default_factory=dict)
-    vae_slice: int = 1  # images per VAE decode call  # model id, revision, dtype, ... for metadata
+    vae_slice: int = 1  # images per VAE decode call
+    compiled: bool = False  # the UNet is torch.compile'd (see unet_fn)  # model id, revision, dtype, ... for metadata
 
     @property
     def vae_scale_factor(self) -> int:
@@ -119,6 +120,7 @@ def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, vae=None) -> SDX
               "vae_id": cfg.vae_id, "vae_dtype": str(vae_dtype).replace("torch.", "")})
     if cfg.compile:
         model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+        model.compiled = True
     return model
 
 
@@ -171,14 +173,26 @@ def encode_negatives(m: SDXL, negatives: list[str | None], height: int, width: i
 
 
 def unet_fn(m: SDXL):
-    """The raw UNet call the NoisePredictor wraps: (x_in [M,C,h,w], t, Conditions) -> [M,C,h,w]."""
+    """The raw UNet call the NoisePredictor wraps: (x_in [M,C,h,w], t, Conditions) -> [M,C,h,w].
+
+    A compiled UNet meets many row counts (2B for pairs, B for ANSWER's variant B, remainders and
+    halves after an out-of-memory split): the row dimension is marked dynamic so that one graph
+    serves them all, and a 1-row call runs as 2 rows (dynamo specialises size 1: one more graph).
+    """
 
     @torch.no_grad()
     def call(x_in: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        out = m.unet(x_in.to(m.dtype), t, encoder_hidden_states=cond.embeds,
-                     added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
-                     return_dict=False)[0]
-        return out
+        rows = x_in.shape[0]
+        args = [x_in.to(m.dtype), cond.embeds, cond.pooled, cond.time_ids]
+        if m.compiled:
+            if rows == 1:
+                args = [torch.cat([a, a]) for a in args]
+            for a in args:
+                torch._dynamo.mark_dynamic(a, 0)
+        x, embeds, pooled, time_ids = args
+        out = m.unet(x, t, encoder_hidden_states=embeds,
+                     added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)[0]
+        return out[:rows]
 
     return call
 
