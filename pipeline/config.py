@@ -84,10 +84,10 @@ class ModelConfig:
     dtype: str = "float32"
     device: str = "auto"  # auto | cpu | cuda
     vae_id: Optional[str] = None  # e.g. an fp16-safe SDXL VAE; else the model's own
+    vae_revision: Optional[str] = None  # hub branch/tag/commit of vae_id
     upcast_vae: str = "auto"  # auto (fp16 without vae_id) | always | never
     vae_slice: int = 1  # images per VAE decode call (the decode is the memory peak at 1024²)
     cache_dir: Optional[str] = None  # where the tiny model is built; default ~/.cache
-    trust_remote_code: bool = False
     compile: bool = False  # torch.compile the UNet (GPU)
     channels_last: bool = False
     attention: str = "sdpa"  # sdpa | default

@@ -265,6 +265,45 @@ def test_compiled_unet_is_traced_once_for_every_batch_shape(model, tiny_cache, m
     assert len(graphs) == 1, graphs
 
 
+# ------------------------------------------------------------ loading: a replacement VAE
+def test_vae_id_replaces_the_models_own_vae_which_is_never_loaded(tiny_cache, tmp_path, monkeypatch):
+    """model.vae_id (e.g. an fp16-safe SDXL VAE) goes into the pipeline's from_pretrained: the model's
+    own VAE is not loaded at all (here it is missing), and model.vae_revision reaches the VAE's load."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from pipeline.models.tiny import tiny_sdxl
+
+    src = tiny_sdxl(str(tiny_cache))
+    model_dir, vae_dir = tmp_path / "model", tmp_path / "fixed-vae"
+    shutil.copytree(src, model_dir)
+    shutil.move(str(model_dir / "vae"), vae_dir)  # the model's own VAE is gone
+    with torch.no_grad():
+        vae = AutoencoderKL.from_pretrained(str(vae_dir))
+        vae.decoder.conv_out.bias.add_(0.25)  # a VAE that differs from the model's
+        vae.save_pretrained(str(vae_dir))
+    seen = []
+    real = AutoencoderKL.from_pretrained.__func__
+
+    def spy(cls, path, **kw):
+        seen.append((str(path), kw.get("revision")))
+        return real(cls, path, **{k: v for k, v in kw.items() if k != "revision"})
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(spy))
+    m = S.load_sdxl(ModelConfig(id=str(model_dir), vae_id=str(vae_dir), vae_revision="abc123"))
+    assert seen == [(str(vae_dir), "abc123")]  # one VAE load: the replacement, at its revision
+    assert torch.equal(m.vae.decoder.conv_out.bias, vae.decoder.conv_out.bias)
+    assert m.info["vae_id"] == str(vae_dir) and m.info["vae_revision"] == "abc123"
+
+
+def test_unused_trust_remote_code_key_is_gone():
+    from pipeline.config import load_config
+
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        load_config([], ["model.trust_remote_code=true"])
+
+
 # ------------------------------------------------------------ VAE decode in slices
 def test_vae_decodes_in_slices_within_one_level_of_the_batched_decode(model):
     """The decode is the memory peak at 1024² and runs after all the UNet work: model.vae_slice

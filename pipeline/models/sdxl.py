@@ -85,16 +85,17 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
         kw["revision"] = cfg.revision
     if cfg.variant:
         kw["variant"] = cfg.variant
+    if cfg.vae_id:  # e.g. an fp16-safe SDXL VAE: loaded instead of the model's own, never beside it
+        vae_kw = {"revision": cfg.vae_revision} if cfg.vae_revision else {}
+        kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, torch_dtype=dtype, use_safetensors=True, **vae_kw)
     pipe = StableDiffusionXLPipeline.from_pretrained(path, **kw)
-    vae = AutoencoderKL.from_pretrained(cfg.vae_id, torch_dtype=dtype, use_safetensors=True) \
-        if cfg.vae_id else None  # e.g. an fp16-safe SDXL VAE
-    return from_pipeline(pipe, cfg, device, vae=vae)
+    return from_pipeline(pipe, cfg, device)
 
 
-def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, vae=None) -> SDXL:
+def from_pipeline(pipe, cfg: ModelConfig, device: torch.device) -> SDXL:
     """Wrap the components of a StableDiffusionXLPipeline (loaded or built in memory)."""
     dtype = DTYPES[cfg.dtype]
-    vae = vae or pipe.vae
+    vae = pipe.vae
     # SDXL's VAE overflows in fp16: decode in float32 unless an fp16-safe VAE was configured.
     upcast = cfg.upcast_vae == "always" or (
         cfg.upcast_vae == "auto" and dtype == torch.float16 and not cfg.vae_id
@@ -117,7 +118,8 @@ def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, vae=None) -> SDX
         force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
         vae_slice=cfg.vae_slice,
         info={"id": cfg.id, "revision": cfg.revision, "variant": cfg.variant, "dtype": cfg.dtype,
-              "vae_id": cfg.vae_id, "vae_dtype": str(vae_dtype).replace("torch.", "")})
+              "vae_id": cfg.vae_id, "vae_revision": cfg.vae_revision,
+              "vae_dtype": str(vae_dtype).replace("torch.", "")})
     if cfg.compile:
         model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
         model.compiled = True
