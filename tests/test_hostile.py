@@ -139,10 +139,10 @@ def _input_case(case: str, d: Path) -> tuple[list[str], str]:
         p = d / "p.parquet"
         p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
         return [f"input.path={p}"], "is not a readable Parquet file"
-    if case == "csv_file":
+    if case == "csv_without_the_prompt_column":
         p = d / "prompts.csv"
-        p.write_text("id,prompt\n1,a red fox\n")
-        return [f"input.path={p}"], "is not a readable Parquet file"
+        p.write_text("id,caption\n1,a red fox\n")
+        return [f"input.path={p}"], "has no column 'prompt' (input.prompt_column); available columns: id, caption"
     if case == "glob_matches_nothing":
         _parquet(d / "p.parquet", good)
         return [f"input.path={d / 'nothing-*.parquet'}"], "matched nothing (the glob matched no files)"
@@ -154,13 +154,14 @@ def _input_case(case: str, d: Path) -> tuple[list[str], str]:
         return [f"input.path={d / 'missing.parquet'}"], "no such file or directory"
     if case == "txt_with_id_column":
         (d / "p.txt").write_text("a red fox\n")
-        return [f"input.path={d / 'p.txt'}", "input.id_column=id"], "input.id_column needs a Parquet input"
+        return [f"input.path={d / 'p.txt'}", "input.id_column=id"], "input.id_column needs a Parquet or CSV/TSV input"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", [
     "misnamed_prompt_column", "misnamed_id_column", "missing_extra_column", "zero_rows", "zero_rows_in_every_file",
-    "truncated", "truncated_in_a_directory", "png_named_parquet", "csv_file", "glob_matches_nothing",
+    "truncated", "truncated_in_a_directory", "png_named_parquet", "csv_without_the_prompt_column",
+    "glob_matches_nothing",
     "directory_without_parquet", "missing_file", "txt_with_id_column",
 ])
 def test_unusable_input_exits_2_before_ray_and_writes_nothing(monkeypatch, capsys, tmp_path, case):

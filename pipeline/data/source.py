@@ -1,13 +1,19 @@
-"""Prompt input: plan shards from Parquet (or .txt) files, local or s3://, then stream one shard.
+"""Prompt input: plan shards from Parquet, CSV/TSV or .txt files, local or s3://, then stream one shard.
 
-`plan_shards` reads file metadata only, plus, when input.id_column is set, one streaming pass
-over the id column to find duplicate ids (an int64 hash per row in a numpy array, ~17 bytes per
-row at peak, then an exact second look at the few ids whose hashes repeat). A shard is a row
-range of one file; files in sorted order; shard ids consecutive from 0, so the same input and
-config give the same plan on any machine.
+`plan_shards` reads Parquet metadata only (CSV/TSV and .txt files are streamed once to count their
+rows), plus, when input.id_column is set, one streaming pass over the id column to find duplicate
+ids (an int64 hash per row in a numpy array, ~17 bytes per row at peak, then an exact second look
+at the few ids whose hashes repeat). A shard is a row range of one file; files in sorted order;
+shard ids consecutive from 0, so the same input and config give the same plan on any machine.
 
-`read_shard` streams the record batches of the row groups a shard overlaps and turns every row
-into exactly one PromptRecord or RowOutcome(REJECTED, reason), in row order.
+`read_shard` streams the record batches of the row groups a shard overlaps (Parquet), or the file
+from its start up to the shard's last row (CSV/TSV, .txt), and turns every row into exactly one
+PromptRecord or RowOutcome(REJECTED, reason), in row order.
+
+Formats, by file suffix: `.parquet` (any other suffix too), `.csv` (a header row, RFC 4180
+quoting), `.tsv` (a header row, no quoting: fields are taken verbatim, as PartiPrompts needs), `.txt`
+(one prompt per line, no other columns). CSV/TSV text is read as raw bytes, like Parquet's, so a
+row of invalid UTF-8 is one rejection; an empty field is null.
 
 Which rows are rejected, and why: pipeline/data/validate.py.
 """
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
@@ -31,6 +38,7 @@ from pipeline.data.validate import RowValidator, id_str, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
 TEXT_SUFFIX = ".txt"
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _MAGIC = re.compile(r"[*?\[]")
 _SCAN_BATCH = 64 * 1024  # rows per batch when scanning ids at planning time
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
@@ -81,8 +89,8 @@ def list_input_files(cfg: InputConfig) -> tuple[Any, list[str]]:
     except (OSError, ValueError) as e:  # permissions, missing bucket, bad endpoint
         raise InputError(f"cannot list input.path={cfg.path!r}: {e}") from e
     if not files:
-        raise InputError(f"input.path={cfg.path!r} matched nothing ({hint}); give a Parquet file, "
-                         "a directory of *.parquet files, a glob, or a .txt file")
+        raise InputError(f"input.path={cfg.path!r} matched nothing ({hint}); give a Parquet, CSV, TSV or .txt "
+                         "file, a directory of *.parquet files, or a glob")
     return fs, sorted(files)
 
 
@@ -95,20 +103,32 @@ def _uri(path: str, cfg: InputConfig) -> str:
     return f"s3://{path}" if is_s3(cfg.path) else path
 
 
+def _delimiter(path: str) -> str | None:
+    return DELIMITERS.get(posixpath.splitext(path.lower())[1])
+
+
 def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
     if path.endswith(TEXT_SUFFIX):
         for key in ("id_column", "negative_column", "seed_column", "extra_columns"):
             if getattr(cfg, key):
                 raise InputError(f"{_uri(path, cfg)} is a .txt file (one prompt per line); "
-                                 f"input.{key} needs a Parquet input")
+                                 f"input.{key} needs a Parquet or CSV/TSV input")
         return _count_lines(fs, path)
+    if _delimiter(path):
+        with _csv(fs, path, cfg, None) as reader:
+            _check_columns(path, cfg, reader.schema.names)
+        with _csv(fs, path, cfg, [cfg.prompt_column]) as reader:
+            return sum(b.num_rows for b in _csv_batches(reader, path, cfg))
     with _parquet(fs, path, cfg) as pf:
-        names = pf.schema_arrow.names
-        for key, col in _columns(cfg):
-            if col not in names:
-                raise InputError(f"{_uri(path, cfg)} has no column {col!r} (input.{key}); "
-                                 f"available columns: {', '.join(names)}")
+        _check_columns(path, cfg, pf.schema_arrow.names)
         return pf.metadata.num_rows
+
+
+def _check_columns(path: str, cfg: InputConfig, names: list[str]) -> None:
+    for key, col in _columns(cfg):
+        if col not in names:
+            raise InputError(f"{_uri(path, cfg)} has no column {col!r} (input.{key}); "
+                             f"available columns: {', '.join(names)}")
 
 
 def _columns(cfg: InputConfig) -> list[tuple[str, str]]:
@@ -143,6 +163,35 @@ def _count_lines(fs: Any, path: str) -> int:
         while block := f.read(1 << 22):
             n, last = n + block.count(b"\n"), block[-1:]
     return n + (last != b"\n")  # a last line without a newline still counts
+
+
+@contextlib.contextmanager
+def _csv(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Iterator[Any]:
+    """A streaming CSV/TSV reader (header row) of `columns` as raw bytes (None: every column, for its
+    header); a file that cannot be read becomes an InputError naming it."""
+    delimiter = _delimiter(path)
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
+                               newlines_in_values=delimiter == ",")
+    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True,
+                                   column_types=dict.fromkeys(columns or [], pa.binary()))
+    try:
+        with fs.open(path, "rb") as f:
+            try:
+                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
+                                        parse_options=parse, convert_options=convert)
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise InputError(f"{_uri(path, cfg)} is not a readable {'CSV' if delimiter == ',' else 'TSV'} "
+                                 f"file with a header row ({e})") from e
+            yield reader
+    except FileNotFoundError as e:
+        raise InputError(f"{_uri(path, cfg)} no longer exists") from e
+
+
+def _csv_batches(reader: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from reader
+    except (pa.ArrowException, OSError, ValueError) as e:  # a malformed line (wrong field count, ...)
+        raise InputError(f"{_uri(path, cfg)} cannot be parsed ({e}); fix the file or narrow input.path") from e
 
 
 def _duplicate_ids(fs: Any, files: list[str], counts: list[int],
@@ -191,15 +240,23 @@ def _scan_ids(fs: Any, files: list[str], counts: list[int],
     pos = end = 0
     for f, n in zip(files, counts):
         end += n
-        with _parquet(fs, f, cfg) as pf:
-            for batch in pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False):
-                ids = [id_str(v) for v in _values(batch.column(0), "id")]
-                if pos + len(ids) > end:
-                    break
-                yield pos, ids
-                pos += len(ids)
+        for batch in _id_batches(fs, f, cfg):
+            ids = [id_str(v) for v in _values(batch.column(0), "id")]
+            if pos + len(ids) > end:
+                break
+            yield pos, ids
+            pos += len(ids)
         if pos != end:
             raise InputError(f"{_uri(f, cfg)} changed while planning (row count); plan again")
+
+
+def _id_batches(fs: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
+    if _delimiter(path):
+        with _csv(fs, path, cfg, [cfg.id_column]) as reader:
+            yield from _csv_batches(reader, path, cfg)
+        return
+    with _parquet(fs, path, cfg) as pf:
+        yield from pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -211,8 +268,12 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     fs, path = filesystem_for(spec.path, cfg.s3)
     check = RowValidator(spec, cfg, tokenizer, _stable_name(path, cfg.path))
     read = max(batch_size, _READ_BATCH)
-    chunks = _text_chunks(fs, path, spec, read) if path.endswith(TEXT_SUFFIX) else \
-        _parquet_chunks(fs, path, spec, cfg, read)
+    if path.endswith(TEXT_SUFFIX):
+        chunks = _text_chunks(fs, path, spec, read)
+    elif _delimiter(path):
+        chunks = _csv_chunks(fs, path, spec, cfg)
+    else:
+        chunks = _parquet_chunks(fs, path, spec, cfg, read)
     buf: list[PromptRecord | RowOutcome] = []
     expected = spec.row_start
     for row0, cols in chunks:
@@ -233,9 +294,7 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
 def _parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig,
                     batch_size: int) -> Iterator[tuple[int, dict[str, list]]]:
     """Record batches of the row groups overlapping the shard, cut to its rows."""
-    wanted = [("prompt", cfg.prompt_column), ("id", cfg.id_column), ("negative", cfg.negative_column),
-              ("seed", cfg.seed_column)] + [(f"extra:{c}", c) for c in cfg.extra_columns]
-    wanted = [(k, c) for k, c in wanted if c]
+    wanted = _wanted(cfg)
     columns = list(dict.fromkeys(c for _, c in wanted))
     with _parquet(fs, path, cfg) as pf:
         md = pf.metadata
@@ -262,6 +321,29 @@ def _parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig,
             row += batch.num_rows
             if row >= spec.row_stop:
                 break
+
+
+def _csv_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig) -> Iterator[tuple[int, dict[str, list]]]:
+    """The rows of the shard, streaming the file from its start (rows before it are parsed, not kept)."""
+    wanted = _wanted(cfg)
+    columns = list(dict.fromkeys(c for _, c in wanted))
+    row = 0
+    with _csv(fs, path, cfg, columns) as reader:
+        for batch in _csv_batches(reader, path, cfg):
+            lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
+            if hi > lo:
+                part = batch.slice(lo, hi - lo)
+                yield row + lo, {k: _values(part.column(columns.index(c)), k) for k, c in wanted}
+            row += batch.num_rows
+            if row >= spec.row_stop:
+                return
+
+
+def _wanted(cfg: InputConfig) -> list[tuple[str, str]]:
+    """(record field, column) for the columns a shard is read with."""
+    wanted = [("prompt", cfg.prompt_column), ("id", cfg.id_column), ("negative", cfg.negative_column),
+              ("seed", cfg.seed_column)] + [(f"extra:{c}", c) for c in cfg.extra_columns]
+    return [(k, c) for k, c in wanted if c]
 
 
 def _values(arr: pa.Array, key: str) -> list:

@@ -132,7 +132,12 @@ def _text(raw: Any, what: str, max_chars: int) -> tuple[str | None, str | None]:
 def _seed(v: Any) -> tuple[int | None, str | None]:
     if v is None:
         return None, None  # derive from (run seed, prompt id)
-    n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
+    if isinstance(v, bytes):  # a text column (CSV/TSV)
+        v = v.decode("utf-8", "backslashreplace")
+    if isinstance(v, str):  # decimal digits only
+        n = int(v.strip()) if v.strip().isascii() and v.strip().isdigit() else v
+    else:
+        n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < SEED_LIMIT:
         return None, f"seed {short(v)} is not an integer in [0, 2**64)"
     return n, None
