@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli.evaluate import main as evaluate_main
-from pipeline.config import load_config
+from pipeline.config import InputConfig, load_config
 from pipeline.report import stats
-from pipeline.report.evaluation import evaluate, read_prompts
+from pipeline.report.evaluation import evaluate, prompt_column_of, read_prompts
 from pipeline.seeding import sample_seed
 
 PARTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
@@ -59,16 +60,17 @@ def by_prompt(rows, method, name):
 def test_results_cover_every_prompt_and_method_with_identical_seeds(evaluated):
     out, summary, rows = evaluated
     assert len(rows) == 9
-    assert {(r["prompt_id"], r["method"]) for r in rows} == {(p, m) for p in ("0", "2", "3") for m in METHODS}
+    ids = ("prompts.tsv:0", "prompts.tsv:2", "prompts.tsv:3")  # the source's ids, as in a generated dataset
+    assert {(r["prompt_id"], r["method"]) for r in rows} == {(p, m) for p in ids for m in METHODS}
     assert set(col(rows, "prompt")) == {"a red fox in snow", '"G I G G L E" painted on a wall', "a lighthouse at dusk"}
-    assert summary["prompts"]["skipped_empty"] == 1 and summary["prompts"]["column"] == "Prompt"
+    assert summary["prompts"]["rejections"] == {"null prompt": 1} and summary["prompts"]["column"] == "Prompt"
     for r in rows:
         assert r["seed"] == sample_seed(7, r["prompt_id"])
         assert r["error"] is None and r["seconds"] > 0
         assert all(r[f"score_{s}"] is not None for s in SCORERS)
     assert set(col(rows, "unet_evals", "cfg")) == set(col(rows, "unet_evals", "dns")) == {6}
     assert min(col(rows, "unet_evals", "answer")) > 6
-    for pid in ("0", "2", "3"):  # the methods do change the image made from the shared seed
+    for pid in ids:  # the methods do change the image made from the shared seed
         assert len({by_prompt(rows, m, "score_clip")[pid] for m in METHODS}) >= 2
 
 
@@ -121,6 +123,28 @@ def test_grids_rows_are_prompts_and_columns_methods(evaluated):
     assert len(np.unique(np.asarray(g0.convert("RGB")).reshape(-1, 3), axis=0)) > 200  # images, not blank
 
 
+def test_a_prompt_has_the_same_seed_in_the_evaluation_as_in_a_generated_dataset(evaluated):
+    """The evaluation reads prompts through the job's source: same ids, so the same seeds."""
+    from pipeline.data.source import plan_shards
+    from pipeline.worker import ShardWorker
+
+    out, summary, rows = evaluated
+    tsv = summary["prompts"]["path"]
+    cfg = load_config([], ["seed=7", f"input.path={tsv}", "input.prompt_column=Prompt", "sampler.steps=1",
+                           "sampler.height=32", "sampler.width=32", f"output.path={out / 'generated'}"])
+    w = ShardWorker(cfg)
+    metas = {}
+    for spec in plan_shards(cfg.input, 8):
+        w.run(spec)
+        with tarfile.open(out / "generated" / "shards" / f"{spec.shard_id:06d}.tar") as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    metas[meta["prompt_id"]] = (meta["prompt"], meta["seed"])
+    evaluated_seeds = {r["prompt_id"]: (r["prompt"], r["seed"]) for r in rows if r["method"] == "cfg"}
+    assert evaluated_seeds and all(metas[pid] == v for pid, v in evaluated_seeds.items())
+
+
 def test_bad_method_is_a_usage_error(tmp_path, capsys):
     assert evaluate_main(["--prompts", str(tmp_path / "x.tsv"), "--methods", "cfg,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
@@ -134,11 +158,16 @@ def test_statistics_helpers():
     assert (w["n"], w["wins"], w["ties"], w["losses"], w["rate"]) == (3, 1, 1, 1, 0.5)
     assert (w["ci_low"], w["ci_high"]) == stats.wilson(0.5, 3)
     assert stats.mean_ci([1.0])["ci_low"] is None
+    for n in (1, 3, 7, 1000):  # the interval always holds the rate, also at 0 and 1
+        assert stats.wilson(0.0, n)[0] == 0.0 and stats.wilson(1.0, n)[1] == 1.0
 
 
 @pytest.mark.skipif(not PARTI.is_file(), reason="PartiPrompts.tsv is not next to the repository")
 def test_reads_partiprompts_verbatim():
-    prompts, info = read_prompts(str(PARTI))
-    assert info["column"] == "Prompt" and len(prompts) == 1632 and prompts[0].prompt_id == "0"
+    cfg = InputConfig(path=str(PARTI), prompt_column="Prompt")
+    prompts, info = read_prompts(cfg)
+    assert info["column"] == "Prompt" and len(prompts) == 1632 and prompts[0].prompt_id == "PartiPrompts.tsv:0"
+    assert info["rejected"] == 0
     assert any(p.prompt.startswith('"G I G G L E" painted') for p in prompts)  # quotes kept
-    assert len(read_prompts(str(PARTI), limit=5)[0]) == 5
+    assert len(read_prompts(cfg, limit=5)[0]) == 5
+    assert prompt_column_of(InputConfig(path=str(PARTI))) == "Prompt"  # found without --prompt-column

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError, load_config
+from pipeline.data.source import InputError
 from pipeline.report import evaluation
 from pipeline.report.evaluation import evaluate, render_md
 
@@ -18,9 +19,9 @@ from pipeline.report.evaluation import evaluate, render_md
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jobs/evaluate.py", description=evaluation.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", required=True, help="TSV/CSV/Parquet/txt prompt file (local or s3://)")
-    ap.add_argument("--prompt-column")
-    ap.add_argument("--id-column", help="stable prompt ids (seeds derive from them); default: the row number")
+    ap.add_argument("--prompts", required=True, help="Parquet/CSV/TSV/txt prompts, as input.path (local or s3://)")
+    ap.add_argument("--prompt-column", help="default: input.prompt_column, else prompt, Prompt, caption or text")
+    ap.add_argument("--id-column", help="stable prompt ids (seeds derive from them); default: <file>:<row>")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--methods", default="cfg,answer", help="comma-separated, e.g. cfg,answer,dnp")
     ap.add_argument("--baseline", help="method the others are compared with (default cfg)")
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(cfg, a.prompts, [m.strip() for m in a.methods.split(",") if m.strip()], a.out,
                            a.limit, a.prompt_column, a.id_column, a.baseline, max(1, a.grid_rows), a.tile,
                            a.save_images)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, InputError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(render_md(summary))

@@ -94,6 +94,19 @@ def list_input_files(cfg: InputConfig) -> tuple[Any, list[str]]:
     return fs, sorted(files)
 
 
+def column_names(cfg: InputConfig) -> list[str]:
+    """The columns of the first input file (a .txt file has one: input.prompt_column)."""
+    fs, files = list_input_files(cfg)
+    path = files[0]
+    if path.endswith(TEXT_SUFFIX):
+        return [cfg.prompt_column]
+    if _delimiter(path):
+        with _csv(fs, path, cfg, None) as reader:
+            return list(reader.schema.names)
+    with _parquet(fs, path, cfg) as pf:
+        return list(pf.schema_arrow.names)
+
+
 def _hidden(rel: str) -> bool:
     """_SUCCESS, _metadata, .crc files and the like, written next to Parquet data by Spark etc."""
     return any(part.startswith((".", "_")) for part in rel.split("/"))

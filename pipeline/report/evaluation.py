@@ -4,13 +4,15 @@
         --methods cfg,answer,dnp --out outputs/eval [--config configs/sdxl.yaml] [dotted.key=value ...]
 
 In-process (no Ray): one model load, then for every prompt and method one image from the same
-initial noise (seed = seeding.sample_seed(seed, prompt_id); prompt_id is --id-column's value, else
-the prompt's 0-based row in the file), batched by sampler.batch_size through pipeline.sampling.batch.generate_batch.
+initial noise, batched by sampler.batch_size through pipeline.sampling.batch.generate_batch.
 Scorers: scoring.scorers, or clip, pickscore and aesthetic when the config names none.
 
-Prompts: .tsv/.csv (header row; TSV read verbatim, without quote processing), .parquet, or .txt
-(one prompt per line). --prompt-column defaults to the first of prompt, Prompt, caption, text.
-Empty prompts are skipped and counted. --limit takes the first N usable prompts.
+Prompts are read exactly as the generation job reads them (pipeline/data/source.py: Parquet, CSV,
+TSV or .txt, local or s3://), so a prompt has the same id (`<file>:<row>`, or --id-column's value)
+and therefore the same seed (seeding.row_seed) here as in a generated dataset, and rows are
+validated the same way (rejected rows are counted by reason). --prompt-column defaults to
+input.prompt_column, else the first of prompt, Prompt, caption, text the file has. --limit takes the
+first N usable prompts.
 
 Writes (DIR may be local or s3://):
     results.parquet   one row per prompt x method: prompt_id, row, prompt, method, seed, unet_evals,
@@ -31,18 +33,19 @@ sampler.height=32 sampler.width=32).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
 import logging
 import math
-import os
 import time
+from collections import Counter
 from typing import Any
 
-from pipeline.config import SCORERS, Config, ConfigError
-from pipeline.data.storage import Location, filesystem_for, open_location
+from pipeline.config import SCORERS, Config, ConfigError, InputConfig
+from pipeline.data.source import InputError, column_names, plan_shards, read_shard
+from pipeline.data.storage import Location, open_location
+from pipeline.records import PromptRecord, RowOutcome
 from pipeline.report.figures import draw_grid
 from pipeline.report.stats import mean_ci, win_rate
 from pipeline.sampling.methods import METHODS
@@ -54,86 +57,47 @@ CI_NOTE = ("95% CI: Student t interval of the mean (mean ± t(0.975, n−1)·s/�
            "method vs baseline on the same seed, win = 1, tie = ½, loss = 0, with a 95% Wilson score interval")
 
 
-@dataclasses.dataclass
-class Prompt:
-    prompt_id: str
-    row: int
-    prompt: str
+MAX_SHARD_ROWS = 999_999  # one shard per file: prompts are read in file order
 
 
-def read_prompts(path: str, column: str | None = None, id_column: str | None = None, limit: int | None = None,
-                 s3: Any = None) -> tuple[list[Prompt], dict[str, Any]]:
-    """The first `limit` non-empty prompts of a .tsv/.csv/.parquet/.txt file (local or s3://)."""
-    fs, p = filesystem_for(path, s3)
-    suffix = os.path.splitext(path.lower())[1]
-    out: list[Prompt] = []
-    skipped = 0
+def prompt_column_of(cfg: InputConfig) -> str:
+    """input.prompt_column when the file has it, else the first of PROMPT_COLUMNS it has (PartiPrompts:
+    "Prompt"); InputError naming the columns otherwise."""
+    names = column_names(cfg)
+    if cfg.prompt_column in names:
+        return cfg.prompt_column
+    found = next((c for c in PROMPT_COLUMNS if c in names), None)
+    if found is None:
+        raise InputError(f"{cfg.path}: no prompt column: none of {', '.join(PROMPT_COLUMNS)} is a column "
+                         f"({', '.join(names)}); pass --prompt-column")
+    return found
 
-    def take(row: int, text: Any, pid: Any) -> bool:
-        nonlocal skipped
-        if text is None or not str(text).strip():
-            skipped += 1
-        else:
-            out.append(Prompt(str(pid) if pid is not None else str(row), row, str(text)))
-        return limit is not None and len(out) >= limit
 
-    if suffix == ".txt":
-        used = None
-        with fs.open(p, "rt", encoding="utf-8") as f:
-            for row, line in enumerate(f):
-                if take(row, line.rstrip("\r\n"), None):
-                    break
-    elif suffix in (".tsv", ".csv"):
-        with fs.open(p, "rt", encoding="utf-8", newline="") as f:
-            kw = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-            reader = csv.DictReader(f, **kw)
-            used = _column(column, reader.fieldnames or [], path)
-            _check_id(id_column, reader.fieldnames or [], path)
-            for row, rec in enumerate(reader):
-                if take(row, rec.get(used), rec.get(id_column) if id_column else None):
-                    break
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        with fs.open(p, "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            used = _column(column, names, path)
-            _check_id(id_column, names, path)
-            row, done = 0, False
-            for batch in pf.iter_batches(batch_size=4096, columns=[used] + ([id_column] if id_column else [])):
-                texts = batch.column(used).to_pylist()
-                ids = batch.column(id_column).to_pylist() if id_column else [None] * len(texts)
-                for text, pid in zip(texts, ids):
-                    if take(row, text, pid):
-                        done = True
-                        break
-                    row += 1
-                if done:
-                    break
-    else:
-        raise ValueError(f"--prompts {path}: use a .tsv, .csv, .parquet or .txt file")
+def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = None,
+                 specs: list | None = None) -> tuple[list[PromptRecord], dict[str, Any]]:
+    """The first `limit` usable prompts of `cfg`, read as the generation job reads them
+    (pipeline/data/source.py): the same prompt ids (`<file>:<row>`, or input.id_column), seeds,
+    negatives and validation, so a prompt gets the same seed here as in a generated dataset.
+    Rejected rows are counted by reason."""
+    specs = specs if specs is not None else plan_shards(cfg, MAX_SHARD_ROWS)
+    out: list[PromptRecord] = []
+    rejected: Counter[str] = Counter()
+    for spec in specs:
+        for batch in read_shard(spec, cfg, 256, tokenizer):
+            for item in batch:
+                if isinstance(item, RowOutcome):
+                    rejected[item.error] += 1
+                elif limit is None or len(out) < limit:
+                    out.append(item)
+            if limit is not None and len(out) >= limit:
+                break
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
-        raise ValueError(f"--prompts {path}: no usable prompts")
-    return out, {"path": path, "column": used, "id_column": id_column, "limit": limit, "n": len(out),
-                 "skipped_empty": skipped}
-
-
-def _column(column: str | None, names: list[str], path: str) -> str:
-    if column:
-        if column not in names:
-            raise ValueError(f"--prompts {path}: no column {column!r} (columns: {', '.join(names)})")
-        return column
-    for c in PROMPT_COLUMNS:
-        if c in names:
-            return c
-    raise ValueError(f"--prompts {path}: none of {', '.join(PROMPT_COLUMNS)} is a column "
-                     f"({', '.join(names)}); pass --prompt-column")
-
-
-def _check_id(id_column: str | None, names: list[str], path: str) -> None:
-    if id_column and id_column not in names:
-        raise ValueError(f"--prompts {path}: no id column {id_column!r}")
+        raise InputError(f"{cfg.path}: no usable prompts ({sum(rejected.values())} rejected: "
+                         f"{', '.join(sorted(rejected)[:3])})")
+    return out, {"path": cfg.path, "column": cfg.prompt_column, "id_column": cfg.id_column, "limit": limit,
+                 "n": len(out), "rejected": sum(rejected.values()), "rejections": dict(rejected)}
 
 
 def summarize(rows: list[dict[str, Any]], methods: list[str], scorers: list[str], baseline: str,
@@ -174,15 +138,18 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], scorers: list[str]
 
 
 # ================================================================== the run
-def run_eval(cfg: Config, prompts: list[Prompt], methods: list[str], out: Location, baseline: str,
-             grid_rows: int = 8, tile: int = 256, save_images: bool = False) -> list[dict[str, Any]]:
+def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], out: Location,
+             grid_rows: int = 8, tile: int = 256, save_images: bool = False
+             ) -> tuple[list[dict[str, Any]], list[PromptRecord], dict[str, Any]]:
+    """Load the models, read the prompts (with the model's tokenizer, as the job does), sample and
+    score every prompt with every method; (results rows, prompts, prompt info)."""
     import torch
     from PIL import Image
 
     from pipeline.models.sdxl import load_sdxl
     from pipeline.sampling.batch import SampleRequest, generate_batch
     from pipeline.scoring.scorers import load_scorers
-    from pipeline.seeding import sample_seed
+    from pipeline.seeding import row_seed
 
     t0 = time.perf_counter()
     model = load_sdxl(cfg.model)
@@ -193,6 +160,7 @@ def run_eval(cfg: Config, prompts: list[Prompt], methods: list[str], out: Locati
         captioner = Captioner(cfg.captioner, model.device)
     scorers = load_scorers(cfg.scoring, model.device)
     log.info("models loaded in %.1fs on %s", time.perf_counter() - t0, model.device)
+    prompts, info = read_prompts(cfg.input, limit, model.tokenizer, specs)
 
     def sync() -> None:
         if model.device.type == "cuda":
@@ -209,7 +177,8 @@ def run_eval(cfg: Config, prompts: list[Prompt], methods: list[str], out: Locati
             s = dataclasses.replace(cfg.sampler, method=m)
             for b0 in range(0, len(chunk), bs):
                 batch = chunk[b0:b0 + bs]
-                reqs = [SampleRequest(p.prompt, sample_seed(cfg.seed, p.prompt_id), None) for p in batch]
+                reqs = [SampleRequest(p.prompt, row_seed(cfg.seed, p.prompt_id, 0, p.seed), p.negative_prompt)
+                        for p in batch]
                 sync()
                 t1 = time.perf_counter()
                 gens, _ = generate_batch(model, reqs, s, captioner)
@@ -232,14 +201,14 @@ def run_eval(cfg: Config, prompts: list[Prompt], methods: list[str], out: Locati
                         if save_images:
                             buf = io.BytesIO()
                             images[(p.prompt_id, m)].save(buf, "PNG")
-                            out.write_bytes_atomic(f"images/{m}/{p.prompt_id}.png", buf.getvalue())
+                            out.write_bytes_atomic(f"images/{m}/{p.key}.png", buf.getvalue())
             log.info("prompts %d-%d: %s done", g0, g0 + len(chunk) - 1, m)
         chunk_rows = [r for r in rows if r["prompt_id"] in {p.prompt_id for p in chunk}]
         grid = draw_grid(chunk, methods, images, chunk_rows, scorers.names, tile)
         buf = io.BytesIO()
         grid.save(buf, "PNG", optimize=True)
         out.write_bytes_atomic(f"grids/grid_{g0 // grid_rows:03d}.png", buf.getvalue())
-    return rows
+    return rows, prompts, info
 
 
 def _fmt(v: Any, dec: int = 4) -> str:
@@ -251,7 +220,7 @@ def render_md(summary: dict[str, Any]) -> str:
     pr = summary["prompts"]
     lines = [f"# Method evaluation: {', '.join(summary['methods'])} (baseline `{base}`)\n",
              f"{pr['n']} prompts from `{pr['path']}` (column `{pr['column']}`"
-             + (f", first {pr['limit']}" if pr.get("limit") else "") + f"; {pr['skipped_empty']} empty skipped), "
+             + (f", first {pr['limit']}" if pr.get("limit") else "") + f"; {pr['rejected']} rows rejected), "
              f"model `{summary['model'].get('id')}` ({summary['model'].get('dtype')}), "
              f"{summary['sampler']['steps']} steps, guidance {summary['sampler']['guidance_scale']}, "
              f"{summary['sampler']['scheduler']}, {summary['sampler']['width']}x{summary['sampler']['height']}, "
@@ -292,7 +261,7 @@ def write_parquet(out: Location, rel: str, rows: list[dict[str, Any]], scorers: 
     import pyarrow.parquet as pq
 
     schema = pa.schema([("prompt_id", pa.string()), ("row", pa.int64()), ("prompt", pa.string()),
-                        ("method", pa.string()), ("seed", pa.int64()), ("unet_evals", pa.int64()),
+                        ("method", pa.string()), ("seed", pa.uint64()), ("unet_evals", pa.int64()),
                         ("seconds", pa.float64())] + [(f"score_{s}", pa.float64()) for s in scorers]
                        + [("score_errors", pa.string()), ("negative_prompt", pa.string()), ("error", pa.string())])
     sink = pa.BufferOutputStream()
@@ -300,10 +269,11 @@ def write_parquet(out: Location, rel: str, rows: list[dict[str, Any]], scorers: 
     out.write_bytes_atomic(rel, sink.getvalue().to_pybytes())
 
 
-def evaluate(cfg: Config, prompts_path: str, methods: list[str], out_path: str, limit: int | None = None,
+def evaluate(cfg: Config, prompts_path: str | None, methods: list[str], out_path: str, limit: int | None = None,
              prompt_column: str | None = None, id_column: str | None = None, baseline: str | None = None,
              grid_rows: int = 8, tile: int = 256, save_images: bool = False) -> dict[str, Any]:
-    """The whole job; returns the summary dict (also written to out_path)."""
+    """The whole job; returns the summary dict (also written to out_path). `prompts_path`,
+    `prompt_column` and `id_column` override cfg.input's (None: keep them)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: {', '.join(bad) or '(none)'} not valid; choose from {', '.join(METHODS)}")
@@ -312,10 +282,14 @@ def evaluate(cfg: Config, prompts_path: str, methods: list[str], out_path: str, 
         raise ConfigError(f"--baseline {baseline} must be one of --methods")
     if not cfg.scoring.scorers:
         cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, scorers=list(DEFAULT_SCORERS)))
-    prompts, info = read_prompts(prompts_path, prompt_column, id_column, limit, cfg.input.s3)
+    inp = dataclasses.replace(cfg.input, path=prompts_path or cfg.input.path,
+                              id_column=id_column or cfg.input.id_column)
+    inp = dataclasses.replace(inp, prompt_column=prompt_column or prompt_column_of(inp))
+    cfg = dataclasses.replace(cfg, input=inp)
+    specs = plan_shards(inp, MAX_SHARD_ROWS)  # a bad input fails here, before any model loads
     out = open_location(out_path, cfg.output.s3)
     t0 = time.perf_counter()
-    rows = run_eval(cfg, prompts, methods, out, baseline, grid_rows, tile, save_images)
+    rows, prompts, info = run_eval(cfg, specs, limit, methods, out, grid_rows, tile, save_images)
     scorers = [s for s in SCORERS if s in cfg.scoring.scorers]
     write_parquet(out, "results.parquet", rows, scorers)
     from pipeline.models.device import resolve_device

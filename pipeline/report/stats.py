@@ -82,12 +82,14 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
 
 
 def wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a rate p over n trials (95 % by default); it always holds p
+    (rounding would put the lower end just above 0 for p = 0)."""
     if n == 0:
         return math.nan, math.nan
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def win_rate(method: list[float | None], base: list[float | None]) -> dict[str, Any]:
