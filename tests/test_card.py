@@ -178,6 +178,8 @@ def test_card_of_a_preference_run_counts_each_method(groups):
     assert table_value(readme, "Groups with a pair") == str(pairs)
     for m in ("cfg", "dns"):
         assert re.search(rf"^\| `{m}` \| 4 \| 6\.0 \|", readme, re.M), m
+    # each method described from its record (pipeline/sampling/methods.py)
+    assert "- `dns`: diffusion-negative sampling" in readme and "ε_p + g·(ε_∅ − ε_p)" in readme
     got, want = score_rows(readme), expected_stats(metas)
     assert set(got) == set(want) == {(m, s) for m in ("cfg", "dns") for s in ("clip", "pickscore")}
     for k in want:

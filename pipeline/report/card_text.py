@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.data.layout import CONTACT_SHEET, SUMMARY_FILE
 from pipeline.data.storage import Location
 from pipeline.report.stats import describe
+from pipeline.sampling.methods import METHODS
 
 
 def get(d: Any, *keys: str, default: Any = None) -> Any:
@@ -130,6 +131,12 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
             add(f"| `{m}` | … {len(data.settings[m]) - 5} more settings | | | | | | |")
     if not data.methods:
         add("| n/a | 0 | | | | | | |")
+    known = [m for m in data.methods if m in METHODS]
+    if known:
+        add("\nThe methods (../shared/docs/methods.md in the synthgen repository has the exact rules):\n")
+        for m in known:
+            r = METHODS[m]
+            add(f"- `{m}`: {r.summary}. Guided noise per step: {r.rule}; UNet evals per image: {r.cost}.")
     if set(methods) & {"dnp", "cnp"}:
         cap = get(c, "captioner", default={})
         add(f"\nCaptioner (DNP/CNP negatives): {_code(get(cap, 'id'))}, revision {_code(get(cap, 'revision'))}.")
