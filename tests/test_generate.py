@@ -1,4 +1,5 @@
-"""jobs/generate.py: errors before Ray, resume and fingerprint, dispatch policy, end-to-end runs.
+"""The generation job (pipeline/driver, jobs/generate.py): errors before Ray, resume and fingerprint,
+dispatch policy, end-to-end runs.
 
 - No Ray: bad config values, missing/empty input and a refused resume exit with code 2 before
   anything starts; the fingerprint ignores what does not change images; a finished output is not
