@@ -135,8 +135,8 @@ class CaptionerConfig:
     gpus_per_worker: float = 0.0
     batch_size: int = 16
     max_new_tokens: int = 50
-    # captioner actors: a chunk of batch_size images with no captions after this long is sent to the
-    # next actor, and the silent one is restarted. 0 waits forever.
+    # captioner actors: a caption call (batch_size images) running longer than this means its actor
+    # hangs: it is restarted and the chunk goes to the next actor. 0 waits forever.
     timeout_s: float = 600.0
 
 

@@ -303,6 +303,18 @@ def test_resume_with_other_config_is_refused_then_new_run_archives(tmp_path, pro
     assert json.loads((out / "run" / "fingerprint.json").read_text())["fingerprint"] != old_fp
 
 
+def test_output_of_another_pipeline_version_is_refused(tmp_path, prompts6):
+    """A run/fingerprint.json of another FINGERPRINT_VERSION: the same config could give other images
+    now (e.g. DDIM without clipping), so a resume is refused with that reason."""
+    out = tmp_path / "out"
+    commit_all_in_process(make_cfg(prompts6, out))
+    fp_file = out / "run" / "fingerprint.json"
+    stored = json.loads(fp_file.read_text())
+    fp_file.write_text(json.dumps({**stored, "version": 1, "fingerprint": "0" * 64}))
+    with pytest.raises(RunRefused, match="another version of this pipeline .*version 1, this one writes version 2"):
+        prepare(make_cfg(prompts6, out))
+
+
 def test_foreign_output_is_refused(tmp_path, prompts6, monkeypatch):
     out = tmp_path / "out"
     commit_all_in_process(make_cfg(prompts6, out))
@@ -392,34 +404,66 @@ def test_a_hung_shard_times_out_its_actor_is_replaced_and_the_shard_requeued(ray
     assert tar_digests(out) == tar_digests(ref)
 
 
-class SlowFirstCaptioner:
-    """A captioner actor whose first call never answers (until Ray restarts the actor)."""
+class HangingFirstCall:
+    """A stand-in captioner whose first call never returns (until Ray restarts its actor)."""
 
     def __init__(self, marker: str):
         self.marker = marker
 
-    def caption(self, images):
-        if not os.path.exists(self.marker):  # the first call, across restarts of this actor
+    def __call__(self, images):
+        if not os.path.exists(self.marker):  # the first call, across restarts of its actor
             open(self.marker, "w").close()
             while True:
                 time.sleep(1)
         return [f"caption of {int(im[0][0][0])}" for im in images]
 
 
+class SlowCalls:
+    """A stand-in captioner that takes `seconds` per call: busy, never hung."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, images):
+        time.sleep(self.seconds)
+        return [f"caption of {int(im[0][0][0])}" for im in images]
+
+
+def captioner_actors(ray, *captioners):
+    from pipeline.driver.actors import captioner_actor_class
+
+    cls = captioner_actor_class().options(max_restarts=1, max_task_retries=0, num_cpus=0)
+    return [cls.remote(None, captioner=c) for c in captioners]
+
+
 @pytest.mark.ray
-def test_a_silent_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tmp_path):
+def test_a_hung_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tmp_path):
     from pipeline.driver.actors import RemoteCaptioner
 
-    ray = ray_local
-    actor = ray.remote(SlowFirstCaptioner).options(max_restarts=1, num_cpus=0)
-    handles = [actor.remote(str(tmp_path / "hung-a")), actor.remote(str(tmp_path / "hung-b"))]
+    handles = captioner_actors(ray_local, HangingFirstCall(str(tmp_path / "a")), HangingFirstCall(str(tmp_path / "b")))
     images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
     t0 = time.monotonic()
     caps = RemoteCaptioner(handles, batch_size=2, retries=3, timeout_s=3)(images)
     assert caps == ["caption of 10", "caption of 20", "caption of 30"]  # input order kept
     assert time.monotonic() - t0 >= 3  # it waited for the timeout, then went on
+    never = captioner_actors(ray_local, HangingFirstCall(str(tmp_path / "never")))
     with pytest.raises(TimeoutError, match="captioner.timeout_s"):  # every try silent: a clear error
-        RemoteCaptioner([actor.remote(str(tmp_path / "never"))], batch_size=2, retries=0, timeout_s=1)(images)
+        RemoteCaptioner(never, batch_size=2, retries=0, timeout_s=1)(images)
+
+
+@pytest.mark.ray
+def test_a_busy_captioner_actor_is_waited_for_not_restarted(ray_local):
+    """Five 1-second chunks queue on one actor: the last waits ~5 s, past captioner.timeout_s = 4 s,
+    but the actor's current call never runs 4 s, so nothing is killed."""
+    from pipeline.driver.actors import RemoteCaptioner
+
+    (handle,) = captioner_actors(ray_local, SlowCalls(1.0))
+    pid = ray_local.get(handle.describe.remote())["pid"]
+    images = [np.full((4, 4, 3), v, np.uint8) for v in range(5)]
+    t0 = time.monotonic()
+    caps = RemoteCaptioner([handle], batch_size=1, retries=0, timeout_s=4)(images)
+    assert caps == [f"caption of {v}" for v in range(5)] and time.monotonic() - t0 >= 5
+    assert ray_local.get(handle.describe.remote())["pid"] == pid  # the same process: not restarted
 
 
 class PoisonWorker(FakeWorker):

@@ -23,7 +23,7 @@ def ready_slot(name: str, now: float = 0.0) -> P.Slot:
 def send(book: P.ShardBook, slot: P.Slot, now: float) -> P.Task:
     """What the executor does to submit: take the next shard, hand it to the slot."""
     st = book.take()
-    task = P.Task(st.spec, slot, st.attempts, ref=object(), submitted=now, epoch=slot.epoch)
+    task = P.Task(st.spec, slot, st.attempts, ref=object(), epoch=slot.epoch)
     P.submitted(slot, task, now)
     return task
 
@@ -137,7 +137,11 @@ def test_replacements_are_budgeted():
     epoch = slot.epoch
     assert P.replace_actor(slot, budget=1, now=5.0)
     assert (slot.replacements, slot.epoch, slot.ready, slot.down_since) == (1, epoch + 1, False, 5.0)
-    assert not P.replace_actor(slot, budget=0, now=6.0) and slot.dead
+    book = P.ShardBook(specs(1), P.Limits(shard_timeout_s=1.0))
+    P.became_ready(slot, {}, 6.0)
+    send(book, slot, 6.0)
+    assert not P.replace_actor(slot, budget=0, now=6.0) and slot.dead and not slot.ready
+    assert P.overdue(slot, 100.0, 1.0) is None  # a dead slot's queued shards are not timed
 
 
 def test_a_shard_reported_twice_keeps_the_first():

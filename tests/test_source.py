@@ -158,12 +158,13 @@ def test_tsv_and_csv_read_like_parquet(tmp_path):
     and duplicate ids work as for Parquet; an empty field is null."""
     big = 2**64 - 1
     rows = [("a", '"G I G G L E" painted on a wall', "", "7"), ("b", "a red fox", "blurry", str(big)),
-            ("c", "", "", ""), ("a", "a dup id", "", "3"), ("d", "two apples", "", "x1")]
+            ("c", "", "", ""), ("a", "a dup id", "", "3"), ("d", "two apples", "", "x1"),
+            ("f", "NA", "null", "9" * 5000)]
     tsv = tmp_path / "p.tsv"
     tsv.write_bytes(b"id\tprompt\tneg\tseed\n" + b"".join(
         "\t".join(r).encode() + b"\n" for r in rows) + b"e\t\xff bad utf-8\t\t\n")
     csv = tmp_path / "p.csv"
-    quoted = [(i, '"' + p.replace('"', '""') + '"', n, s) for i, p, n, s in rows]
+    quoted = [(i, '"' + p.replace('"', '""') + '"' if p else "", n, s) for i, p, n, s in rows]
     csv.write_bytes(b"seed,id,prompt,neg\r\n" + b"".join(
         f"{s},{i},{p},{n}".encode() + b"\r\n" for i, p, n, s in quoted) + b',e,"\xff bad utf-8",\r\n')
     pq_path = tmp_path / "p.parquet"
@@ -176,7 +177,7 @@ def test_tsv_and_csv_read_like_parquet(tmp_path):
     for path in (tsv, csv, pq_path):
         cfg = InputConfig(path=str(path), id_column="id", negative_column="neg", seed_column="seed")
         specs = plan_shards(cfg, shard_size=4)
-        assert [(s.row_start, s.row_stop) for s in specs] == [(0, 4), (4, 6)]
+        assert [(s.row_start, s.row_stop) for s in specs] == [(0, 4), (4, 7)]
         assert specs[0].planned_rejections == ((3, "duplicate id 'a' (first seen at " + path.name + ":0)"),)
         got[path.suffix] = [(i.prompt_id, i.prompt, i.negative_prompt, i.seed) if isinstance(i, PromptRecord)
                             else (i.prompt_id, i.error.replace(path.name, "<file>"))
@@ -185,7 +186,18 @@ def test_tsv_and_csv_read_like_parquet(tmp_path):
     assert got[".tsv"][:3] == [("a", '"G I G G L E" painted on a wall', None, 7), ("b", "a red fox", "blurry", big),
                                ("c", "null prompt")]
     assert got[".tsv"][3][1].startswith("duplicate id") and "not an integer" in got[".tsv"][4][1]
-    assert "UTF-8" in got[".tsv"][5][1]
+    pid, error = got[".tsv"][5]
+    assert pid == "f" and error.startswith("seed '9999") and "not an integer" in error
+    assert "UTF-8" in got[".tsv"][6][1]
+
+
+def test_csv_blank_lines_are_rows_and_na_is_text(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("prompt\tid\nNA\t1\n\nnull\t3\n")
+    cfg = InputConfig(path=str(path))
+    items = list(read_all(plan_shards(cfg, 8), cfg).values())
+    assert [(i.row, i.prompt if isinstance(i, PromptRecord) else i.error) for i in items] == [
+        (0, "NA"), (1, "null prompt"), (2, "null")]
 
 
 def test_malformed_csv_is_an_input_error(tmp_path):

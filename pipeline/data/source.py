@@ -13,7 +13,8 @@ PromptRecord or RowOutcome(REJECTED, reason), in row order.
 Formats, by file suffix: `.parquet` (any other suffix too), `.csv` (a header row, RFC 4180
 quoting), `.tsv` (a header row, no quoting: fields are taken verbatim, as PartiPrompts needs), `.txt`
 (one prompt per line, no other columns). CSV/TSV text is read as raw bytes, like Parquet's, so a
-row of invalid UTF-8 is one rejection; an empty field is null.
+row of invalid UTF-8 is one rejection; an empty field is null (and "NA" is the text NA); a blank
+line is a row.
 
 Which rows are rejected, and why: pipeline/data/validate.py.
 """
@@ -183,9 +184,12 @@ def _csv(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Ite
     """A streaming CSV/TSV reader (header row) of `columns` as raw bytes (None: every column, for its
     header); a file that cannot be read becomes an InputError naming it."""
     delimiter = _delimiter(path)
+    # A blank line is a row (rejected: null prompt), as in a .txt file; only an empty field is null,
+    # never text such as "NA" or "null" (pyarrow's default null spellings).
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
-                               newlines_in_values=delimiter == ",")
-    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True,
+                               newlines_in_values=delimiter == ",", ignore_empty_lines=False)
+    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True, null_values=[""],
+                                   quoted_strings_can_be_null=False,
                                    column_types=dict.fromkeys(columns or [], pa.binary()))
     try:
         with fs.open(path, "rb") as f:

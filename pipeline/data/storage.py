@@ -236,15 +236,6 @@ class Location:
         finally:
             _remove_quietly(tmp)
 
-    def put_file_atomic(self, local_path: str, rel: str) -> None:
-        """Copy any local file to `rel`, all or nothing (the source is left in place)."""
-        if self.s3:
-            self.fs.put_file(local_path, self.join(rel))
-            return
-        tmp = self.local_temp(rel)
-        fsspec.filesystem("file").cp_file(local_path, tmp)
-        self.publish(tmp, rel)
-
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
         tmp = self.local_temp(rel)
         try:

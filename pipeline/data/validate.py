@@ -134,8 +134,9 @@ def _seed(v: Any) -> tuple[int | None, str | None]:
         return None, None  # derive from (run seed, prompt id)
     if isinstance(v, bytes):  # a text column (CSV/TSV)
         v = v.decode("utf-8", "backslashreplace")
-    if isinstance(v, str):  # decimal digits only
-        n = int(v.strip()) if v.strip().isascii() and v.strip().isdigit() else v
+    if isinstance(v, str):  # decimal digits only (2**64 has 20)
+        digits = v.strip()
+        n = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 20 else v
     else:
         n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < SEED_LIMIT:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -69,31 +70,52 @@ class SamplerActor:
 
 
 class CaptionerActor:
-    """BLIP-2 captioning on the GPU (fraction) Ray assigned, or on CPU without one."""
+    """BLIP-2 captioning on the GPU (fraction) Ray assigned, or on CPU without one.
 
-    def __init__(self, cfg: Config):
+    `busy_s` runs in its own concurrency group (STATUS), so it answers while a caption call runs:
+    how long the current call has been running tells a hung actor from a busy one.
+    """
+
+    def __init__(self, cfg: Config, captioner: Any = None):
         import ray
 
-        from pipeline.models.captioner import Captioner
+        if captioner is None:
+            from pipeline.models.captioner import Captioner
 
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.captioner = Captioner(cfg.captioner, device)
+            captioner = Captioner(cfg.captioner, "cuda" if ray.get_gpu_ids() else "cpu")
+        self.captioner = captioner  # images -> captions (tests pass a stand-in)
         self.ident = ray_identity()
+        self.busy_since: float | None = None
 
     def describe(self) -> dict[str, Any]:
         return dict(self.ident)
 
     def caption(self, images: list) -> list[str]:
-        return self.captioner(images)
+        self.busy_since = time.monotonic()
+        try:
+            return self.captioner(images)
+        finally:
+            self.busy_since = None
+
+    def busy_s(self) -> float | None:
+        """Seconds the running caption call has taken so far; None when idle."""
+        since = self.busy_since
+        return None if since is None else time.monotonic() - since
+
+
+STATUS = "status"  # CaptionerActor's concurrency group for busy_s
+STATUS_TIMEOUT_S = 30.0  # an actor that cannot answer busy_s this long is frozen
 
 
 class RemoteCaptioner:
     """`captioner(images) -> captions` over a pool of CaptionerActor handles.
 
     Images go out in chunks of `batch_size`, chunk i to actor (offset + i) mod n, all chunks in
-    flight at once; captions come back in input order. A chunk whose actor died, or that has no
-    answer after `timeout_s` (0: no limit), is sent to the next actor, at most `retries` times; a
-    silent actor is killed so that Ray restarts it (a hung one would hold its chunks forever).
+    flight at once; captions come back in input order. A chunk whose actor died is sent to the next
+    actor, at most `retries` times. When a chunk has no answer after `timeout_s` (0: no limit), its
+    actor is asked how long its current call has run: a call past `timeout_s`, or no answer at all,
+    means the actor hangs; it is killed so that Ray restarts it, and the chunk goes to the next
+    actor. An actor that is merely busy with other samplers' chunks is waited for.
     """
 
     def __init__(self, handles: list, batch_size: int, offset: int = 0, retries: int = 3, timeout_s: float = 0.0):
@@ -104,27 +126,40 @@ class RemoteCaptioner:
         self._next = offset % len(self.handles)
 
     def __call__(self, images: list) -> list[str]:
+        chunks = [list(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        sent = [self._submit(c) for c in chunks]
+        return [c for chunk, first in zip(chunks, sent) for c in self._result(chunk, *first)]
+
+    def _result(self, chunk: list, handle: Any, ref: Any) -> list[str]:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        chunks = [list(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        out: list[list[str]] = []
-        sent = [self._submit(c) for c in chunks]
-        for chunk, (handle, ref) in zip(chunks, sent):
-            for attempt in range(self.retries + 1):
-                try:
-                    out.append(ray.get(ref, timeout=self.timeout_s))
-                    break
-                except (RayActorError, GetTimeoutError) as e:
-                    if isinstance(e, GetTimeoutError):
-                        ray.kill(handle, no_restart=False)  # hung: Ray restarts it
-                    if attempt == self.retries:
-                        if isinstance(e, GetTimeoutError):
-                            raise TimeoutError(f"no captions from the captioner actors within {self.timeout_s:g}s, "
-                                               f"{self.retries + 1} tries (captioner.timeout_s)") from None
-                        raise
-                    handle, ref = self._submit(chunk)
-        return [c for caps in out for c in caps]
+        attempt = 0
+        while True:
+            try:
+                return ray.get(ref, timeout=self.timeout_s)
+            except GetTimeoutError:
+                if not self._hung(handle):
+                    continue  # busy with other chunks, its current call within the limit: wait on
+                ray.kill(handle, no_restart=False)  # Ray restarts it
+                if attempt == self.retries:
+                    raise TimeoutError(f"no captions from the captioner actors within {self.timeout_s:g}s, "
+                                       f"{self.retries + 1} tries (captioner.timeout_s)") from None
+            except RayActorError:
+                if attempt == self.retries:
+                    raise
+            attempt += 1
+            handle, ref = self._submit(chunk)
+
+    def _hung(self, handle: Any) -> bool:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            busy = ray.get(handle.busy_s.options(concurrency_group=STATUS).remote(), timeout=STATUS_TIMEOUT_S)
+        except (GetTimeoutError, RayActorError):
+            return True  # frozen, or gone
+        return busy is not None and busy > self.timeout_s
 
     def _submit(self, chunk: list):
         handle = self.handles[self._next]
@@ -145,14 +180,20 @@ def new_sampler(cfg: Config, rc: Any, worker_cls: type, slot: str, captioner: An
 def start_captioners(cfg: Config, rc: Any) -> list:
     """`captioner.workers` CaptionerActors when a method of the run captions (else none: the sampler
     workers caption in-process when captioner.workers is 0)."""
-    import ray
 
     if not (needs_captioner(cfg) and cfg.captioner.workers > 0):
         return []
-    remote = ray.remote(CaptionerActor).options(
+    remote = captioner_actor_class().options(
         num_gpus=cfg.captioner.gpus_per_worker, num_cpus=0, max_restarts=cfg.ray.max_actor_restarts,
         max_task_retries=cfg.ray.max_actor_restarts, runtime_env=rc.runtime_env or None)
     return [remote.remote(cfg) for _ in range(cfg.captioner.workers)]
+
+
+def captioner_actor_class():
+    """CaptionerActor as a Ray actor class: caption calls one at a time, busy_s beside them."""
+    import ray
+
+    return ray.remote(concurrency_groups={STATUS: 1})(CaptionerActor)
 
 
 def remote_captioner(cfg: Config, handles: list, offset: int) -> RemoteCaptioner | None:

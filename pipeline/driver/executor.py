@@ -197,7 +197,7 @@ class Executor:
                 return
             st = self.book.take()
             ref = slot.handle.run.remote(st.spec, st.attempts)
-            task = P.Task(st.spec, slot, st.attempts, ref, time.monotonic(), slot.epoch)
+            task = P.Task(st.spec, slot, st.attempts, ref, slot.epoch)
             P.submitted(slot, task, time.monotonic())
             self.waiting[ref] = ("task", task)
             self.emit("submitted", shard=st.spec.shard_id, slot=slot.name, attempt=st.attempts)
@@ -207,9 +207,11 @@ class Executor:
         return [s.running_since + t for s in self.slots if t > 0 and s.ready and s.live and s.running_since]
 
     def _timeouts(self, now: float) -> None:
+        import ray
+
         for slot in self.slots:
             task = P.overdue(slot, now, self.limits.shard_timeout_s)
-            if task is None:
+            if task is None or ray.wait([task.ref], timeout=0)[0]:  # (its result is in: the loop takes it)
                 continue
             self.waiting.pop(task.ref, None)
             P.finished(slot, task, now)

@@ -41,7 +41,8 @@ from pipeline.records import ShardSpec
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = 1
+# 2: DDIM unclipped, sliced VAE decode, uint64 seeds in the sidecar, model.vae_revision (2026-11-30)
+FINGERPRINT_VERSION = 2
 # Dotted keys (or whole sections) that do not change what the dataset contains; see the docstring.
 FINGERPRINT_EXCLUDE = (
     "ray", "logging", "output.path", "output.new_run", "output.s3", "input.s3",
@@ -173,7 +174,11 @@ def check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | No
         return None
     else:
         tag = str(stored.get("fingerprint", "unknown"))[:12]
-        if stored.get("fingerprint") != fp:
+        if stored.get("version") != FINGERPRINT_VERSION:  # the same config may give other images now
+            problem = (f"was written by another version of this pipeline (run/fingerprint.json version "
+                       f"{stored.get('version')}, this one writes version {FINGERPRINT_VERSION}), whose images "
+                       "a resume would not reproduce")
+        elif stored.get("fingerprint") != fp:
             old, new = stored.get("config", {}), fingerprint_config(given)
             diffs = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
                      for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]

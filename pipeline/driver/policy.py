@@ -57,7 +57,6 @@ class Task:
     slot: Slot
     attempt: int
     ref: Any  # the executor's handle on the result (an ObjectRef)
-    submitted: float
     epoch: int  # the slot's actor incarnation it was sent to
 
 
@@ -115,7 +114,7 @@ def finished(slot: Slot, task: Task, now: float) -> None:
 
 def overdue(slot: Slot, now: float, timeout_s: float) -> Task | None:
     """The running task of a ready actor once it has run longer than `timeout_s` (0: never)."""
-    if timeout_s <= 0 or not slot.ready or not slot.live or slot.running_since is None:
+    if timeout_s <= 0 or not slot.ready or slot.dead or not slot.live or slot.running_since is None:
         return None
     return slot.live[0] if now - slot.running_since > timeout_s else None
 
@@ -160,12 +159,12 @@ def after_probe_error(slot: Slot, init_failed: bool, gone_for_good: bool, now: f
 
 def replace_actor(slot: Slot, budget: int, now: float) -> bool:
     """Account for a fresh actor in the slot; False (the slot is dead) when the budget is used up."""
+    slot.ready, slot.running_since = False, None
     if budget <= 0:
         slot.dead = True
         return False
     slot.replacements += 1
-    slot.ready, slot.epoch, slot.probe_delay, slot.running_since = False, slot.epoch + 1, 0.0, None
-    slot.down_since = now
+    slot.epoch, slot.probe_delay, slot.down_since = slot.epoch + 1, 0.0, now
     return True
 
 

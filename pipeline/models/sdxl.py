@@ -41,9 +41,9 @@ class SDXL:
     dtype: torch.dtype
     vae_dtype: torch.dtype
     force_zeros_for_empty_prompt: bool = True
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # model id, revision, dtype, ... for metadata
     vae_slice: int = 1  # images per VAE decode call
-    compiled: bool = False  # the UNet is torch.compile'd (see unet_fn)  # model id, revision, dtype, ... for metadata
+    compiled: bool = False  # the UNet is torch.compile'd (see unet_fn)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -94,9 +94,9 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
     import transformers
     from transformers import CLIPModel, CLIPTokenizer
 
-    from pipeline.scoring import tiny as tiny_scorers
+    from pipeline.scoring import tiny
 
-    build = {"clip": tiny_scorers.tiny_clip, "pickscore": tiny_scorers.tiny_pickscore}[name]
+    build = {"clip": tiny.tiny_clip, "pickscore": tiny.tiny_pickscore}[name]
     model_path = str(build(cache_dir)) if model_id == "tiny" else model_id
     proc_path = str(build(cache_dir)) if processor_id == "tiny" else processor_id
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
