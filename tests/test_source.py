@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.data.source import InputError, plan_shards, read_shard
+from pipeline.data.formats import InputError
+from pipeline.data.source import plan_shards, read_shard
 from pipeline.records import REJECTED, PromptRecord, RowOutcome, sample_key
 
 

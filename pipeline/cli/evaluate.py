@@ -11,7 +11,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data.source import InputError
+from pipeline.data.formats import InputError
 from pipeline.report import evaluation
 from pipeline.report.evaluation import evaluate, render_md
 

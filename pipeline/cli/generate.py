@@ -14,7 +14,7 @@ import os
 import sys
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data.source import InputError
+from pipeline.data.formats import InputError
 from pipeline.data.storage import is_s3
 from pipeline.driver.plan import RunRefused
 from pipeline.driver.summary import EXIT_INTERRUPTED, EXIT_USAGE, format_summary

@@ -10,19 +10,12 @@ shard ids consecutive from 0, so the same input and config give the same plan on
 from its start up to the shard's last row (CSV/TSV, .txt), and turns every row into exactly one
 PromptRecord or RowOutcome(REJECTED, reason), in row order.
 
-Formats, by file suffix: `.parquet` (any other suffix too), `.csv` (a header row, RFC 4180
-quoting), `.tsv` (a header row, no quoting: fields are taken verbatim, as PartiPrompts needs), `.txt`
-(one prompt per line, no other columns). CSV/TSV text is read as raw bytes, like Parquet's, so a
-row of invalid UTF-8 is one rejection; an empty field is null (and "NA" is the text NA); a blank
-line is a row.
-
-Which rows are rejected, and why: pipeline/data/validate.py.
+How each format is read: pipeline/data/formats.py. Which rows are rejected, and why: pipeline/data/validate.py.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import posixpath
 import re
 from collections.abc import Iterator
@@ -30,23 +23,29 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
-from pipeline.data.storage import filesystem_for, is_s3, normalize_path
+from pipeline.data.formats import (
+    TEXT_SUFFIX,
+    InputError,
+    column_values,
+    count_lines,
+    csv_batches,
+    csv_chunks,
+    delimiter_of,
+    file_uri,
+    open_csv,
+    open_parquet,
+    parquet_chunks,
+    text_chunks,
+)
+from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, id_str, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
-TEXT_SUFFIX = ".txt"
-DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _MAGIC = re.compile(r"[*?\[]")
 _SCAN_BATCH = 64 * 1024  # rows per batch when scanning ids at planning time
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
-
-
-class InputError(ValueError):
-    """The input cannot be used as given; the message says which file/column and what to change."""
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -66,7 +65,7 @@ def plan_shards(cfg: InputConfig, shard_size: int) -> list[ShardSpec]:
         for start in range(0, n, shard_size):
             stop = min(start + shard_size, n)
             planned = tuple(rejected[bisect.bisect_left(rows, start):bisect.bisect_left(rows, stop)])
-            specs.append(ShardSpec(len(specs), _uri(f, cfg), start, stop, planned))
+            specs.append(ShardSpec(len(specs), file_uri(f, cfg), start, stop, planned))
     return specs
 
 
@@ -101,10 +100,10 @@ def column_names(cfg: InputConfig) -> list[str]:
     path = files[0]
     if path.endswith(TEXT_SUFFIX):
         return [cfg.prompt_column]
-    if _delimiter(path):
-        with _csv(fs, path, cfg, None) as reader:
+    if delimiter_of(path):
+        with open_csv(fs, path, cfg, None) as reader:
             return list(reader.schema.names)
-    with _parquet(fs, path, cfg) as pf:
+    with open_parquet(fs, path, cfg) as pf:
         return list(pf.schema_arrow.names)
 
 
@@ -113,27 +112,19 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def _uri(path: str, cfg: InputConfig) -> str:
-    return f"s3://{path}" if is_s3(cfg.path) else path
-
-
-def _delimiter(path: str) -> str | None:
-    return DELIMITERS.get(posixpath.splitext(path.lower())[1])
-
-
 def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
     if path.endswith(TEXT_SUFFIX):
         for key in ("id_column", "negative_column", "seed_column", "extra_columns"):
             if getattr(cfg, key):
-                raise InputError(f"{_uri(path, cfg)} is a .txt file (one prompt per line); "
+                raise InputError(f"{file_uri(path, cfg)} is a .txt file (one prompt per line); "
                                  f"input.{key} needs a Parquet or CSV/TSV input")
-        return _count_lines(fs, path)
-    if _delimiter(path):
-        with _csv(fs, path, cfg, None) as reader:
+        return count_lines(fs, path)
+    if delimiter_of(path):
+        with open_csv(fs, path, cfg, None) as reader:
             _check_columns(path, cfg, reader.schema.names)
-        with _csv(fs, path, cfg, [cfg.prompt_column]) as reader:
-            return sum(b.num_rows for b in _csv_batches(reader, path, cfg))
-    with _parquet(fs, path, cfg) as pf:
+        with open_csv(fs, path, cfg, [cfg.prompt_column]) as reader:
+            return sum(b.num_rows for b in csv_batches(reader, path, cfg))
+    with open_parquet(fs, path, cfg) as pf:
         _check_columns(path, cfg, pf.schema_arrow.names)
         return pf.metadata.num_rows
 
@@ -141,7 +132,7 @@ def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
 def _check_columns(path: str, cfg: InputConfig, names: list[str]) -> None:
     for key, col in _columns(cfg):
         if col not in names:
-            raise InputError(f"{_uri(path, cfg)} has no column {col!r} (input.{key}); "
+            raise InputError(f"{file_uri(path, cfg)} has no column {col!r} (input.{key}); "
                              f"available columns: {', '.join(names)}")
 
 
@@ -152,63 +143,6 @@ def _columns(cfg: InputConfig) -> list[tuple[str, str]]:
         if getattr(cfg, key):
             out.append((key, getattr(cfg, key)))
     return out + [("extra_columns", c) for c in cfg.extra_columns]
-
-
-@contextlib.contextmanager
-def _parquet(fs: Any, path: str, cfg: InputConfig) -> Iterator[pq.ParquetFile]:
-    """Open a Parquet file; any failure becomes an InputError naming the file."""
-    try:
-        with fs.open(path, "rb") as f:
-            try:
-                # Stream pages (1 MiB reads) instead of buffering whole column chunks: memory
-                # stays bounded by the batch even for files written as one huge row group.
-                pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
-            except (pa.ArrowException, OSError, ValueError) as e:
-                raise InputError(f"{_uri(path, cfg)} is not a readable Parquet file ({e}); "
-                                 "fix or remove it, or narrow input.path") from e
-            yield pf
-    except FileNotFoundError as e:
-        raise InputError(f"{_uri(path, cfg)} no longer exists") from e
-
-
-def _count_lines(fs: Any, path: str) -> int:
-    n, last = 0, b"\n"
-    with fs.open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            n, last = n + block.count(b"\n"), block[-1:]
-    return n + (last != b"\n")  # a last line without a newline still counts
-
-
-@contextlib.contextmanager
-def _csv(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Iterator[Any]:
-    """A streaming CSV/TSV reader (header row) of `columns` as raw bytes (None: every column, for its
-    header); a file that cannot be read becomes an InputError naming it."""
-    delimiter = _delimiter(path)
-    # A blank line is a row (rejected: null prompt), as in a .txt file; only an empty field is null,
-    # never text such as "NA" or "null" (pyarrow's default null spellings).
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
-                               newlines_in_values=delimiter == ",", ignore_empty_lines=False)
-    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True, null_values=[""],
-                                   quoted_strings_can_be_null=False,
-                                   column_types=dict.fromkeys(columns or [], pa.binary()))
-    try:
-        with fs.open(path, "rb") as f:
-            try:
-                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
-                                        parse_options=parse, convert_options=convert)
-            except (pa.ArrowException, OSError, ValueError) as e:
-                raise InputError(f"{_uri(path, cfg)} is not a readable {'CSV' if delimiter == ',' else 'TSV'} "
-                                 f"file with a header row ({e})") from e
-            yield reader
-    except FileNotFoundError as e:
-        raise InputError(f"{_uri(path, cfg)} no longer exists") from e
-
-
-def _csv_batches(reader: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from reader
-    except (pa.ArrowException, OSError, ValueError) as e:  # a malformed line (wrong field count, ...)
-        raise InputError(f"{_uri(path, cfg)} cannot be parsed ({e}); fix the file or narrow input.path") from e
 
 
 def _duplicate_ids(fs: Any, files: list[str], counts: list[int],
@@ -258,21 +192,21 @@ def _scan_ids(fs: Any, files: list[str], counts: list[int],
     for f, n in zip(files, counts):
         end += n
         for batch in _id_batches(fs, f, cfg):
-            ids = [id_str(v) for v in _values(batch.column(0), "id")]
+            ids = [id_str(v) for v in column_values(batch.column(0), "id")]
             if pos + len(ids) > end:
                 break
             yield pos, ids
             pos += len(ids)
         if pos != end:
-            raise InputError(f"{_uri(f, cfg)} changed while planning (row count); plan again")
+            raise InputError(f"{file_uri(f, cfg)} changed while planning (row count); plan again")
 
 
 def _id_batches(fs: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
-    if _delimiter(path):
-        with _csv(fs, path, cfg, [cfg.id_column]) as reader:
-            yield from _csv_batches(reader, path, cfg)
+    if delimiter_of(path):
+        with open_csv(fs, path, cfg, [cfg.id_column]) as reader:
+            yield from csv_batches(reader, path, cfg)
         return
-    with _parquet(fs, path, cfg) as pf:
+    with open_parquet(fs, path, cfg) as pf:
         yield from pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False)
 
 
@@ -286,11 +220,11 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     check = RowValidator(spec, cfg, tokenizer, _stable_name(path, cfg.path))
     read = max(batch_size, _READ_BATCH)
     if path.endswith(TEXT_SUFFIX):
-        chunks = _text_chunks(fs, path, spec, read)
-    elif _delimiter(path):
-        chunks = _csv_chunks(fs, path, spec, cfg)
+        chunks = text_chunks(fs, path, spec, read)
+    elif delimiter_of(path):
+        chunks = csv_chunks(fs, path, spec, cfg)
     else:
-        chunks = _parquet_chunks(fs, path, spec, cfg, read)
+        chunks = parquet_chunks(fs, path, spec, cfg, read)
     buf: list[PromptRecord | RowOutcome] = []
     expected = spec.row_start
     for row0, cols in chunks:
@@ -306,119 +240,6 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
                          "the file changed after planning (plan again)")
     if buf:
         yield buf
-
-
-def _parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig,
-                    batch_size: int) -> Iterator[tuple[int, dict[str, list]]]:
-    """Record batches of the row groups overlapping the shard, cut to its rows."""
-    wanted = _wanted(cfg)
-    columns = list(dict.fromkeys(c for _, c in wanted))
-    with _parquet(fs, path, cfg) as pf:
-        md = pf.metadata
-        if md.num_rows < spec.row_stop:
-            raise InputError(f"{spec.path} has {md.num_rows} rows, the plan expects {spec.row_stop}; "
-                             "the file changed after planning (plan again)")
-        groups, row, first_row = [], 0, None
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            if row < spec.row_stop and row + n > spec.row_start:
-                groups.append(g)
-                first_row = row if first_row is None else first_row
-            row += n
-        row = first_row or 0
-        # Rows before row_start in the first group are decoded and dropped: the cost is bounded by
-        # one row group, not by the file.
-        for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns,
-                                     use_threads=False):
-            lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
-            if hi > lo:
-                part = batch.slice(lo, hi - lo)
-                cols = {k: _values(part.column(columns.index(c)), k) for k, c in wanted}
-                yield row + lo, cols
-            row += batch.num_rows
-            if row >= spec.row_stop:
-                break
-
-
-def _csv_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig) -> Iterator[tuple[int, dict[str, list]]]:
-    """The rows of the shard, streaming the file from its start (rows before it are parsed, not kept)."""
-    wanted = _wanted(cfg)
-    columns = list(dict.fromkeys(c for _, c in wanted))
-    row = 0
-    with _csv(fs, path, cfg, columns) as reader:
-        for batch in _csv_batches(reader, path, cfg):
-            lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
-            if hi > lo:
-                part = batch.slice(lo, hi - lo)
-                yield row + lo, {k: _values(part.column(columns.index(c)), k) for k, c in wanted}
-            row += batch.num_rows
-            if row >= spec.row_stop:
-                return
-
-
-def _wanted(cfg: InputConfig) -> list[tuple[str, str]]:
-    """(record field, column) for the columns a shard is read with."""
-    wanted = [("prompt", cfg.prompt_column), ("id", cfg.id_column), ("negative", cfg.negative_column),
-              ("seed", cfg.seed_column)] + [(f"extra:{c}", c) for c in cfg.extra_columns]
-    return [(k, c) for k, c in wanted if c]
-
-
-def _values(arr: pa.Array, key: str) -> list:
-    """Python values; text columns as raw bytes so UTF-8 is checked per row, here.
-
-    Arrow does not validate UTF-8 when reading Parquet, so a string column may hold invalid bytes
-    (a lone surrogate, a truncated sequence) that would make to_pylist() raise for the whole batch.
-    Prompts and negatives are decoded strictly by _text (a bad row is rejected); ids and extra
-    columns are decoded with backslashreplace (_id_str, _jsonable), as binary columns are.
-    """
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if key in ("prompt", "negative", "id") or key.startswith("extra:"):
-        if pa.types.is_string_view(arr.type):
-            arr = arr.cast(pa.string())
-        if pa.types.is_string(arr.type):
-            arr = arr.view(pa.binary())
-        elif pa.types.is_large_string(arr.type):
-            arr = arr.view(pa.large_binary())
-    return arr.to_pylist()
-
-
-def _text_chunks(fs: Any, path: str, spec: ShardSpec,
-                 batch_size: int) -> Iterator[tuple[int, dict[str, list]]]:
-    """Lines [row_start, row_stop) of a text file, one prompt per line."""
-    with fs.open(path, "rb") as f:
-        _skip_lines(f, spec.row_start, spec.path)
-        row = spec.row_start
-        while row < spec.row_stop:
-            lines = []
-            while len(lines) < batch_size and row + len(lines) < spec.row_stop:
-                line = f.readline()
-                if not line:
-                    break
-                if row + len(lines) == 0 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]  # UTF-8 byte-order mark
-                lines.append(line.rstrip(b"\n").rstrip(b"\r"))
-            if not lines:
-                return  # read_shard reports the short file
-            yield row, {"prompt": lines}
-            row += len(lines)
-
-
-def _skip_lines(f: Any, n: int, name: str) -> None:
-    """Position `f` at the start of line `n`, scanning in blocks (no per-line Python work)."""
-    pos = seen = 0
-    while seen < n:
-        block = f.read(1 << 22)
-        if not block:
-            raise InputError(f"{name} has only {seen} lines, the plan expects more; plan again")
-        c = block.count(b"\n")
-        if seen + c >= n:
-            idx = -1
-            for _ in range(n - seen):
-                idx = block.index(b"\n", idx + 1)
-            f.seek(pos + idx + 1)
-            return
-        seen, pos = seen + c, pos + len(block)
 
 
 def _stable_name(path: str, input_path: str) -> str:

@@ -43,7 +43,8 @@ from collections import Counter
 from typing import Any
 
 from pipeline.config import SCORERS, Config, ConfigError, InputConfig
-from pipeline.data.source import InputError, column_names, plan_shards, read_shard
+from pipeline.data.formats import InputError
+from pipeline.data.source import column_names, plan_shards, read_shard
 from pipeline.data.storage import Location, open_location
 from pipeline.records import PromptRecord, RowOutcome
 from pipeline.report.figures import draw_grid
