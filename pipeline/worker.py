@@ -132,6 +132,7 @@ class ShardWorker:
         s = replace(self.cfg.sampler, method=method)
         reqs = [SampleRequest(jobs[i].record.prompt, jobs[i].seed, jobs[i].record.negative_prompt)
                 for i in chunk]
+        oom = None
         try:
             faults.hit("sample", ",".join(jobs[i].record.key for i in chunk))
             gens, t = generate_batch(self.model, reqs, s, self.captioner)
@@ -139,8 +140,6 @@ class ShardWorker:
             if not faults.is_oom(e):
                 raise
             oom = str(e)  # only the text: the traceback (and the batch's tensors) go with the handler
-        else:
-            oom = None
         if oom is not None:  # out of the handler: the failed batch's memory can be freed before the halves
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

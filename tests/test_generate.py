@@ -429,7 +429,7 @@ class SlowCalls:
         return [f"caption of {int(im[0][0][0])}" for im in images]
 
 
-def captioner_actors(ray, *captioners):
+def captioner_actors(*captioners):
     from pipeline.driver.actors import captioner_actor_class
 
     cls = captioner_actor_class().options(max_restarts=1, max_task_retries=0, num_cpus=0)
@@ -440,13 +440,13 @@ def captioner_actors(ray, *captioners):
 def test_a_hung_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tmp_path):
     from pipeline.driver.actors import RemoteCaptioner
 
-    handles = captioner_actors(ray_local, HangingFirstCall(str(tmp_path / "a")), HangingFirstCall(str(tmp_path / "b")))
+    handles = captioner_actors(HangingFirstCall(str(tmp_path / "a")), HangingFirstCall(str(tmp_path / "b")))
     images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
     t0 = time.monotonic()
     caps = RemoteCaptioner(handles, batch_size=2, retries=3, timeout_s=3)(images)
     assert caps == ["caption of 10", "caption of 20", "caption of 30"]  # input order kept
     assert time.monotonic() - t0 >= 3  # it waited for the timeout, then went on
-    never = captioner_actors(ray_local, HangingFirstCall(str(tmp_path / "never")))
+    never = captioner_actors(HangingFirstCall(str(tmp_path / "never")))
     with pytest.raises(TimeoutError, match="captioner.timeout_s"):  # every try silent: a clear error
         RemoteCaptioner(never, batch_size=2, retries=0, timeout_s=1)(images)
 
@@ -457,7 +457,7 @@ def test_a_busy_captioner_actor_is_waited_for_not_restarted(ray_local):
     but the actor's current call never runs 4 s, so nothing is killed."""
     from pipeline.driver.actors import RemoteCaptioner
 
-    (handle,) = captioner_actors(ray_local, SlowCalls(1.0))
+    (handle,) = captioner_actors(SlowCalls(1.0))
     pid = ray_local.get(handle.describe.remote())["pid"]
     images = [np.full((4, 4, 3), v, np.uint8) for v in range(5)]
     t0 = time.monotonic()
@@ -565,7 +565,7 @@ def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, tmp_path, prompt
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_dnp_through_captioner_actors(ray_local, tmp_path):
+def test_dnp_through_captioner_actors(tmp_path):
     prompts = write_prompts(tmp_path / "p2.parquet", ["a red fox", "a blue car"])
     out = tmp_path / "out"
     cfg = make_cfg(prompts, out, "sampler.method=dnp", "captioner.workers=1", "ray.num_workers=1")

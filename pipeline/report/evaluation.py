@@ -83,15 +83,12 @@ def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = No
     specs = specs if specs is not None else plan_shards(cfg, MAX_SHARD_ROWS)
     out: list[PromptRecord] = []
     rejected: Counter[str] = Counter()
-    for spec in specs:
-        for batch in read_shard(spec, cfg, 256, tokenizer):
-            for item in batch:
-                if isinstance(item, RowOutcome):
-                    rejected[item.error] += 1
-                elif limit is None or len(out) < limit:
-                    out.append(item)
-            if limit is not None and len(out) >= limit:
-                break
+    rows = (item for spec in specs for batch in read_shard(spec, cfg, 256, tokenizer) for item in batch)
+    for item in rows:
+        if isinstance(item, RowOutcome):
+            rejected[item.error] += 1
+            continue
+        out.append(item)
         if limit is not None and len(out) >= limit:
             break
     if not out:

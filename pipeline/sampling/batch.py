@@ -138,8 +138,7 @@ def generate_batch(m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig,
 
     n = len(reqs)
     per_image = b.predict.evals // n
-    ks = out.method_meta[0].get("k_schedule", []) if out.method_meta else []
-    expected = method.evals(s, ks)
+    expected = method.evals(s, out.k_schedule)
     if b.predict.evals != per_image * n or per_image != expected:
         raise AssertionError(f"UNet eval count {b.predict.evals}/{n} != formula {expected} ({s.method})")
     params = method.params(s)

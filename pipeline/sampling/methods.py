@@ -34,6 +34,7 @@ class Outcome:
     negative_images: Any = None  # DNP's x⁻, uint8 [B, H, W, 3], kept as neg.png
     extra: dict[str, list] = field(default_factory=dict)  # per-sample metadata keys
     method_meta: list[dict] | None = None  # per sample: added under metadata[<method>]
+    k_schedule: list[int] = field(default_factory=list)  # ANSWER's K_i per step (its eval count needs them)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def run_cnp(b: Batch) -> Outcome:
 def run_answer(b: Batch) -> Outcome:
     """ANSWER (Desai & Vasconcelos, ICCV 2025): CFG whose negative is a K-step DNS mini-chain's ε."""
     z, ks = b.answer(g_dns(b.s, b.s.answer))
-    return Outcome(z, method_meta=[{"k_schedule": ks} for _ in b.reqs])
+    return Outcome(z, method_meta=[{"k_schedule": ks} for _ in b.reqs], k_schedule=ks)
 
 
 # ------------------------------------------------------------------ costs and parameters
