@@ -23,6 +23,7 @@ from pipeline.sampling.methods import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+DEMO_PROMPTS = "configs/prompts/demo.parquet"  # configs/default.yaml's input.path
 
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -74,6 +75,10 @@ class OutputConfig:
     # (committed shards of the old run are kept under run/previous-<hash>/ and not reused).
     new_run: bool = False
     s3: S3Config = field(default_factory=S3Config)
+    # The dataset card's YAML front matter, for the Hugging Face Hub: the license of the images (a Hub
+    # license id: the model's own, e.g. openrail++ for SDXL; "other" when unsure) and extra tags.
+    license: str = "other"
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -327,6 +332,8 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
         raise ConfigError(f"config error at {key}: {msg}" if key else f"config error: {msg}") from None
+    if cfg.input.path == DEMO_PROMPTS and not Path(DEMO_PROMPTS).exists():
+        cfg.input.path = str(REPO_ROOT / DEMO_PROMPTS)  # the demo (`synthgen generate`) runs from any directory
     return validate(cfg)
 
 

@@ -66,6 +66,7 @@ class ShardWorker:
         # and commits. (The Ray actor runs one shard at a time today: max_concurrency is not raised
         # until the driver's blame logic is tested with two shards running in one actor.)
         self._compute = threading.Lock()
+        self._running: tuple[int, ShardSink] | None = None  # (shard, its sink) while run() works
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -79,6 +80,7 @@ class ShardWorker:
             with ShardSink(self.location, spec, self.cfg.output.image_format, self.cfg.output.quality,
                            attempt) as sink, self._compute:
                 t0 = time.perf_counter()
+                self._running = (spec.shard_id, sink)
                 bs = self.cfg.sampler.batch_size
                 pending: list[PromptRecord] = []  # valid rows wait until a full micro-batch
                 for batch in read_shard(spec, self.cfg.input, bs, self.model.tokenizer):
@@ -98,8 +100,18 @@ class ShardWorker:
                                unet_evals=totals["unet_evals"], worker=self.name)
         except AlreadyCommitted:  # a duplicate attempt: the committed one is the truth
             return read_stats(self.location, spec.shard_id)
+        finally:
+            self._running = None
         faults.hit("after_commit", spec.name)
         return sink.stats
+
+    def progress(self) -> dict[str, int] | None:
+        """How far the running shard is, asked from another thread (the Ray actor's status group)."""
+        running = self._running
+        if running is None:
+            return None
+        rows, samples = running[1].written()
+        return {"shard": running[0], "rows": rows, "samples": samples}
 
     # ------------------------------------------------------------------ records -> samples
     def process(self, records: list[PromptRecord], totals: dict) -> list[Sample | RowOutcome]:

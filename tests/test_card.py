@@ -146,14 +146,30 @@ def test_card_has_the_runs_figures(plain):
     assert len(printed.splitlines()) == 4
 
 
+def test_card_has_hub_front_matter(plain):
+    """The Hub reads the card's YAML: license, task, size and tags, and the tars as the data files."""
+    from huggingface_hub import DatasetCard
+
+    cfg, out, summary, _ = plain
+    meta = DatasetCard.load(out / "README.md").data
+    assert meta.license == "other" and meta.task_categories == ["text-to-image"]
+    assert meta.size_categories == ["n<1K"]
+    assert {"synthetic", "synthgen", "webdataset", "cfg"} <= set(meta.tags)
+    assert meta.to_dict()["configs"] == [{"config_name": "default",
+                                          "data_files": [{"split": "train", "path": "shards/*.tar"}]}]
+    card = DatasetCard.load(out / "README.md")
+    assert card.text.lstrip().startswith("# Synthetic image dataset")  # the body follows the front matter
+
+
 def test_card_pngs_are_written_and_drawn(plain):
     cfg, out, summary, _ = plain
     readme = (out / "README.md").read_text()
     for scorer in ("clip", "pickscore"):
         assert f"]({hist_path(scorer)})" in readme
         im = Image.open(out / hist_path(scorer))
-        assert im.format == "PNG" and im.width >= 600 and im.height >= 300
+        assert im.format == "PNG" and im.size == (820, 482)  # figures.histogram's size for one method
         px = np.asarray(im.convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(px, axis=0)) > 50 and (px != 255).any(axis=1).mean() > 0.05  # drawn, not blank
         colour = tuple(int(PALETTE[0][i:i + 2], 16) for i in (1, 3, 5))
         assert (px == colour).all(axis=1).sum() > 50  # the method's colour: legend swatch outline, bars
     sheet = Image.open(out / CONTACT_SHEET)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,44 @@ def test_render_takes_the_prompt_options_and_overrides_in_any_order(tmp_path, ti
     assert main(["a red fox", "--out", str(out), "--methods", "cfg,dns", "sampler.steps=1", "sampler.height=32",
                  "sampler.width=32"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["all.png", "cfg.png", "dns.png"]
+
+
+def test_synthgen_lists_its_commands_and_each_answers_help():
+    p = subprocess.run(["synthgen", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    listed = [line.split()[0] for line in p.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()]
+    assert listed == ["generate", "export-pairs", "evaluate", "render", "card", "benchmark"]
+    for name in listed:
+        h = subprocess.run(["synthgen", name, "--help"], capture_output=True, text=True, timeout=120)
+        assert h.returncode == 0 and h.stdout.startswith(f"usage: synthgen {name}"), h.stderr[-2000:]
+    bad = subprocess.run(["synthgen", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
+
+
+NOISE = ("torchvision", "accelerate", "torch_dtype", "Loading pipeline components", "Loading weights")
+
+
+@pytest.mark.slow
+def test_synthgen_generate_with_no_arguments_runs_the_demo_quietly_and_says_where_to_look(tmp_path):
+    """From any directory, no arguments: the demo (tiny model, demo prompts, a private local Ray). The
+    captured output (not a terminal) has progress lines with rate and ETA, none of the third-party
+    noise at INFO, and ends with where the card, contact sheet and first shard are and a line of
+    Python that opens the data, which works."""
+    p = subprocess.run(["synthgen", "generate"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    progress = [line for line in out.splitlines() if "progress: rows" in line]
+    assert progress and "rows 24/24 (100.0%)" in progress[-1], out[-3000:]
+    assert re.search(r"\d+\.\d{3} samples/s", progress[-1]) and "ETA 0:00:00" in progress[-1]
+    assert not [n for n in NOISE if n in out], out
+    assert "\r" not in out and "\x1b" not in out.replace("\x1b[36m", "").replace("\x1b[0m", "")
+    root = tmp_path / "outputs" / "default"
+    tail = out.split("look at it:\n")[1].splitlines()
+    where = {line[:15].strip(): line[15:].strip() for line in tail}
+    assert where["card"] == str(root / "README.md") and Path(where["card"]).is_file()
+    assert where["contact sheet"] == str(root / "card" / "contact_sheet.png") and Path(where["contact sheet"]).is_file()
+    assert where["first shard"] == str(root / "shards" / "000000.tar")
+    code = where["in Python"] + "; print(image.size, meta['prompt_id'], sum(1 for _ in ds), sep='|')"
+    py = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert py.returncode == 0, py.stderr[-2000:]
+    assert py.stdout.split("|") == ["(64, 64)", "demo.parquet:0", "24\n"]

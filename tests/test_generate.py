@@ -583,3 +583,83 @@ def test_dnp_through_captioner_actors(tmp_path):
     with tarfile.open(out / tar_path(0)) as tf:
         png = tf.extractfile(f"{sample_key(0, 0)}.png").read()
     assert Image.open(io.BytesIO(png)).size == (32, 32)
+
+
+def prompt_files(d: Path) -> tuple[Path, Path, dict[str, list[str]]]:
+    """A directory of prompt-only files in four formats, and a Hugging Face dataset saved with
+    save_to_disk; each holds one empty prompt (a recorded rejection). Returns (dir, dataset, prompts
+    by stable file name)."""
+    from datasets import Dataset
+
+    files = {"a.parquet": ["a red fox", "", "a blue car"], "b.jsonl": ["a green tree", ""],
+             "c.csv": ["a cat, on a mat", ""], "d.tsv": ['a "yellow" boat', ""]}
+    (d / "in").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": files["a.parquet"]}), d / "in" / "a.parquet")
+    (d / "in" / "b.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in files["b.jsonl"]))
+    (d / "in" / "c.csv").write_text('prompt\n"a cat, on a mat"\n""\n')
+    (d / "in" / "d.tsv").write_text('prompt\na "yellow" boat\n\n')
+    saved = ["an old bridge", "", "a small house"]
+    Dataset.from_dict({"prompt": saved}).save_to_disk(str(d / "saved"), num_shards=2)
+    names = {"data-00000-of-00002.arrow": saved[:2], "data-00001-of-00002.arrow": saved[2:]}
+    return d / "in", d / "saved", {**files, **names}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_default_config_reads_prompt_only_files_of_every_format(tmp_path, where, request):
+    """The default config (no id column: ids are `<file>:<row>`) on a directory of a prompt-only .parquet,
+    .jsonl, .csv and .tsv, and on a saved Hugging Face dataset, local or on the S3 server: every input
+    row is a sample or a recorded rejection, with the prompt it had."""
+    ensure_test_ray()
+    directory, saved, prompts = prompt_files(tmp_path)
+    inputs, extra = [directory, saved], []
+    if where == "s3":
+        s3, bucket, client = (request.getfixturevalue(f) for f in ("s3_config", "s3_bucket", "s3_client"))
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                client.upload_file(str(f), bucket, str(f.relative_to(tmp_path)))
+        inputs = [f"s3://{bucket}/in", f"s3://{bucket}/saved"]
+        extra = [f"input.s3.{k}={getattr(s3, k)}" for k in ("endpoint_url", "region", "key", "secret")]
+    seen: dict[str, str | None] = {}
+    for i, inp in enumerate(inputs):
+        out = tmp_path / f"out{i}"
+        args = [a for a in cli_args(inp, out, "ray.num_workers=1", "sampler.steps=1", *extra)
+                if a != "input.id_column=id"]
+        res = run_job(load_config(overrides=args))
+        assert res.exit_code == 0, res.summary
+        for rows in shard_rows(out).values():
+            for r in rows:
+                assert r["prompt_id"] not in seen
+                seen[r["prompt_id"]] = r["status"]
+    expected = {f"{name}:{row}": ("ok" if p else REJECTED) for name, ps in prompts.items() for row, p in enumerate(ps)}
+    assert seen == expected
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_progress_counts_the_rows_of_a_running_shard(ray_local, tmp_path, monkeypatch):
+    """A shard of 4 rows (micro-batches of 2) is held before its second micro-batch (fault `wait`): the
+    driver's progress shows its first 2 rows, asked from the running actor, before anything commits;
+    released, the run ends at 4/4."""
+    prompts = write_prompts(tmp_path / "p4.parquet", ["a red fox", "a blue car", "a green tree", "a cat"])
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:wait:1:000000000002")
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    seen: list[tuple[int, int]] = []
+    held: list[int] = []
+
+    def hook(event: str, payload: dict) -> None:
+        if event == "progress":
+            seen.append((payload["rows_done"], payload["shards_done"]))
+            if (fault_dir / "reached-sample").exists():
+                held.append(payload["rows_done"])
+                if payload["rows_done"] == 2 or len(held) > 30:  # seen mid-shard (or never: fail, not hang)
+                    (fault_dir / "release-sample").touch()
+
+    cfg = make_cfg(prompts, tmp_path / "out", "ray.num_workers=1", "output.shard_size=4")
+    res = run_job(cfg, hooks=hook)
+    assert res.exit_code == 0, res.summary
+    assert (2, 0) in seen  # 2 rows counted while no shard had committed
+    assert seen[-1] == (4, 1)

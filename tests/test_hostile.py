@@ -149,12 +149,12 @@ def _input_case(case: str, d: Path) -> tuple[list[str], str]:
     if case == "directory_without_parquet":
         (d / "in").mkdir()
         (d / "in" / "notes.txt").write_text("a red fox\n")
-        return [f"input.path={d / 'in'}"], "the directory holds no *.parquet files"
+        return [f"input.path={d / 'in'}"], "the directory holds no *.csv, *.tsv, *.jsonl"
     if case == "missing_file":
         return [f"input.path={d / 'missing.parquet'}"], "no such file or directory"
     if case == "txt_with_id_column":
         (d / "p.txt").write_text("a red fox\n")
-        return [f"input.path={d / 'p.txt'}", "input.id_column=id"], "input.id_column needs a Parquet or CSV/TSV input"
+        return [f"input.path={d / 'p.txt'}", "input.id_column=id"], "input.id_column needs a table input"
     raise AssertionError(case)
 
 

@@ -228,3 +228,21 @@ def test_location_paths_stay_inside_the_root(tmp_path):
     s3 = open_location("s3://bucket/p", S3Config(key="AKIAFAKEKEY", secret="VERYSECRET"))
     assert repr(s3) == "Location('s3://bucket/p')"
     assert "VERYSECRET" not in repr(s3) and "AKIAFAKEKEY" not in repr(s3)
+
+
+@pytest.mark.s3
+def test_missing_s3_credentials_fail_at_once_not_after_the_retry_timeout(s3_endpoint, tmp_path, monkeypatch, caplog):
+    """No credentials anywhere: botocore's NoCredentialsError is an answer, not an outage, so the
+    retrying filesystem raises it on the first try (it used to retry it for retry_timeout_s per call)."""
+    from botocore.exceptions import NoCredentialsError
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    loc = open_location("s3://no-such-bucket/out", S3Config(endpoint_url=s3_endpoint, retry_timeout_s=3600))
+    with caplog.at_level("WARNING", logger="pipeline.data.storage"), pytest.raises(NoCredentialsError):
+        loc.exists("x")
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pyarrow as pa
@@ -153,10 +154,14 @@ def test_txt_input_one_prompt_per_line(tmp_path):
     assert items[(str(path), 4)].prompt_id == "p.txt:4"
 
 
-def test_tsv_and_csv_read_like_parquet(tmp_path):
+def test_every_format_reads_like_parquet(tmp_path):
     """The same rows as TSV (verbatim fields: quotes are kept), CSV (RFC 4180 quoting, newlines inside
-    quotes) and Parquet give the same records and rejections; ids, seeds (up to 2**64 - 1), negatives
-    and duplicate ids work as for Parquet; an empty field is null."""
+    quotes), JSON Lines, a Hugging Face dataset saved with save_to_disk (Arrow files) and Parquet give
+    the same records and rejections; ids, seeds (up to 2**64 - 1), negatives and duplicate ids work as
+    for Parquet; an empty CSV field is null."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
     big = 2**64 - 1
     rows = [("a", '"G I G G L E" painted on a wall', "", "7"), ("b", "a red fox", "blurry", str(big)),
             ("c", "", "", ""), ("a", "a dup id", "", "3"), ("d", "two apples", "", "x1"),
@@ -168,28 +173,85 @@ def test_tsv_and_csv_read_like_parquet(tmp_path):
     quoted = [(i, '"' + p.replace('"', '""') + '"' if p else "", n, s) for i, p, n, s in rows]
     csv.write_bytes(b"seed,id,prompt,neg\r\n" + b"".join(
         f"{s},{i},{p},{n}".encode() + b"\r\n" for i, p, n, s in quoted) + b',e,"\xff bad utf-8",\r\n')
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_bytes(b"".join(json.dumps({"id": i, "prompt": p or None, "neg": n or None, "seed": s or None,
+                                           "unused": [1, 2]}).encode() + b"\n" for i, p, n, s in rows)
+                      + b'\n{"id": "e", "prompt": "\xff bad utf-8"}\n')  # a blank line is not a row
+    table = pa.table({"id": [r[0] for r in rows] + ["e"],
+                      "prompt": [r[1].encode() or None for r in rows] + [b"\xff bad utf-8"],
+                      "neg": [r[2] or None for r in rows] + [None], "seed": [r[3] or None for r in rows] + [None]},
+                     schema=pa.schema([("id", pa.string()), ("prompt", pa.binary()), ("neg", pa.string()),
+                                       ("seed", pa.string())]))
     pq_path = tmp_path / "p.parquet"
-    write(str(pq_path), {"id": [r[0] for r in rows] + ["e"],
-                         "prompt": [r[1] or None for r in rows] + [b"\xff bad utf-8"],
-                         "neg": [r[2] or None for r in rows] + [None], "seed": [r[3] or None for r in rows] + [None]},
-          schema=pa.schema([("id", pa.string()), ("prompt", pa.binary()), ("neg", pa.string()),
-                            ("seed", pa.string())]))
+    pq.write_table(table, pq_path, row_group_size=3)
+    hf = tmp_path / "saved"
+    Dataset(InMemoryTable(table)).save_to_disk(str(hf))
     got = {}
-    for path in (tsv, csv, pq_path):
+    for path in (tsv, csv, jsonl, hf, pq_path):
         cfg = InputConfig(path=str(path), id_column="id", negative_column="neg", seed_column="seed")
         specs = plan_shards(cfg, shard_size=4)
+        name = os.path.basename(specs[0].path)
         assert [(s.row_start, s.row_stop) for s in specs] == [(0, 4), (4, 7)]
-        assert specs[0].planned_rejections == ((3, "duplicate id 'a' (first seen at " + path.name + ":0)"),)
+        assert specs[0].planned_rejections == ((3, "duplicate id 'a' (first seen at " + name + ":0)"),)
         got[path.suffix] = [(i.prompt_id, i.prompt, i.negative_prompt, i.seed) if isinstance(i, PromptRecord)
-                            else (i.prompt_id, i.error.replace(path.name, "<file>"))
+                            else (i.prompt_id, i.error.replace(name, "<file>"))
                             for i in read_all(specs, cfg, batch_size=3).values()]
-    assert got[".tsv"] == got[".csv"] == got[".parquet"]
+    assert name == "p.parquet" and got[""] == got[".parquet"]  # "": the saved dataset's directory
+    assert got[".tsv"] == got[".csv"] == got[".jsonl"] == got[".parquet"]
     assert got[".tsv"][:3] == [("a", '"G I G G L E" painted on a wall', None, 7), ("b", "a red fox", "blurry", big),
                                ("c", "null prompt")]
     assert got[".tsv"][3][1].startswith("duplicate id") and "not an integer" in got[".tsv"][4][1]
     pid, error = got[".tsv"][5]
     assert pid == "f" and error.startswith("seed '9999") and "not an integer" in error
     assert "UTF-8" in got[".tsv"][6][1]
+
+
+def test_jsonl_numeric_seeds_and_ids_and_types(tmp_path):
+    """JSON numbers: seeds up to 2**64 - 1 exactly (not rounded through double), numeric ids; a
+    column whose type changes is an InputError naming the file; a prompt-only file needs no id."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "id": 1, "seed": 18446744073709551615}\n{"prompt": "b", "id": 2, "seed": 5}\n'
+                    '{"prompt": "c", "id": 3}\n')
+    cfg = InputConfig(path=str(path), id_column="id", seed_column="seed")
+    items = list(read_all(plan_shards(cfg, 8), cfg).values())
+    assert [(i.prompt_id, i.prompt, i.seed) for i in items] == [("1", "a", 2**64 - 1), ("2", "b", 5), ("3", "c", None)]
+    only = tmp_path / "only.jsonl"
+    only.write_text('{"prompt": "a red fox"}\n{"prompt": "a blue bird"}\n')
+    cfg = InputConfig(path=str(only))
+    assert [i.prompt_id for i in read_all(plan_shards(cfg, 8), cfg).values()] == ["only.jsonl:0", "only.jsonl:1"]
+    path.write_text('{"prompt": "a", "seed": 1}\n{"prompt": "b", "seed": -1}\n')
+    with pytest.raises(InputError, match=r"p.jsonl is not a readable JSON Lines file .*uint64.*-1"):
+        plan_shards(InputConfig(path=str(path), seed_column="seed"), 8)
+    path.write_text('{"prompt": "a"}\n{"prompt": 7}\n')
+    with pytest.raises(InputError, match=r"p.jsonl is not a readable JSON Lines file .*changed from string"):
+        plan_shards(InputConfig(path=str(path)), 8)
+
+
+def test_saved_datasets_keep_their_order_and_a_dataset_dict_asks_for_a_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    ds = Dataset.from_dict({"prompt": [f"p{i}" for i in range(10)]})
+    ds.save_to_disk(str(tmp_path / "ds"), num_shards=3)
+    cfg = InputConfig(path=str(tmp_path / "ds"))
+    specs = plan_shards(cfg, 2)
+    assert sorted({os.path.basename(s.path) for s in specs}) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
+    assert [i.prompt for i in read_all(specs, cfg).values()] == [f"p{i}" for i in range(10)]
+    DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match=r"DatasetDict with splits train, test; pick one: input.path=.*dd/<split>"):
+        plan_shards(InputConfig(path=str(tmp_path / "dd")), 2)
+    cfg = InputConfig(path=str(tmp_path / "dd" / "test"))
+    assert len(read_all(plan_shards(cfg, 4), cfg)) == 10
+
+
+def test_a_directory_reads_every_table_format_but_txt(tmp_path):
+    d = tmp_path / "in"
+    write(str(d / "a.parquet"), {"prompt": ["pa"]})
+    (d / "b.csv").write_text("prompt\npb\n")
+    (d / "c.jsonl").write_text('{"prompt": "pc"}\n')
+    (d / "README.txt").write_text("not prompts\n")
+    (d / "_SUCCESS").write_text("")
+    cfg = InputConfig(path=str(d))
+    assert [i.prompt for i in read_all(plan_shards(cfg, 4), cfg).values()] == ["pa", "pb", "pc"]
 
 
 def test_csv_blank_lines_are_rows_and_na_is_text(tmp_path):
@@ -208,7 +270,7 @@ def test_malformed_csv_is_an_input_error(tmp_path):
         plan_shards(InputConfig(path=str(path)), 4)
     # the same a block later (1 MiB of good rows first): found while counting rows, still an InputError
     path.write_text("prompt,id\n" + "a,1\n" * 300_000 + "b,2,extra\n")
-    with pytest.raises(InputError, match=r"bad.csv cannot be parsed .*Expected 2 columns, got 3"):
+    with pytest.raises(InputError, match=r"bad.csv is not a readable CSV file .*Expected 2 columns, got 3"):
         plan_shards(InputConfig(path=str(path)), 4)
 
 
@@ -218,7 +280,7 @@ def test_malformed_csv_is_an_input_error(tmp_path):
     ("missing_id", "no column 'uid' (input.id_column)"),
     ("corrupt", "is not a readable Parquet file"),
     ("empty", "has no rows"),
-    ("txt_with_id", "input.id_column needs a Parquet or CSV/TSV input"),
+    ("txt_with_id", "input.id_column needs a table input"),
 ])
 def test_input_errors_are_clear_and_early(tmp_path, case, message):
     write(str(tmp_path / "ok.parquet"), {"prompt": ["a"], "id": ["1"]})
@@ -262,3 +324,33 @@ def test_s3_input_is_read_through_s3fs(tmp_path, s3_config, s3_bucket, s3_client
     assert got == [(i.key, i.prompt_id, getattr(i, "prompt", None), getattr(i, "error", None))
                    for i in read_all(local_specs, local_cfg).values()]
     assert [g[3] is not None for g in got] == [False, False, True, False, True]
+
+
+@pytest.mark.s3
+def test_every_format_reads_the_same_from_s3(tmp_path, s3_config, s3_bucket, s3_client):
+    """A .csv, .tsv, .jsonl, .txt and a saved Hugging Face dataset (three Arrow files) on the S3 server
+    plan and read exactly as their local copies."""
+    from datasets import Dataset
+
+    local = tmp_path / "local"
+    local.mkdir()
+    prompts = [f"prompt {i}" for i in range(7)] + [""]
+    (local / "p.csv").write_text("prompt\n" + "".join(f"{p}\n" for p in prompts))
+    (local / "p.tsv").write_text("prompt\n" + "".join(f"{p}\n" for p in prompts))
+    (local / "p.txt").write_text("".join(f"{p}\n" for p in prompts))
+    (local / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    Dataset.from_dict({"prompt": prompts}).save_to_disk(str(local / "saved"), num_shards=3)
+    for f in local.rglob("*"):
+        if f.is_file():
+            s3_client.upload_file(str(f), s3_bucket, f"formats/{f.relative_to(local)}")
+    for name in ("p.csv", "p.tsv", "p.txt", "p.jsonl", "saved"):
+        s3_cfg = InputConfig(path=f"s3://{s3_bucket}/formats/{name}", s3=s3_config)
+        local_cfg = InputConfig(path=str(local / name))
+        s3_specs, local_specs = plan_shards(s3_cfg, 3), plan_shards(local_cfg, 3)
+        assert [(os.path.basename(s.path), s.row_start, s.row_stop) for s in s3_specs] == \
+            [(os.path.basename(s.path), s.row_start, s.row_stop) for s in local_specs], name
+        got = [(i.key, i.prompt_id, getattr(i, "prompt", None), getattr(i, "error", None))
+               for i in read_all(s3_specs, s3_cfg).values()]
+        assert got == [(i.key, i.prompt_id, getattr(i, "prompt", None), getattr(i, "error", None))
+                       for i in read_all(local_specs, local_cfg).values()], name
+        assert [g[2] for g in got] == prompts[:7] + [None] and got[7][3] is not None, name

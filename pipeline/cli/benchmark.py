@@ -82,8 +82,8 @@ def add_gpu_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("source", help="plan + read time and peak memory of the prompt source")
     p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "jobs/benchmark.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)  # the same count for every loop compared (and the job's actor)

@@ -10,8 +10,8 @@ from pipeline.data.storage import open_location
 from pipeline.report.card import write_card
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.cli.card", description="(Re)write the dataset card "
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.cli.card") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="(Re)write the dataset card "
                                  "of an existing output from its shards, run/config.yaml and run/summary.json.")
     ap.add_argument("output", help="output.path of the run (local dir or s3://bucket/prefix)")
     ap.add_argument("--s3-endpoint-url")

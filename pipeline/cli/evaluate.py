@@ -16,8 +16,8 @@ from pipeline.report import evaluation
 from pipeline.report.evaluation import evaluate, render_md
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="jobs/evaluate.py", description=evaluation.__doc__,
+def main(argv: list[str] | None = None, prog: str = "jobs/evaluate.py") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=evaluation.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", required=True, help="Parquet/CSV/TSV/txt prompts, as input.path (local or s3://)")
     ap.add_argument("--prompt-column", help="default: input.prompt_column, else prompt, Prompt, caption or text")

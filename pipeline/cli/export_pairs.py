@@ -14,8 +14,8 @@ from pipeline.data import pairs
 from pipeline.data.pairs import export_pairs
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="jobs/export_pairs.py", description=pairs.__doc__,
+def main(argv: list[str] | None = None, prog: str = "jobs/export_pairs.py") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=pairs.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", help="the run's output.path (local dir or s3://bucket/prefix)")
     ap.add_argument("dest", help="out.parquet (one file) or a directory of part files (local or s3://)")

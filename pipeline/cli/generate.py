@@ -18,13 +18,14 @@ from pipeline.data.formats import InputError
 from pipeline.data.storage import is_s3
 from pipeline.driver.plan import RunRefused
 from pipeline.driver.summary import EXIT_INTERRUPTED, EXIT_USAGE, format_summary
+from pipeline.logs import setup_logging
 
 log = logging.getLogger("synthgen.generate")
 
 
-def parse_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
+def parse_args(argv: list[str] | None, prog: str = "jobs/generate.py") -> tuple[list[str], list[str]]:
     ap = argparse.ArgumentParser(
-        prog="jobs/generate.py", description="Generate a synthetic image dataset on Ray.",
+        prog=prog, description="Generate a synthetic image dataset on Ray.",
         epilog="Overrides are dotted config keys, e.g. sampler.method=answer output.path=s3://b/out")
     ap.add_argument("--config", action="append", default=[], metavar="FILE",
                     help="YAML merged over configs/default.yaml, in order (repeatable)")
@@ -33,19 +34,11 @@ def parse_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
     return ns.config, ns.overrides
 
 
-def setup_logging(level: str) -> None:
-    """The configured level applies to our loggers only: third-party DEBUG output (botocore) can carry
-    credentials, and is noise anyway."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("synthgen", "pipeline"):
-        logging.getLogger(name).setLevel(level)
-
-
-def main(argv: list[str] | None = None, worker_cls: type | None = None, hooks=None) -> int:
+def main(argv: list[str] | None = None, worker_cls: type | None = None, hooks=None,
+         prog: str = "jobs/generate.py") -> int:
     from pipeline.driver.job import run_job
 
-    files, overrides = parse_args(argv)
+    files, overrides = parse_args(argv, prog)
     try:
         cfg = load_config(files, overrides)
     except ConfigError as e:

@@ -16,8 +16,8 @@ from pipeline.config import load_config
 from pipeline.sampling.methods import METHODS
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "jobs/render.py") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt")
     ap.add_argument("--out", default="outputs/render")
     ap.add_argument("--config", action="append", default=[])

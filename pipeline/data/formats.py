@@ -1,149 +1,82 @@
-"""Reading the input files, one format at a time: Parquet (row groups streamed by pages), CSV and TSV
-(pyarrow's streaming CSV reader), .txt (one prompt per line). Every reader yields (first row,
-{field: [raw values]}) for a row range; text comes back as raw bytes, validated per row by
-pipeline/data/validate.py. A file that cannot be read is an InputError naming it.
+"""Reading the input files, one format at a time, each with pyarrow's own reader.
 
-Formats, by file suffix: `.parquet` (any other suffix too), `.csv` (a header row, RFC 4180
-quoting), `.tsv` (a header row, no quoting: fields are taken verbatim, as PartiPrompts needs), `.txt`
-(one prompt per line, no other columns). CSV/TSV text is read as raw bytes, like Parquet's, so a
-row of invalid UTF-8 is one rejection; an empty field is null (and "NA" is the text NA); a blank
-line is a row.
+| suffix | format | rows |
+|---|---|---|
+| `.parquet` (and any unknown suffix) | Parquet, row groups streamed by pages | table rows |
+| `.csv` | CSV with a header row, RFC 4180 quoting | lines (a blank line is a row) |
+| `.tsv` | TSV with a header row, fields verbatim (no quoting, as PartiPrompts needs) | lines |
+| `.jsonl`, `.ndjson` | JSON Lines, one object per line | objects (blank lines are skipped) |
+| `.arrow` | Arrow IPC, stream or file: what Hugging Face `save_to_disk` writes | table rows |
+| `.txt` | one prompt per line, no other columns | lines |
+
+Every format is one `Format` record: its columns, its row count, the record batches of some columns
+(for the duplicate-id scan) and the rows of one shard as (first row, {field: [raw values]}). Text
+comes back as raw bytes, validated per row by pipeline/data/validate.py, so a row of invalid UTF-8 is
+one rejection. A file that cannot be read is an InputError naming it.
+
+CSV/TSV: an empty field is null; "NA" and "null" are text. JSON Lines: pyarrow infers each column's
+type from the first 1 MiB and needs one type per column (a column of numbers that later holds a
+string makes the file unreadable, with that message); a numeric seed column is read as uint64.
 """
 
 from __future__ import annotations
 
 import contextlib
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
 from pipeline.data.storage import is_s3
 from pipeline.records import ShardSpec
 
-TEXT_SUFFIX = ".txt"
-DELIMITERS = {".csv": ",", ".tsv": "\t"}
+BLOCK = 1 << 20  # bytes parsed at a time by the CSV and JSON readers
+Chunks = Iterator[tuple[int, dict[str, list]]]  # (first row, {record field: [raw values]})
 
 
 class InputError(ValueError):
     """The input cannot be used as given; the message says which file/column and what to change."""
 
 
+@dataclass(frozen=True)
+class Format:
+    """How one kind of input file is read."""
+
+    name: str
+    columns: Callable[[Any, str, InputConfig], list[str]]  # (fs, path, cfg) -> column names
+    count: Callable[[Any, str, InputConfig], int]  # (fs, path, cfg) -> rows
+    # (fs, path, cfg, columns) -> context manager over the file's record batches of `columns`
+    batches: Callable[[Any, str, InputConfig, list[str]], Any]
+    chunks: Callable[[Any, str, ShardSpec, InputConfig, int], Chunks]  # (fs, path, spec, cfg, batch rows)
+
+
 def file_uri(path: str, cfg: InputConfig) -> str:
     return f"s3://{path}" if is_s3(cfg.path) else path
 
 
-def delimiter_of(path: str) -> str | None:
-    return DELIMITERS.get(posixpath.splitext(path.lower())[1])
+def suffix(path: str) -> str:
+    return posixpath.splitext(path.lower())[1]
 
 
 @contextlib.contextmanager
-def open_parquet(fs: Any, path: str, cfg: InputConfig) -> Iterator[pq.ParquetFile]:
-    """Open a Parquet file; any failure becomes an InputError naming the file."""
+def reading(fs: Any, path: str, cfg: InputConfig, what: str) -> Iterator[Any]:
+    """Open `path`; any failure to open or parse it, now or while streaming, becomes an InputError."""
     try:
         with fs.open(path, "rb") as f:
-            try:
-                # Stream pages (1 MiB reads) instead of buffering whole column chunks: memory
-                # stays bounded by the batch even for files written as one huge row group.
-                pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
-            except (pa.ArrowException, OSError, ValueError) as e:
-                raise InputError(f"{file_uri(path, cfg)} is not a readable Parquet file ({e}); "
-                                 "fix or remove it, or narrow input.path") from e
-            yield pf
+            yield f
     except FileNotFoundError as e:
         raise InputError(f"{file_uri(path, cfg)} no longer exists") from e
-
-
-def count_lines(fs: Any, path: str) -> int:
-    n, last = 0, b"\n"
-    with fs.open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            n, last = n + block.count(b"\n"), block[-1:]
-    return n + (last != b"\n")  # a last line without a newline still counts
-
-
-@contextlib.contextmanager
-def open_csv(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Iterator[Any]:
-    """A streaming CSV/TSV reader (header row) of `columns` as raw bytes (None: every column, for its
-    header); a file that cannot be read becomes an InputError naming it."""
-    delimiter = delimiter_of(path)
-    # A blank line is a row (rejected: null prompt), as in a .txt file; only an empty field is null,
-    # never text such as "NA" or "null" (pyarrow's default null spellings).
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter == "," else False,
-                               newlines_in_values=delimiter == ",", ignore_empty_lines=False)
-    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True, null_values=[""],
-                                   quoted_strings_can_be_null=False,
-                                   column_types=dict.fromkeys(columns or [], pa.binary()))
-    try:
-        with fs.open(path, "rb") as f:
-            try:
-                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
-                                        parse_options=parse, convert_options=convert)
-            except (pa.ArrowException, OSError, ValueError) as e:
-                raise InputError(f"{file_uri(path, cfg)} is not a readable {'CSV' if delimiter == ',' else 'TSV'} "
-                                 f"file with a header row ({e})") from e
-            yield reader
-    except FileNotFoundError as e:
-        raise InputError(f"{file_uri(path, cfg)} no longer exists") from e
-
-
-def csv_batches(reader: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from reader
-    except (pa.ArrowException, OSError, ValueError) as e:  # a malformed line (wrong field count, ...)
-        raise InputError(f"{file_uri(path, cfg)} cannot be parsed ({e}); fix the file or narrow input.path") from e
-
-
-def parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig,
-                    batch_size: int) -> Iterator[tuple[int, dict[str, list]]]:
-    """Record batches of the row groups overlapping the shard, cut to its rows."""
-    wanted = wanted_columns(cfg)
-    columns = list(dict.fromkeys(c for _, c in wanted))
-    with open_parquet(fs, path, cfg) as pf:
-        md = pf.metadata
-        if md.num_rows < spec.row_stop:
-            raise InputError(f"{spec.path} has {md.num_rows} rows, the plan expects {spec.row_stop}; "
-                             "the file changed after planning (plan again)")
-        groups, row, first_row = [], 0, None
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            if row < spec.row_stop and row + n > spec.row_start:
-                groups.append(g)
-                first_row = row if first_row is None else first_row
-            row += n
-        row = first_row or 0
-        # Rows before row_start in the first group are decoded and dropped: the cost is bounded by
-        # one row group, not by the file.
-        for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns,
-                                     use_threads=False):
-            lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
-            if hi > lo:
-                part = batch.slice(lo, hi - lo)
-                cols = {k: column_values(part.column(columns.index(c)), k) for k, c in wanted}
-                yield row + lo, cols
-            row += batch.num_rows
-            if row >= spec.row_stop:
-                break
-
-
-def csv_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig) -> Iterator[tuple[int, dict[str, list]]]:
-    """The rows of the shard, streaming the file from its start (rows before it are parsed, not kept)."""
-    wanted = wanted_columns(cfg)
-    columns = list(dict.fromkeys(c for _, c in wanted))
-    row = 0
-    with open_csv(fs, path, cfg, columns) as reader:
-        for batch in csv_batches(reader, path, cfg):
-            lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
-            if hi > lo:
-                part = batch.slice(lo, hi - lo)
-                yield row + lo, {k: column_values(part.column(columns.index(c)), k) for k, c in wanted}
-            row += batch.num_rows
-            if row >= spec.row_stop:
-                return
+    except InputError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise InputError(f"{file_uri(path, cfg)} is not a readable {what} ({e}); fix or remove it, "
+                         "or narrow input.path") from e
 
 
 def wanted_columns(cfg: InputConfig) -> list[tuple[str, str]]:
@@ -156,10 +89,10 @@ def wanted_columns(cfg: InputConfig) -> list[tuple[str, str]]:
 def column_values(arr: pa.Array, key: str) -> list:
     """Python values; text columns as raw bytes so UTF-8 is checked per row, here.
 
-    Arrow does not validate UTF-8 when reading Parquet, so a string column may hold invalid bytes
-    (a lone surrogate, a truncated sequence) that would make to_pylist() raise for the whole batch.
-    Prompts and negatives are decoded strictly by _text (a bad row is rejected); ids and extra
-    columns are decoded with backslashreplace (_id_str, _jsonable), as binary columns are.
+    Arrow does not validate UTF-8 when reading Parquet or JSON, so a string column may hold invalid
+    bytes (a lone surrogate, a truncated sequence) that would make to_pylist() raise for the whole
+    batch. Prompts and negatives are decoded strictly by validate.py (a bad row is rejected); ids
+    and extra columns are decoded with backslashreplace, as binary columns are.
     """
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
@@ -173,10 +106,175 @@ def column_values(arr: pa.Array, key: str) -> list:
     return arr.to_pylist()
 
 
-def text_chunks(fs: Any, path: str, spec: ShardSpec,
-                 batch_size: int) -> Iterator[tuple[int, dict[str, list]]]:
+def fields(batch: pa.RecordBatch, wanted: list[tuple[str, str]]) -> dict[str, list]:
+    return {k: column_values(batch.column(c), k) for k, c in wanted}
+
+
+# -- Parquet -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def open_parquet(fs: Any, path: str, cfg: InputConfig) -> Iterator[pq.ParquetFile]:
+    with reading(fs, path, cfg, "Parquet file") as f:
+        # Stream pages (1 MiB reads) instead of buffering whole column chunks: memory stays
+        # bounded by the batch even for files written as one huge row group.
+        yield pq.ParquetFile(f, pre_buffer=False, buffer_size=BLOCK)
+
+
+def parquet_columns(fs: Any, path: str, cfg: InputConfig) -> list[str]:
+    with open_parquet(fs, path, cfg) as pf:
+        return list(pf.schema_arrow.names)
+
+
+def parquet_count(fs: Any, path: str, cfg: InputConfig) -> int:
+    with open_parquet(fs, path, cfg) as pf:
+        return pf.metadata.num_rows
+
+
+@contextlib.contextmanager
+def parquet_batches(fs: Any, path: str, cfg: InputConfig, columns: list[str]) -> Iterator[Iterator[pa.RecordBatch]]:
+    with open_parquet(fs, path, cfg) as pf:
+        yield pf.iter_batches(batch_size=64 * 1024, columns=columns, use_threads=False)
+
+
+def parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:
+    """Record batches of the row groups overlapping the shard, cut to its rows."""
+    wanted = wanted_columns(cfg)
+    with open_parquet(fs, path, cfg) as pf:
+        md = pf.metadata
+        if md.num_rows < spec.row_stop:
+            raise InputError(f"{spec.path} has {md.num_rows} rows, the plan expects {spec.row_stop}; "
+                             "the file changed after planning (plan again)")
+        groups, row, first_row = [], 0, None
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if row < spec.row_stop and row + n > spec.row_start:
+                groups.append(g)
+                first_row = row if first_row is None else first_row
+            row += n
+        # Rows before row_start in the first group are decoded and dropped: the cost is bounded by
+        # one row group, not by the file.
+        batches = pf.iter_batches(batch_size=batch_size, row_groups=groups,
+                                  columns=list(dict.fromkeys(c for _, c in wanted)), use_threads=False)
+        yield from cut(batches, first_row or 0, spec, wanted)
+
+
+def cut(batches: Iterator[pa.RecordBatch], row: int, spec: ShardSpec, wanted: list[tuple[str, str]]) -> Chunks:
+    """The rows [spec.row_start, spec.row_stop) of consecutive batches whose first row is `row`."""
+    for batch in batches:
+        lo, hi = max(spec.row_start - row, 0), min(spec.row_stop - row, batch.num_rows)
+        if hi > lo:
+            yield row + lo, fields(batch.slice(lo, hi - lo), wanted)
+        row += batch.num_rows
+        if row >= spec.row_stop:
+            return
+
+
+PARQUET = Format("Parquet", parquet_columns, parquet_count, parquet_batches, parquet_chunks)
+
+
+# -- streamed tables: CSV/TSV, JSON Lines, Arrow IPC ---------------------------------------------
+# Each opener yields (column names, record batches of `columns`, or of every column for None),
+# streaming the file from its start; a shard's rows before its first are parsed, not kept.
+def csv_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
+    tsv = suffix(path) == ".tsv"
+    # A blank line is a row (rejected: null prompt), as in a .txt file; only an empty field is null,
+    # never text such as "NA" or "null" (pyarrow's default null spellings).
+    parse = pacsv.ParseOptions(delimiter="\t" if tsv else ",", quote_char=False if tsv else '"',
+                               newlines_in_values=not tsv, ignore_empty_lines=False)
+    convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True, null_values=[""],
+                                   quoted_strings_can_be_null=False,
+                                   column_types=dict.fromkeys(columns or [], pa.binary()))
+    return stream(fs, path, cfg, f"{'TSV' if tsv else 'CSV'} file with a header row", lambda f: pacsv.open_csv(
+        f, read_options=pacsv.ReadOptions(block_size=BLOCK, use_threads=False), parse_options=parse,
+        convert_options=convert))
+
+
+def json_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
+    read = pajson.ReadOptions(block_size=BLOCK, use_threads=False)
+    what = "JSON Lines file (one object per line, one type per field)"
+    if columns is None:
+        return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read))
+    # Types come from the first block; the columns not asked for are skipped unparsed.
+    with reading(fs, path, cfg, what) as f:
+        inferred = pajson.open_json(f, read_options=read).schema
+    types = {c: json_type(inferred.field(c).type if c in inferred.names else pa.null(), c == cfg.seed_column)
+             for c in columns}
+    parse = pajson.ParseOptions(explicit_schema=pa.schema(types.items()), unexpected_field_behavior="ignore")
+    return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read, parse_options=parse))
+
+
+def json_type(t: pa.DataType, seed: bool) -> pa.DataType:
+    if seed and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return pa.uint64()  # seeds up to 2**64 - 1 (inferred as double, which would round them)
+    return pa.binary() if pa.types.is_null(t) else t  # a column all null in the first block: text
+
+
+def arrow_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
+    def batches(f: Any) -> Any:
+        if f.read(6) == b"ARROW1":  # the IPC file format (Feather 2); else the stream format
+            f.seek(0)
+            r = pa.ipc.open_file(f)
+            return r.schema, (r.get_batch(i) for i in range(r.num_record_batches))
+        f.seek(0)
+        r = pa.ipc.open_stream(f)
+        return r.schema, r
+
+    @contextlib.contextmanager
+    def selected() -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
+        with reading(fs, path, cfg, "Arrow IPC file") as f:
+            schema, it = batches(f)
+            yield list(schema.names), (b.select(columns) for b in it) if columns else iter(it)
+    return selected()
+
+
+@contextlib.contextmanager
+def stream(fs: Any, path: str, cfg: InputConfig, what: str,
+           make: Callable[[Any], Any]) -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
+    with reading(fs, path, cfg, what) as f:
+        reader = make(f)
+        yield list(reader.schema.names), iter(reader)
+
+
+def streamed(name: str, opener: Callable[..., Any]) -> Format:
+    """A Format over an opener: its columns are the header; its rows are counted by one pass over the
+    columns a shard reads, so a value that cannot be parsed is found when planning, not in a worker."""
+    def columns(fs: Any, path: str, cfg: InputConfig) -> list[str]:
+        with opener(fs, path, cfg, None) as (names, _):
+            return names
+
+    def count(fs: Any, path: str, cfg: InputConfig) -> int:
+        with opener(fs, path, cfg, list(dict.fromkeys(c for _, c in wanted_columns(cfg)))) as (_, batches):
+            return sum(b.num_rows for b in batches)
+
+    @contextlib.contextmanager
+    def batches(fs: Any, path: str, cfg: InputConfig, cols: list[str]) -> Iterator[Iterator[pa.RecordBatch]]:
+        with opener(fs, path, cfg, cols) as (_, it):
+            yield it
+
+    def chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:
+        wanted = wanted_columns(cfg)
+        with opener(fs, path, cfg, list(dict.fromkeys(c for _, c in wanted))) as (_, it):
+            yield from cut(it, 0, spec, wanted)
+
+    return Format(name, columns, count, batches, chunks)
+
+
+CSV = streamed("CSV/TSV", csv_open)
+JSONL = streamed("JSON Lines", json_open)
+ARROW = streamed("Arrow", arrow_open)
+
+
+# -- one prompt per line -------------------------------------------------------------------------
+def count_lines(fs: Any, path: str, cfg: InputConfig) -> int:
+    n, last = 0, b"\n"
+    with reading(fs, path, cfg, "text file") as f:
+        while block := f.read(1 << 22):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")  # a last line without a newline still counts
+
+
+def text_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:
     """Lines [row_start, row_stop) of a text file, one prompt per line."""
-    with fs.open(path, "rb") as f:
+    with reading(fs, path, cfg, "text file") as f:
         skip_lines(f, spec.row_start, spec.path)
         row = spec.row_start
         while row < spec.row_stop:
@@ -209,3 +307,18 @@ def skip_lines(f: Any, n: int, name: str) -> None:
             f.seek(pos + idx + 1)
             return
         seen, pos = seen + c, pos + len(block)
+
+
+def no_batches(fs: Any, path: str, cfg: InputConfig, columns: list[str]) -> Any:
+    raise InputError(f"{file_uri(path, cfg)} is a .txt file (one prompt per line) and has no other columns")
+
+
+TEXT = Format("text", lambda fs, path, cfg: [cfg.prompt_column], count_lines, no_batches, text_chunks)
+
+FORMATS = {".csv": CSV, ".tsv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".arrow": ARROW, ".txt": TEXT,
+           ".parquet": PARQUET}
+
+
+def format_of(path: str) -> Format:
+    """The format a file is read as, by its suffix; Parquet for any other (Spark's part files)."""
+    return FORMATS.get(suffix(path), PARQUET)

@@ -105,6 +105,7 @@ class ShardSink:
         self.stats: ShardStats | None = None
         self._extra_stats: dict[str, Any] = {}
         self._rows: dict[int, dict[str, Any]] = {}  # row -> sidecar row
+        self._written_rows = self._written_samples = 0
         self._tmp: list[str] = []
         # Image encoding (PNG deflate releases the GIL) and tar writing run on one background thread,
         # in write order, so they overlap the sampling of the next micro-batch.
@@ -146,6 +147,7 @@ class ShardSink:
                                         error=None, prompt=item.prompt,
                                         seed=seed if isinstance(seed, int) else None,
                                         images=len(item.images) + len(item.extra_images))
+            self._written_samples += 1
         elif isinstance(item, RowOutcome):
             if item.status == OK:
                 raise ValueError(f"{item.key}: a RowOutcome records a rejected or failed row, not {OK!r}")
@@ -155,6 +157,12 @@ class ShardSink:
                                         images=0)
         else:
             raise TypeError(f"ShardSink.write takes a Sample or a RowOutcome, not {type(item).__name__}")
+        self._written_rows += 1
+
+    def written(self) -> tuple[int, int]:
+        """(rows, samples) written so far, for progress reports from another thread while the shard runs
+        (two ints, each read atomically)."""
+        return self._written_rows, self._written_samples
 
     def set_stats(self, **fields: Any) -> None:
         """Add to the committed stats: ShardStats fields (wall_s, sample_s, unet_evals, worker, ...)

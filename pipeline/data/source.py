@@ -1,14 +1,16 @@
-"""Prompt input: plan shards from Parquet, CSV/TSV or .txt files, local or s3://, then stream one shard.
+"""Prompt input: plan shards from Parquet, CSV/TSV, JSON Lines, Arrow (a Hugging Face dataset saved
+with `save_to_disk`) or .txt files, local or s3://, then stream one shard.
 
-`plan_shards` reads Parquet metadata only (CSV/TSV and .txt files are streamed once to count their
+`plan_shards` reads Parquet metadata only (the other formats are streamed once to count their
 rows), plus, when input.id_column is set, one streaming pass over the id column to find duplicate
 ids (an int64 hash per row in a numpy array, ~17 bytes per row at peak, then an exact second look
-at the few ids whose hashes repeat). A shard is a row range of one file; files in sorted order;
-shard ids consecutive from 0, so the same input and config give the same plan on any machine.
+at the few ids whose hashes repeat). A shard is a row range of one file; files in sorted order (a
+saved dataset's in its own order); shard ids consecutive from 0, so the same input and config give
+the same plan on any machine.
 
 `read_shard` streams the record batches of the row groups a shard overlaps (Parquet), or the file
-from its start up to the shard's last row (CSV/TSV, .txt), and turns every row into exactly one
-PromptRecord or RowOutcome(REJECTED, reason), in row order.
+from its start up to the shard's last row (the other formats), and turns every row into exactly
+one PromptRecord or RowOutcome(REJECTED, reason), in row order.
 
 How each format is read: pipeline/data/formats.py. Which rows are rejected, and why: pipeline/data/validate.py.
 """
@@ -16,6 +18,7 @@ How each format is read: pipeline/data/formats.py. Which rows are rejected, and 
 from __future__ import annotations
 
 import bisect
+import json
 import posixpath
 import re
 from collections.abc import Iterator
@@ -25,27 +28,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import InputConfig
-from pipeline.data.formats import (
-    TEXT_SUFFIX,
-    InputError,
-    column_values,
-    count_lines,
-    csv_batches,
-    csv_chunks,
-    delimiter_of,
-    file_uri,
-    open_csv,
-    open_parquet,
-    parquet_chunks,
-    text_chunks,
-)
+from pipeline.data.formats import FORMATS, TEXT, InputError, column_values, file_uri, format_of, suffix
 from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, id_str, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
 _MAGIC = re.compile(r"[*?\[]")
-_SCAN_BATCH = 64 * 1024  # rows per batch when scanning ids at planning time
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
+HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # written by datasets' save_to_disk
+# A directory's data files: every known format but .txt (a README.txt or notes.txt is not prompts).
+DIRECTORY_SUFFIXES = tuple(s for s in FORMATS if s != ".txt")
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -70,41 +62,56 @@ def plan_shards(cfg: InputConfig, shard_size: int) -> list[ShardSpec]:
 
 
 def list_input_files(cfg: InputConfig) -> tuple[Any, list[str]]:
-    """(filesystem, sorted file paths) for a file, a directory (its *.parquet files) or a glob."""
+    """(filesystem, file paths) for a file, a glob, a Hugging Face dataset saved with `save_to_disk`
+    (its Arrow files, in its own order) or a directory (its data files of every known format but
+    .txt, sorted; hidden and `_`-prefixed files skipped)."""
     fs, base = filesystem_for(cfg.path, cfg.s3)
     try:
         if _MAGIC.search(base):
             found = fs.glob(base, detail=True)
-            files = [p for p, info in found.items() if info.get("type") == "file"]
+            files = sorted(p for p, info in found.items() if info.get("type") == "file")
             hint = "the glob matched no files"
         elif fs.isdir(base):
-            found = fs.find(base, detail=True)
-            files = [p for p, info in found.items() if info.get("type") == "file" and p.endswith(".parquet")
-                     and not _hidden(posixpath.relpath(p, base))]
-            hint = "the directory holds no *.parquet files"
+            files, hint = _directory_files(fs, base, cfg)
         elif fs.isfile(base):
             files, hint = [base], ""
         else:
             files, hint = [], "no such file or directory"
     except (OSError, ValueError) as e:  # permissions, missing bucket, bad endpoint
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"cannot list input.path={cfg.path!r}: {e}") from e
     if not files:
-        raise InputError(f"input.path={cfg.path!r} matched nothing ({hint}); give a Parquet, CSV, TSV or .txt "
-                         "file, a directory of *.parquet files, or a glob")
-    return fs, sorted(files)
+        raise InputError(f"input.path={cfg.path!r} matched nothing ({hint}); give a Parquet, CSV, TSV, JSON Lines, "
+                         ".txt or Arrow file, a directory of them, a Hugging Face dataset saved with "
+                         "save_to_disk, or a glob")
+    return fs, files
+
+
+def _directory_files(fs: Any, base: str, cfg: InputConfig) -> tuple[list[str], str]:
+    if fs.isfile(f"{base}/{HF_STATE}"):  # Dataset.save_to_disk: state.json lists the Arrow files
+        with fs.open(f"{base}/{HF_STATE}", "rb") as f:
+            state = json.load(f)
+        try:
+            return [f"{base}/{d['filename']}" for d in state["_data_files"]], "the dataset lists no data files"
+        except (KeyError, TypeError) as e:
+            raise InputError(f"{file_uri(base, cfg)}/{HF_STATE} has no list of _data_files ({e!r}); "
+                             "is this a dataset saved with Dataset.save_to_disk?") from e
+    if fs.isfile(f"{base}/{HF_DICT}"):  # DatasetDict.save_to_disk: one dataset per split
+        with fs.open(f"{base}/{HF_DICT}", "rb") as f:
+            splits = json.load(f).get("splits", [])
+        raise InputError(f"input.path={cfg.path!r} is a Hugging Face DatasetDict with splits "
+                         f"{', '.join(splits) or '(none)'}; pick one: input.path={cfg.path.rstrip('/')}/<split>")
+    found = fs.find(base, detail=True)
+    files = sorted(p for p, info in found.items() if info.get("type") == "file"
+                   and suffix(p) in DIRECTORY_SUFFIXES and not _hidden(posixpath.relpath(p, base)))
+    return files, f"the directory holds no {', '.join('*' + s for s in DIRECTORY_SUFFIXES)} files"
 
 
 def column_names(cfg: InputConfig) -> list[str]:
     """The columns of the first input file (a .txt file has one: input.prompt_column)."""
     fs, files = list_input_files(cfg)
-    path = files[0]
-    if path.endswith(TEXT_SUFFIX):
-        return [cfg.prompt_column]
-    if delimiter_of(path):
-        with open_csv(fs, path, cfg, None) as reader:
-            return list(reader.schema.names)
-    with open_parquet(fs, path, cfg) as pf:
-        return list(pf.schema_arrow.names)
+    return format_of(files[0]).columns(fs, files[0], cfg)
 
 
 def _hidden(rel: str) -> bool:
@@ -113,20 +120,15 @@ def _hidden(rel: str) -> bool:
 
 
 def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
-    if path.endswith(TEXT_SUFFIX):
+    fmt = format_of(path)
+    if fmt is TEXT:
         for key in ("id_column", "negative_column", "seed_column", "extra_columns"):
             if getattr(cfg, key):
                 raise InputError(f"{file_uri(path, cfg)} is a .txt file (one prompt per line); "
-                                 f"input.{key} needs a Parquet or CSV/TSV input")
-        return count_lines(fs, path)
-    if delimiter_of(path):
-        with open_csv(fs, path, cfg, None) as reader:
-            _check_columns(path, cfg, reader.schema.names)
-        with open_csv(fs, path, cfg, [cfg.prompt_column]) as reader:
-            return sum(b.num_rows for b in csv_batches(reader, path, cfg))
-    with open_parquet(fs, path, cfg) as pf:
-        _check_columns(path, cfg, pf.schema_arrow.names)
-        return pf.metadata.num_rows
+                                 f"input.{key} needs a table input (Parquet, CSV/TSV, JSON Lines or Arrow)")
+    else:
+        _check_columns(path, cfg, fmt.columns(fs, path, cfg))
+    return fmt.count(fs, path, cfg)
 
 
 def _check_columns(path: str, cfg: InputConfig, names: list[str]) -> None:
@@ -180,7 +182,7 @@ def _duplicate_ids(fs: Any, files: list[str], counts: list[int],
                 continue
             fi = int(np.searchsorted(offsets, first[s], side="right")) - 1
             i = int(np.searchsorted(offsets, g, side="right")) - 1
-            where = f"{_stable_name(files[fi], cfg.path)}:{first[s] - offsets[fi]}"
+            where = f"{_stable_name(file_uri(files[fi], cfg), cfg.path)}:{first[s] - offsets[fi]}"
             out.setdefault(i, {})[g - int(offsets[i])] = f"duplicate id {short(s)} (first seen at {where})"
     return out
 
@@ -202,12 +204,8 @@ def _scan_ids(fs: Any, files: list[str], counts: list[int],
 
 
 def _id_batches(fs: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
-    if delimiter_of(path):
-        with open_csv(fs, path, cfg, [cfg.id_column]) as reader:
-            yield from csv_batches(reader, path, cfg)
-        return
-    with open_parquet(fs, path, cfg) as pf:
-        yield from pf.iter_batches(batch_size=_SCAN_BATCH, columns=[cfg.id_column], use_threads=False)
+    with format_of(path).batches(fs, path, cfg, [cfg.id_column]) as batches:
+        yield from batches
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -217,14 +215,9 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be > 0")
     fs, path = filesystem_for(spec.path, cfg.s3)
-    check = RowValidator(spec, cfg, tokenizer, _stable_name(path, cfg.path))
+    check = RowValidator(spec, cfg, tokenizer, _stable_name(spec.path, cfg.path))
     read = max(batch_size, _READ_BATCH)
-    if path.endswith(TEXT_SUFFIX):
-        chunks = text_chunks(fs, path, spec, read)
-    elif delimiter_of(path):
-        chunks = csv_chunks(fs, path, spec, cfg)
-    else:
-        chunks = parquet_chunks(fs, path, spec, cfg, read)
+    chunks = format_of(path).chunks(fs, path, spec, cfg, read)
     buf: list[PromptRecord | RowOutcome] = []
     expected = spec.row_start
     for row0, cols in chunks:
@@ -242,13 +235,16 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
         yield buf
 
 
-def _stable_name(path: str, input_path: str) -> str:
+def _stable_name(uri: str, input_path: str) -> str:
     """The file's name relative to the input root: the stable part of `<file>:<row>` prompt ids.
+
+    `uri` is spelled as input.path is (s3:// included): a bare "bucket/key" would read as a local
+    relative path.
 
     A basename for a single-file input; a relative path for a directory or glob, so that
     part-0.parquet in two sub-folders gives two different ids.
     """
-    path, base = normalize_path(path), normalize_path(input_path)
+    path, base = normalize_path(uri), normalize_path(input_path)
     if path == base:
         return posixpath.basename(path)
     if _MAGIC.search(base):

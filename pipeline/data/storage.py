@@ -74,13 +74,24 @@ _PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryE
 
 
 def transient(e: BaseException) -> bool:
-    """Throttling (SlowDown, 503), 5xx, timeouts, refused or reset connections: worth retrying."""
-    if isinstance(e, _PERMANENT):
+    """Throttling (SlowDown, 503), 5xx, timeouts, refused or reset connections: worth retrying.
+    Missing or partial credentials, no region, an invalid parameter: botocore errors that no retry
+    mends (retried, they stalled each call for retry_timeout_s before failing)."""
+    if isinstance(e, _PERMANENT) or _botocore_permanent(e):
         return False
     if isinstance(e, OSError) and e.errno == errno.EINVAL:  # a precondition failed (412): an answer
         return False
     return isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.split(".")[0] in (
         "botocore", "aiohttp", "urllib3", "aiobotocore")
+
+
+def _botocore_permanent(e: BaseException) -> bool:
+    try:
+        from botocore import exceptions as bx
+    except ImportError:
+        return False
+    return isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.NoRegionError,
+                          bx.ParamValidationError, bx.UnknownServiceError))
 
 
 class RetryingFS:

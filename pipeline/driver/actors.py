@@ -48,7 +48,9 @@ def worker_label(slot: str, ident: dict[str, Any]) -> str:
 
 
 class SamplerActor:
-    """One sampler worker per actor (per GPU). Thin: everything real happens in `worker_cls`."""
+    """One sampler worker per actor (per GPU). Thin: everything real happens in `worker_cls`.
+
+    Shards run one at a time (the default concurrency group); `progress` answers beside them."""
 
     def __init__(self, worker_cls: type, cfg: Config, slot: str, captioner: Any = None):
         self.ident = ray_identity()
@@ -67,6 +69,11 @@ class SamplerActor:
 
     def run(self, spec: ShardSpec, attempt: int = 1) -> tuple[ShardStats, dict[str, Any]]:
         return self.worker.run(spec, attempt), {"slot": self.slot, **self.ident}
+
+    def progress(self) -> dict[str, int] | None:
+        """How far the running shard is ({shard, rows, samples}), or None; called in the STATUS
+        concurrency group, so it answers while run() works."""
+        return self.worker.progress() if hasattr(self.worker, "progress") else None
 
 
 class CaptionerActor:
@@ -103,7 +110,7 @@ class CaptionerActor:
         return None if since is None else time.monotonic() - since
 
 
-STATUS = "status"  # CaptionerActor's concurrency group for busy_s
+STATUS = "status"  # the actors' concurrency group for busy_s and progress
 STATUS_TIMEOUT_S = 30.0  # an actor that cannot answer busy_s this long is frozen
 
 
@@ -171,7 +178,7 @@ def new_sampler(cfg: Config, rc: Any, worker_cls: type, slot: str, captioner: An
     """A SamplerActor holding `worker_cls(cfg, captioner=..., name=...)`; Ray restarts it on a crash."""
     import ray
 
-    return ray.remote(SamplerActor).options(
+    return ray.remote(concurrency_groups={STATUS: 1})(SamplerActor).options(
         num_gpus=cfg.ray.gpus_per_worker, num_cpus=cfg.ray.cpus_per_worker,
         max_restarts=cfg.ray.max_actor_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
         runtime_env=rc.runtime_env or None).remote(worker_cls, cfg, slot, captioner)

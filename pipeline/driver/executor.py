@@ -21,7 +21,7 @@ from pipeline.config import Config
 from pipeline.data.layout import QUARANTINE_FILE, read_stats, stats_path
 from pipeline.data.storage import Location
 from pipeline.driver import policy as P
-from pipeline.driver.actors import new_sampler, remote_captioner
+from pipeline.driver.actors import STATUS, new_sampler, remote_captioner
 from pipeline.driver.localray import RayContext
 from pipeline.driver.progress import Progress
 from pipeline.records import ShardSpec, ShardStats
@@ -55,13 +55,18 @@ class Executor:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        import ray
-
         for i in range(self.cfg.ray.num_workers):
             slot = P.Slot(f"sampler-{i}", down_since=time.monotonic())
             slot.handle = self._new_actor(slot.name, i)
             self.slots.append(slot)
             self._probe(slot)
+        with self.progress.showing():
+            self._loop()
+            self.emit("progress", **self.progress.report(self.book, self.slots))  # the final figures
+
+    def _loop(self) -> None:
+        import ray
+
         while self.book.open(self.slots):
             now = time.monotonic()
             self._due_probes(now)
@@ -82,9 +87,12 @@ class Executor:
                 kind, obj = self.waiting.pop(ref)
                 if kind == "probe":
                     self._on_probe(obj, ref)
+                elif kind == "live":
+                    self._on_live(obj, ref)
                 else:
                     self._on_task(obj, ref)
             if self.progress.due():
+                self._poll_live()
                 self.emit("progress", **self.progress.report(self.book, self.slots))
 
     def stop(self) -> None:
@@ -105,6 +113,24 @@ class Executor:
     def _probe(self, slot: P.Slot) -> None:
         """describe() answers once the actor (re)started and loaded its models."""
         self.waiting[slot.handle.describe.remote()] = ("probe", slot)
+
+    def _poll_live(self) -> None:
+        """Ask each busy actor how far its shard is (answered beside the shard: the status group);
+        the answer counts at the next report."""
+        polling = {obj.name for kind, obj in self.waiting.values() if kind == "live"}
+        for slot in self.slots:
+            if slot.ready and not slot.dead and slot.live and slot.name not in polling:
+                self.waiting[slot.handle.progress.options(concurrency_group=STATUS).remote()] = ("live", slot)
+
+    def _on_live(self, slot: P.Slot, ref: Any) -> None:
+        import ray
+
+        try:
+            now = ray.get(ref)
+        except Exception:  # noqa: BLE001 - the actor died or restarted: its task's result says so
+            return
+        if now and any(t.spec.shard_id == now["shard"] for t in slot.live):
+            self.progress.update(slot.name, now["shard"], now["rows"], now["samples"])
 
     def _due_probes(self, now: float) -> None:
         due = [s for t, s in self.delayed if t <= now]
@@ -241,7 +267,7 @@ class Executor:
         slot.rows += stats.rows
         slot.samples += stats.samples
         slot.busy_s += stats.wall_s
-        self.progress.add(stats)
+        self.progress.add(stats, slot.name)
         log.debug("shard %06d committed by %s: %d samples, %d rejected, %d failed", sid, slot.name,
                   stats.samples, stats.rejected, stats.failed)
         self.emit("committed", shard=sid, slot=slot.name, stats=stats, info=slot.info)
@@ -271,6 +297,7 @@ class Executor:
         self._done(task, stats, info)
 
     def _failed(self, task: P.Task, err: str, kind: str = "exception") -> None:
+        self.progress.stopped(task.slot.name, task.spec.shard_id)
         stats = self._committed_stats(task.spec.shard_id)
         if stats is not None:  # e.g. it lost a commit race to an earlier attempt: committed is done
             self._done(task, stats, None)
@@ -284,6 +311,7 @@ class Executor:
             self._quarantined(st, f"{st.failures} failed attempts")
 
     def _lost(self, task: P.Task, e: Exception) -> None:
+        self.progress.stopped(task.slot.name, task.spec.shard_id)
         stats = self._committed_stats(task.spec.shard_id)
         if stats is not None:  # committed before the actor died
             self._done(task, stats, None)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, ConfigError
+from pipeline.logs import debug
 from pipeline.sampling.methods import needs_captioner
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def connect_ray(cfg: Config) -> RayContext:
     else:
         addr = cfg.ray.address
         if addr != "local" and (os.environ.get("RAY_ADDRESS") or addr):
-            ray.init(address=None if os.environ.get("RAY_ADDRESS") else addr, runtime_env=job_env)
+            ray.init(address=None if os.environ.get("RAY_ADDRESS") else addr, runtime_env=job_env, **_quiet())
             mode = "cluster"
         elif addr is None and _join_local_cluster(job_env):  # a `ray start --head` on this machine
             mode = "cluster"
@@ -63,7 +64,7 @@ def start_private(num_cpus: int | None = None, runtime_env: dict | None = None) 
     import ray
 
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-             num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env)
+             num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env, **_quiet())
 
 
 def _join_local_cluster(job_env: dict | None) -> bool:
@@ -79,10 +80,15 @@ def _join_local_cluster(job_env: dict | None) -> bool:
     except ImportError:
         pass
     try:
-        ray.init(address="auto", runtime_env=job_env)
+        ray.init(address="auto", runtime_env=job_env, **_quiet())
         return True
     except ConnectionError:
         return False
+
+
+def _quiet() -> dict[str, int]:
+    """Ray's own INFO lines ("Started a local Ray instance", package uploads) only at DEBUG."""
+    return {"logging_level": logging.DEBUG if debug() else logging.WARNING}
 
 
 def _resources(r: dict[str, float]) -> dict[str, float]:

@@ -6,10 +6,11 @@ output with another fingerprint or plan is refused (exit 2, the differing keys a
 `output.new_run=true`, which moves the old run to `run/previous-<fingerprint>/` and starts over;
 with a matching fingerprint new_run changes nothing (the shards would come out identical). Keys that
 do not change the dataset are left out of the fingerprint (FINGERPRINT_EXCLUDE): where the output
-goes, credentials and endpoints, Ray resources and timeouts, logging, and execution choices that
-change images by float rounding at most: batch sizes, VAE slices, device, attention kernel, compile,
-channels_last. Samples are seeded per sample, never per batch or worker, so a resume may use another
-batch size or worker count. Committed shards are skipped; a finished output is not sampled again.
+goes and its card's license and tags, credentials and endpoints, Ray resources and timeouts, logging,
+and execution choices that change images by float rounding at most: batch sizes, VAE slices, device,
+attention kernel, compile, channels_last. Samples are seeded per sample, never per batch or worker,
+so a resume may use another batch size or worker count. Committed shards are skipped; a finished
+output is not sampled again.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_VERSION = 2
 # Dotted keys (or whole sections) that do not change what the dataset contains; see the docstring.
 FINGERPRINT_EXCLUDE = (
-    "ray", "logging", "output.path", "output.new_run", "output.s3", "input.s3",
+    "ray", "logging", "output.path", "output.new_run", "output.s3", "input.s3", "output.license", "output.tags",
     "model.device", "model.cache_dir", "model.compile", "model.channels_last", "model.attention",
     "model.vae_slice",
     "sampler.batch_size", "sampler.min_batch_size",

@@ -1,15 +1,25 @@
-"""Progress of a run: rows and samples done, samples/s overall and per actor, ETA; one log line per
-`logging.progress_interval_s`."""
+"""Progress of a run, shown as it goes: rows done of the total (each a sample or a recorded
+rejection), samples/s overall and per sampler actor, failed attempts, quarantined shards, ETA.
+
+On a terminal it is one live tqdm bar, redrawn every second (log lines print above it). Anywhere else
+(`ray job submit` logs, a file, CI) it is one plain log line every `logging.progress_interval_s`:
+no carriage returns or escape codes. Rows of running shards count as they are written (each sampler
+actor reports how far its shard is), so a long shard moves the figures before it commits.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from pipeline.records import ShardStats
 
 log = logging.getLogger(__name__)
+TTY_REFRESH_S = 1.0
 
 
 def fmt_eta(s: float | None) -> str:
@@ -20,21 +30,59 @@ def fmt_eta(s: float | None) -> str:
 
 
 class Progress:
-    """Counts what this run committed; rates are measured from the first actor ready."""
+    """Counts what this run committed plus what running shards wrote; rates count from the first
+    actor ready."""
 
-    def __init__(self, total_rows: int, rows_before: int, interval_s: float):
-        self.total_rows, self.rows_before, self.interval_s = total_rows, rows_before, interval_s
+    def __init__(self, total_rows: int, rows_before: int, interval_s: float, stream: TextIO | None = None):
+        self.total_rows, self.rows_before = total_rows, rows_before
         self.rows_done = self.samples_done = 0
+        self.running: dict[str, tuple[int, int, int]] = {}  # slot -> (shard, rows, samples) written so far
         self.first_ready: float | None = None
-        self.next_at = time.monotonic() + interval_s
+        stream = stream or sys.stdout
+        self.bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            # Our own ETA and rates (from committed and running shards) in the postfix, not tqdm's.
+            self.bar = tqdm(total=total_rows, initial=rows_before, file=stream, dynamic_ncols=True, mininterval=0,
+                            bar_format="{percentage:3.0f}%|{bar}| {n}/{total} rows [{elapsed}{postfix}]",
+                            postfix="starting the sampler actors")
+        self.interval_s = TTY_REFRESH_S if self.bar is not None else interval_s
+        self.next_at = time.monotonic() + self.interval_s
+
+    @contextlib.contextmanager
+    def showing(self) -> Iterator[None]:
+        """While the run goes: on a terminal, log lines print above the bar; the bar closes after."""
+        if self.bar is None:
+            yield
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        try:
+            with logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=type(self.bar)):
+                yield
+        finally:
+            self.bar.close()
 
     def started(self) -> None:
         """An actor is ready: sampling may begin (the rates count from the first one)."""
         self.first_ready = self.first_ready or time.monotonic()
 
-    def add(self, stats: ShardStats) -> None:
+    def update(self, slot: str, shard: int, rows: int, samples: int) -> None:
+        """What the shard running on `slot` has written so far (its actor's answer to a poll)."""
+        self.running[slot] = (shard, rows, samples)
+
+    def add(self, stats: ShardStats, slot: str | None = None) -> None:
+        """A shard committed: its rows move from running to done."""
         self.rows_done += stats.rows
         self.samples_done += stats.samples
+        if slot is not None and self.running.get(slot, (None,))[0] == stats.shard_id:
+            del self.running[slot]
+
+    def stopped(self, slot: str, shard: int) -> None:
+        """The shard failed on `slot` or its actor died: what it wrote does not count."""
+        if self.running.get(slot, (None,))[0] == shard:
+            del self.running[slot]
 
     @property
     def sampling_s(self) -> float:
@@ -43,22 +91,43 @@ class Progress:
     def due(self) -> bool:
         return time.monotonic() >= self.next_at
 
-    def report(self, book: Any, slots: list) -> dict[str, Any]:
-        """Log one progress line and return its figures (book: policy.ShardBook, slots: policy.Slot)."""
+    def figures(self, book: Any, slots: list) -> dict[str, Any]:
+        """The numbers shown (book: policy.ShardBook, slots: policy.Slot)."""
         now = time.monotonic()
-        self.next_at = now + self.interval_s
         elapsed = max(now - (self.first_ready or now), 1e-9)
-        rate_rows = self.rows_done / elapsed
-        remaining = self.total_rows - self.rows_before - self.rows_done - sum(
+        live_rows = sum(r for _, r, _ in self.running.values())
+        live_samples = sum(s for _, _, s in self.running.values())
+        rows = self.rows_done + live_rows
+        samples = self.samples_done + live_samples
+        remaining = self.total_rows - self.rows_before - rows - sum(
             st.spec.num_rows for st in book.quarantined.values())
-        eta = remaining / rate_rows if rate_rows > 0 else None
-        per = {s.name: s.samples / max(now - s.ready_at, 1e-9) if s.ready_at else 0.0 for s in slots}
-        ready = sum(s.ready for s in slots)
-        done = self.rows_before + self.rows_done
-        pct = 100.0 * done / self.total_rows if self.total_rows else 100.0
-        log.info("progress: rows %d/%d (%.1f%%), shards %d done %d queued %d running, %.3f samples/s, "
-                 "ETA %s | actors ready %d/%d | %s", done, self.total_rows, pct, len(book.done),
-                 len(book.pending), sum(len(s.inflight) for s in slots), self.samples_done / elapsed,
-                 fmt_eta(eta), ready, len(slots), ", ".join(f"{k} {v:.3f}/s" for k, v in per.items()))
-        return {"rows_done": done, "rows_total": self.total_rows, "eta_s": eta, "per_worker": per,
-                "samples_per_s": self.samples_done / elapsed, "actors_ready": ready}
+        rate_rows = rows / elapsed
+        per = {}
+        for s in slots:
+            live = self.running.get(s.name, (0, 0, 0))[2]
+            per[s.name] = (s.samples + live) / max(now - s.ready_at, 1e-9) if s.ready_at else 0.0
+        return {"rows_done": self.rows_before + rows, "rows_total": self.total_rows, "samples": samples,
+                "samples_per_s": samples / elapsed, "eta_s": remaining / rate_rows if rate_rows > 0 else None,
+                "per_worker": per, "actors_ready": sum(s.ready for s in slots), "actors": len(slots),
+                "failed_attempts": book.failed_attempts, "quarantined": len(book.quarantined),
+                "shards_done": len(book.done), "shards_running": sum(len(s.inflight) for s in slots),
+                "shards_queued": len(book.pending)}
+
+    def report(self, book: Any, slots: list) -> dict[str, Any]:
+        """Show the figures (bar or log line) and return them."""
+        self.next_at = time.monotonic() + self.interval_s
+        f = self.figures(book, slots)
+        rates = " ".join(f"{k} {v:.2f}/s" for k, v in f["per_worker"].items())
+        tail = (f"{f['samples']} samples, {f['samples_per_s']:.3f} samples/s [{rates}], "
+                f"failed attempts {f['failed_attempts']}, quarantined {f['quarantined']}")
+        if self.bar is not None:
+            self.bar.n = f["rows_done"]
+            self.bar.set_postfix_str(f"ETA {fmt_eta(f['eta_s'])}, {tail}, actors {f['actors_ready']}/{f['actors']}",
+                                     refresh=False)
+            self.bar.refresh()
+        else:
+            pct = 100.0 * f["rows_done"] / self.total_rows if self.total_rows else 100.0
+            log.info("progress: rows %d/%d (%.1f%%), %s, ETA %s | shards %d done %d running %d queued | "
+                     "actors ready %d/%d", f["rows_done"], self.total_rows, pct, tail, fmt_eta(f["eta_s"]),
+                     f["shards_done"], f["shards_running"], f["shards_queued"], f["actors_ready"], f["actors"])
+        return f

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.data.layout import QUARANTINE_FILE
+from pipeline.data.layout import CONTACT_SHEET, QUARANTINE_FILE, SHARDS, tar_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -83,4 +83,25 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("card"):
         lines.append(f"  card: {s['card']}")
     lines.append(f"output: {s['output']}")
-    return "\n".join(lines)
+    return "\n".join(lines + look_at_it(s))
+
+
+def look_at_it(s: dict[str, Any]) -> list[str]:
+    """Where to look after a run: the card, the contact sheet, the first shard, and (for a local
+    output) one line that opens the data in Python."""
+    bad = set(s["quarantined_shards"]) | set(s["missing_shards"])
+    committed = [i for i in range(s["planned_shards"]) if i not in bad]
+    if not s["samples"] or not committed:
+        return []
+    root = s["output"].rstrip("/")
+    lines = ["look at it:"]
+    if s.get("card"):
+        lines += [f"  card           {s['card']}", f"  contact sheet  {root}/{CONTACT_SHEET}"]
+    lines.append(f"  first shard    {root}/{tar_path(committed[0])}")
+    if "://" not in root:
+        last = committed[-1]
+        shards = f"{root}/{SHARDS}/{{{committed[0]:06d}..{last:06d}}}.tar" if committed == list(
+            range(committed[0], last + 1)) else f"{root}/{tar_path(committed[0])}"
+        lines.append(f"  in Python      import webdataset as wds; ds = wds.WebDataset(\"{shards}\", shardshuffle=False)"
+                     f".decode(\"pil\").to_tuple(\"png;jpg;webp\", \"json\"); image, meta = next(iter(ds))")
+    return lines

@@ -8,13 +8,15 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import CaptionerConfig
-from pipeline.models.device import DTYPES
+from pipeline.logs import quiet_libraries
+from pipeline.models.device import DTYPES, dtype_kwargs
 
 
 class Captioner:
     """`captioner(images) -> captions`; images are PIL images or uint8 [H, W, 3] arrays."""
 
     def __init__(self, cfg: CaptionerConfig, device: torch.device | str | None = None):
+        quiet_libraries()
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         self.cfg = cfg
@@ -28,7 +30,7 @@ class Captioner:
         kw = {"revision": cfg.revision} if cfg.revision else {}
         self.processor = Blip2Processor.from_pretrained(path, **kw)
         self.model = Blip2ForConditionalGeneration.from_pretrained(
-            path, torch_dtype=dtype, use_safetensors=True, **kw).to(self.device).eval()
+            path, use_safetensors=True, **kw, **dtype_kwargs("transformers", dtype)).to(self.device).eval()
         self.dtype = dtype
         self.info = {"id": cfg.id, "revision": cfg.revision, "max_new_tokens": cfg.max_new_tokens}
 

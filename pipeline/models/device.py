@@ -16,3 +16,17 @@ def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("model.device=cuda but no CUDA device is visible; use model.device=auto or cpu")
     return torch.device(device)
+
+
+def dtype_kwargs(library: str, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype argument as the installed library spells it: `dtype` in transformers
+    >= 5 and in diffusers since it resolves both (it warns on `torch_dtype`), `torch_dtype` before."""
+    if library == "transformers":
+        import transformers
+
+        new = int(transformers.__version__.split(".")[0]) >= 5
+    else:
+        from diffusers.utils import deprecation_utils
+
+        new = hasattr(deprecation_utils, "_resolve_dtype")  # present exactly where `dtype` is accepted
+    return {"dtype" if new else "torch_dtype": dtype}

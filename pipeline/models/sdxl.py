@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.models.device import DTYPES, resolve_device
+from pipeline.logs import quiet_libraries
+from pipeline.models.device import DTYPES, dtype_kwargs, resolve_device
 from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class SDXL:
 
 def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
     """Load SDXL components as users run it: `from_pretrained(id_or_dir, safetensors only)`."""
+    quiet_libraries()  # first: importing the pipeline already warns (transformers' image processors)
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     device = device or resolve_device(cfg.device)
@@ -80,14 +82,15 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
     if device.type == "cpu" and dtype != torch.float32:
         raise ValueError(f"model.dtype={cfg.dtype} on CPU is not supported; use model.dtype=float32")
     path = resolve_model_path(cfg.id, cfg.cache_dir)
-    kw: dict[str, Any] = dict(torch_dtype=dtype, use_safetensors=True)
+    kw: dict[str, Any] = dict(use_safetensors=True, **dtype_kwargs("diffusers", dtype))
     if cfg.revision:
         kw["revision"] = cfg.revision
     if cfg.variant:
         kw["variant"] = cfg.variant
     if cfg.vae_id:  # e.g. an fp16-safe SDXL VAE: loaded instead of the model's own, never beside it
         vae_kw = {"revision": cfg.vae_revision} if cfg.vae_revision else {}
-        kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, torch_dtype=dtype, use_safetensors=True, **vae_kw)
+        kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, use_safetensors=True, **vae_kw,
+                                                  **dtype_kwargs("diffusers", dtype))
     pipe = StableDiffusionXLPipeline.from_pretrained(path, **kw)
     return from_pipeline(pipe, cfg, device)
 

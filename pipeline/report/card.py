@@ -31,6 +31,7 @@ from pipeline.data.layout import (
     CARD_README,
     CONFIG_FILE,
     CONTACT_SHEET,
+    SHARDS,
     SUMMARY_FILE,
     committed_shards,
     stats_path,
@@ -192,8 +193,28 @@ def write_card(location: Location | str, cfg: Any = None, summary: dict[str, Any
     if sheet is not None:
         location.write_bytes_atomic(CONTACT_SHEET, png_bytes(sheet))
     text = render(location, c, summary, data, figures, sheet is not None)
-    location.write_text_atomic(CARD_README, text)
+    location.write_text_atomic(CARD_README, f"---\n{card_metadata(c, data).to_yaml()}\n---\n\n{text}")
     return location.uri(CARD_README)
+
+
+SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+
+
+def card_metadata(c: dict[str, Any], data: CardData) -> Any:
+    """The card's YAML front matter (huggingface_hub's DatasetCardData), which the Hub reads for the
+    dataset page: license, task, size, tags, and the WebDataset tars as the data files (the sidecar
+    Parquet files beside them are not the dataset)."""
+    from huggingface_hub import DatasetCardData
+
+    samples = int(data.stats.get("samples") or 0)
+    size = next((label for limit, label in SIZES if samples < limit), "n>1T")
+    methods = data.methods or [get(c, "sampler", "method", default="cfg")]
+    tags = ["synthetic", "synthgen", "diffusion", "webdataset", *methods, *get(c, "output", "tags", default=[])]
+    return DatasetCardData(
+        license=get(c, "output", "license", default="other"), task_categories=["text-to-image"],
+        size_categories=[size], tags=list(dict.fromkeys(tags)),
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": f"{SHARDS}/*.tar"}]}])
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

@@ -1,103 +1,45 @@
-"""Figures drawn with PIL: histograms, the card's contact sheet, the evaluation's grids, and the
-small drawing kit they share (fonts, wrapped text, ticks)."""
+"""Figures drawn with matplotlib: the card's score histograms (`histogram`) and contact sheet
+(`contact_sheet`), and the evaluation's prompt x method grids (`draw_grid`). Each returns a PIL image;
+`png_bytes` encodes one.
+
+Why matplotlib: axes, ticks, legends, text layout and image resampling come from a library people
+know, and restyling is the usual rcParams or `matplotlib.style.context(...)` around the call (every
+rcParam but those in `RC`), not editing pixel offsets. Only the object-oriented API is used (a `Figure`
+drawn on its own Agg canvas): no pyplot, so no figure registry to leak into, no GUI backend and no
+backend switch.
+
+Deterministic output: pixel sizes are fixed (at DPI = 72 a point is a pixel, so font sizes and the
+layout share one unit, and w / 72 * 72 never truncates to w - 1 in Agg); `RC` pins the font to
+matplotlib's bundled DejaVu Sans and turns off TeX and mathtext (a prompt with two "$" would be
+typeset); the PNG is written by PIL, which adds no software, version or date chunks.
+"""
 
 from __future__ import annotations
 
 import io
 import math
-from functools import lru_cache
+import textwrap
+import warnings
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+import matplotlib as mpl
+import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Annotation
+from PIL import Image
 
-# One colour per method (the Tableau 10 palette), in order of first appearance.
+# One colour per method (matplotlib's tab10 cycle), in order of first appearance.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
-INK, GREY, LIGHT = (20, 20, 20), (110, 110, 110), (225, 225, 225)
-
-
-@lru_cache(maxsize=16)
-def font(size: int = 14, bold: bool = False) -> Any:
-    for name in (("DejaVuSans-Bold.ttf",) if bold else ()) + ("DejaVuSans.ttf",):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            pass
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def text_width(f: Any, text: str) -> float:
-    return f.getlength(text)
-
-
-def line_height(f: Any) -> int:
-    top, bottom = f.getbbox("Ayg|")[1::2]
-    return int(bottom - top) + 4
-
-
-def wrap(text: str, f: Any, width: int, max_lines: int = 3) -> list[str]:
-    """Greedy word wrap to `width` pixels; words longer than a line are cut; '…' when cut short."""
-    words = " ".join(str(text).split()).split(" ") if str(text).strip() else [""]
-    lines: list[str] = []
-    cur = ""
-    for w in words:
-        while text_width(f, w) > width and len(w) > 1:  # a single over-long word: hard split
-            cut = len(w)
-            while cut > 1 and text_width(f, w[:cut]) > width:
-                cut -= 1
-            if cur:
-                lines.append(cur)
-                cur = ""
-            lines.append(w[:cut])
-            w = w[cut:]
-        trial = f"{cur} {w}" if cur else w
-        if text_width(f, trial) <= width:
-            cur = trial
-        else:
-            lines.append(cur)
-            cur = w
-    lines.append(cur)
-    if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and text_width(f, last + "…") > width:
-            last = last[:-1]
-        lines = lines[:max_lines - 1] + [last.rstrip() + "…"]
-    return lines
-
-
-def pack(items: list[str], f: Any, width: int, sep: str = "   ") -> list[str]:
-    """Items (e.g. "clip 21.3") joined into lines of at most `width` pixels, never splitting an item."""
-    lines: list[str] = []
-    for item in items:
-        if lines and text_width(f, lines[-1] + sep + item) <= width:
-            lines[-1] += sep + item
-        else:
-            lines.append(item)
-    return lines
-
-
-def draw_lines(d: ImageDraw.ImageDraw, xy: tuple[float, float], lines: list[str], f: Any,
-               fill: Any = INK, center_width: int | None = None) -> float:
-    """Draw lines from the top-left `xy` (centred in `center_width` if given); returns the bottom y."""
-    x, y = xy
-    lh = line_height(f)
-    for line in lines:
-        dx = (center_width - text_width(f, line)) / 2 if center_width else 0
-        d.text((x + dx, y), line, fill=fill, font=f)
-        y += lh
-    return y
-
-
-def fit(img: Image.Image, size: int) -> Image.Image:
-    """Scale to fit a size x size square: crisp pixels when enlarging a small image 2x or more."""
-    img = img.convert("RGB")
-    scale = size / max(img.width, img.height)
-    new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    resample = Image.NEAREST if scale >= 2 else (Image.BICUBIC if scale > 1 else Image.LANCZOS)
-    return img.resize(new, resample)
+GREY, LIGHT, RED, GREEN = "#6e6e6e", "#e1e1e1", "#c80000", "#008200"
+DPI = 72  # see the module docstring
+# Applied around each drawing (mpl.rc_context restores the caller's rcParams afterwards); every
+# other rcParam follows the caller's style.
+RC = {"font.family": "DejaVu Sans", "font.size": 13, "text.usetex": False, "text.parse_math": False}
+NBSP = "\u00a0"  # textwrap breaks only at ASCII whitespace: "clip 0.31" with a NBSP stays on one line
 
 
 def decode(data: bytes) -> Image.Image:
@@ -111,205 +53,168 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def rgba(hex_colour: str, alpha: int = 255) -> tuple[int, int, int, int]:
-    h = hex_colour.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), alpha
+def _figure(width: int, height: int) -> Figure:
+    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
 
-def nice_ticks(lo: float, hi: float, target: int = 6) -> tuple[list[float], int]:
-    """Round tick values covering [lo, hi] (steps 1, 2, 2.5, 5 x 10^k) and the decimals to print."""
-    span = hi - lo if hi > lo else (abs(lo) or 1.0)
-    raw = span / max(1, target)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(s * mag for s in (1, 2, 2.5, 5, 10) if s * mag >= raw * (1 - 1e-9))
-    start = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    t = start
-    while t <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(t) < step * 1e-9 else t)
-        t = start + len(ticks) * step
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / mag, 6) == 2.5 else 0)
-    return ticks, decimals
+def _image(fig: Figure) -> Image.Image:
+    canvas = FigureCanvasAgg(fig)
+    with warnings.catch_warnings():  # a prompt's emoji or CJK glyph that DejaVu lacks is drawn as a box
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-def vertical_text(text: str, f: Any, fill: Any = INK) -> Image.Image:
-    """`text` rotated 90° counter-clockwise on a transparent background (for a y-axis label)."""
-    w, h = int(text_width(f, text)) + 4, line_height(f) + 2
-    im = Image.new("RGBA", (w, h), (255, 255, 255, 0))
-    ImageDraw.Draw(im).text((2, 0), text, fill=fill, font=f)
-    return im.rotate(90, expand=True)
+def _wrap(text: Any, width_px: float, size: float, max_lines: int, **kw: Any) -> str:
+    """`text` wrapped to about `width_px` at font `size` (DejaVu Sans averages ~0.5 em a character;
+    0.55 leaves room for wider words); ' …' when cut short."""
+    chars = max(8, int(width_px / (0.55 * size)))
+    return "\n".join(textwrap.wrap(str(text or ""), chars, max_lines=max_lines, placeholder=" …", **kw))
+
+
+def _items(parts: list[str], width_px: float, max_lines: int) -> str:
+    """Items such as "clip 0.31" (at 12 px) joined into lines, never splitting one."""
+    return _wrap("   ".join(p.replace(" ", NBSP) for p in parts), width_px, 12, max_lines, break_long_words=False)
+
+
+def _under(ax: Axes, anchor: Artist, text: str, at: tuple[float, float] = (0, 0), dx: float = 0, gap: float = 4,
+           **kw: Any) -> Annotation:
+    """`text` hung by its top-left corner `gap` pixels under point `at` of `anchor` (an axes or another
+    text, as a fraction of its box): a caption of any number of lines pushes the next one down."""
+    return ax.annotate(text, at, xycoords=anchor, xytext=(dx, -gap), textcoords="offset pixels", va="top", **kw)
+
+
+def _mosaic(nrows: int, ncols: int, tile: int, left: int, top: int, gap_x: int, gap_y: int, right: int,
+            bottom: int) -> tuple[Figure, np.ndarray]:
+    """A figure of nrows x ncols axes of exactly tile x tile pixels, with the margins and gaps (pixels)
+    that hold the text around them."""
+    w = left + ncols * tile + (ncols - 1) * gap_x + right
+    h = top + nrows * tile + (nrows - 1) * gap_y + bottom
+    fig = _figure(w, h)
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=dict(
+        left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=gap_x / tile,
+        hspace=gap_y / tile))
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.set_visible(False)  # until a tile is drawn in it
+    return fig, axes
+
+
+def _tile(ax: Axes, img: Image.Image | None, frame: str, error: str = "", tile: int = 0) -> None:
+    """The image (or `error` in red) in a frame of the method's colour, resized to `tile` pixels by
+    PIL first: nearest-neighbour when enlarging (tiny previews keep their pixels), Lanczos when
+    shrinking; then drawn one image pixel per figure pixel."""
+    ax.set_visible(True)
+    if img is None:
+        ax.text(0.5, 0.5, error, transform=ax.transAxes, ha="center", va="center", color=RED)
+        frame = RED
+    else:
+        if tile and img.size != (tile, tile):  # fit, keeping the aspect ratio, centred on white
+            scale = tile / max(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+            fitted = img.convert("RGB").resize(size, resample)
+            img = Image.new("RGB", (tile, tile), "white")
+            img.paste(fitted, ((tile - size[0]) // 2, (tile - size[1]) // 2))
+        ax.imshow(np.asarray(img.convert("RGB")), interpolation="none")
+    ax.spines[:].set(color=frame, linewidth=3)
 
 
 def histogram(series: dict[str, list[float]], title: str, xlabel: str, colours: dict[str, str],
               width_px: int = 820, plot_h: int = 330) -> Image.Image:
-    """Overlaid histograms (shared bins) of several series, one colour each; axes, mean lines and a
-    legend (above the plot, so it never hides a bar)."""
-    f_title, f, f_small = font(18, bold=True), font(14), font(12)
-    left, right, bottom = 78, 24, 64
-    values = [v for vs in series.values() for v in vs]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    xticks, dec = nice_ticks(lo, hi, 7)
-    # legend entries laid out left to right under the title, wrapping
-    entries = [(name, f"{name}  n={len(vs)}" + (f", mean {sum(vs) / len(vs):.{dec + 2}f}" if vs else ""))
-               for name, vs in series.items()]
-    lh = line_height(f) + 6
-    places, lx, ly = [], left, 0
-    for name, e in entries:
-        w = int(text_width(f, e)) + 40
-        if lx + w > width_px - right and lx > left:
-            lx, ly = left, ly + lh
-        places.append((name, e, lx, ly))
-        lx += w + 12
-    top = 46 + (ly + lh if entries else 0) + 8
-    W, H = width_px, top + plot_h + bottom
-    img = Image.new("RGBA", (W, H), (255, 255, 255, 255))
-    d = ImageDraw.Draw(img)
-    d.text((left, 12), title, fill=INK, font=f_title)
-    for name, e, x, y in places:
-        yy = 44 + y
-        d.rectangle((x, yy + 3, x + 24, yy + lh - 7), fill=rgba(colours[name], 140), outline=rgba(colours[name]))
-        d.text((x + 32, yy), e, fill=INK, font=f)
-    x0, x1, y0, y1 = left, W - right, top, top + plot_h  # plot box
-    if not values:
-        d.rectangle((x0, y0, x1, y1), outline=GREY)
-        d.text((x0 + 20, (y0 + y1) / 2), "no scores recorded", fill=GREY, font=f)
-        return img.convert("RGB")
-    n_max = max(len(v) for v in series.values())
-    bins = int(min(40, max(8, round(2 * n_max ** (1 / 3)))))
-    width = (hi - lo) / bins
-    counts = {}
-    for name, vs in series.items():
-        c = [0] * bins
-        for v in vs:
-            c[min(bins - 1, max(0, int((v - lo) / width)))] += 1
-        counts[name] = c
-    cmax = max(max(c) for c in counts.values()) or 1
-    yticks, _ = nice_ticks(0, cmax, 5)
-    ytop = max(cmax, yticks[-1])
-
-    def px(v: float) -> float:
-        return x0 + (v - lo) / (hi - lo) * (x1 - x0)
-
-    def py(c: float) -> float:
-        return y1 - c / ytop * (y1 - y0)
-
-    for t in yticks:  # grid + y ticks
-        y = py(t)
-        d.line((x0, y, x1, y), fill=LIGHT)
-        label = f"{t:g}"
-        d.text((x0 - 8 - text_width(f_small, label), y - 8), label, fill=INK, font=f_small)
-    for t in xticks:
-        x = px(t)
-        d.line((x, y1, x, y1 + 5), fill=INK)
-        label = f"{t:.{dec}f}"
-        d.text((x - text_width(f_small, label) / 2, y1 + 8), label, fill=INK, font=f_small)
-    for name, c in counts.items():  # translucent bars, then a solid outline per series
-        layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
-        ld = ImageDraw.Draw(layer)
-        for i, n in enumerate(c):
-            if n:
-                ld.rectangle((px(lo + i * width), py(n), px(lo + (i + 1) * width), y1),
-                             fill=rgba(colours[name], 90), outline=rgba(colours[name], 255))
-        img = Image.alpha_composite(img, layer)
-    d = ImageDraw.Draw(img)
-    for name, vs in series.items():  # dashed line at each series' mean
-        if vs:
-            x = px(sum(vs) / len(vs))
-            for yy in range(int(y0), int(y1), 10):
-                d.line((x, yy, x, min(yy + 5, y1)), fill=rgba(colours[name]), width=2)
-    d.line((x0, y0, x0, y1), fill=INK)
-    d.line((x0, y1, x1, y1), fill=INK)
-    d.text(((x0 + x1 - text_width(f, xlabel)) / 2, H - 30), xlabel + "   (dashed: mean)", fill=INK, font=f)
-    ylab = vertical_text("images per bin", f)
-    img.alpha_composite(ylab, (8, int((y0 + y1 - ylab.height) / 2)))
-    return img.convert("RGB")
-
-
+    """Overlaid histograms (shared bins) of several series, one colour each, a dashed line at each
+    mean, and a legend with each series' n and mean above the plot (so it never hides a bar)."""
+    with mpl.rc_context(RC):
+        ncols = min(3, len(series)) or 1
+        fig = _figure(width_px, plot_h + 130 + 22 * math.ceil(len(series) / ncols))  # 22 px a legend row
+        fig.set_layout_engine("constrained")  # room for title, legend and labels; the figure size stays
+        fig.suptitle(title, fontsize=17, fontweight="bold")
+        ax = fig.add_subplot()
+        values = [v for vs in series.values() for v in vs]
+        n_max = max((len(vs) for vs in series.values()), default=0)
+        edges = np.histogram_bin_edges(values or [0, 1], bins=int(min(40, max(8, round(2 * n_max ** (1 / 3))))))
+        for name, vs in series.items():
+            c = colours[name]
+            label = f"{name}  n={len(vs)}" + (f", mean {np.mean(vs):.4g}" if vs else "")
+            ax.hist(vs, edges, histtype="stepfilled", facecolor=(c, 0.25), edgecolor=c, linewidth=2, label=label)
+            if vs:
+                ax.axvline(np.mean(vs), color=c, linestyle="--", linewidth=2)
+        ax.set(xlabel=f"{xlabel}   (dashed: mean)", ylabel="images per bin")
+        ax.yaxis.get_major_locator().set_params(integer=True)  # counts
+        if not values:
+            ax.text(0.5, 0.5, "no scores recorded", transform=ax.transAxes, ha="center", va="center", color=GREY)
+            ax.set(xticks=[], yticks=[], ylim=(0, 1))
+        if series:  # above the plot, inside the layout (constrained layout counts an axes' legend)
+            ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=ncols, frameon=False, borderaxespad=0)
+        ax.grid(axis="y", color=LIGHT)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+        return _image(fig)
 
 
 def contact_sheet(data: Any, colours: dict[str, str], tile: int = 200, title: str = "") -> Image.Image | None:
-    """Rows = methods, columns = the first samples of each; prompt (wrapped) and scores under each."""
+    """Rows = methods (name, images, UNet evals per image), columns = the first samples of each, framed
+    in the method's colour, with a chosen/rejected badge in a preference group; prompt (wrapped) and
+    scores under each."""
     rows = [m for m in data.methods if data.tiles.get(m)]
     if not rows:
         return None
-    f_title, f_head, f, f_small = font(20, bold=True), font(16, bold=True), font(13), font(12)
-    cols = max(len(data.tiles[m]) for m in rows)
-    pad, label_w = 12, 130
-    caption_h = 3 * line_height(f) + 2 * line_height(f_small) + 8
-    scorers = data.scorers
-    cell_w, cell_h = tile + pad, tile + caption_h + pad
-    W = pad + label_w + cols * cell_w + pad
-    title_lines = wrap(title, f_title, W - 2 * pad, max_lines=3)  # long output paths wrap, not clip
-    title_h = 20 + len(title_lines) * line_height(f_title)
-    H = title_h + len(rows) * cell_h + pad
-    sheet = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(sheet)
-    draw_lines(d, (pad, 12), title_lines, f_title, fill=INK)
-    for r, m in enumerate(rows):
-        y = title_h + r * cell_h
-        d.rectangle((pad, y, pad + 6, y + tile), fill=colours.get(m, INK))
-        d.text((pad + 14, y + 4), m, fill=INK, font=f_head)
-        d.text((pad + 14, y + 28), f"{data.images[m]} images", fill=GREY, font=f_small)
-        if data.images[m]:
-            d.text((pad + 14, y + 46), f"{data.evals[m] / data.images[m]:.0f} UNet evals", fill=GREY, font=f_small)
-        for j, t in enumerate(data.tiles[m]):
-            x = pad + label_w + j * cell_w
-            d.rectangle((x - 1, y - 1, x + tile, y + tile), outline=LIGHT)
-            try:
-                im = fit(decode(t.image), tile)
-                sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
-            except Exception as e:  # an unreadable image is shown as such, not hidden
-                d.text((x + 8, y + tile / 2), f"unreadable: {type(e).__name__}", fill=(200, 0, 0), font=f_small)
-            if t.note:
-                colour = (0, 130, 0) if t.note == "chosen" else (190, 0, 0)
-                w = text_width(f_small, t.note) + 10
-                d.rectangle((x + 4, y + 4, x + 4 + w, y + 22), fill=colour)
-                d.text((x + 9, y + 6), t.note, fill="white", font=f_small)
-            yy = draw_lines(d, (x, y + tile + 4), wrap(t.prompt, f, tile, 3), f)
-            items = [f"{k} {t.scores[k]:.2f}" if isinstance(t.scores[k], (int, float)) else f"{k} n/a"
-                     for k in scorers if k in t.scores]
-            draw_lines(d, (x, yy), pack(items, f_small, tile)[:2], f_small, fill=GREY)
-    return sheet
+    with mpl.rc_context(RC):
+        cols = max(len(data.tiles[m]) for m in rows)
+        pad, label_w, caption_h = 12, 140, 86  # caption: 3 prompt lines at 13 px, 2 score lines at 12 px
+        heading = _wrap(title, label_w + cols * (tile + pad) - pad, 17, 3)  # long output paths wrap
+        fig, axes = _mosaic(len(rows), cols, tile, left=pad + label_w, top=24 + 21 * len(heading.splitlines()),
+                            gap_x=pad, gap_y=caption_h + pad, right=pad, bottom=caption_h + pad)
+        fig.text(pad / fig.bbox.width, 1 - 10 / fig.bbox.height, heading, va="top", fontsize=17, fontweight="bold")
+        for r, m in enumerate(rows):
+            for ax, t in zip(axes[r], data.tiles[m]):
+                try:
+                    img, error = decode(t.image), ""
+                except Exception as e:  # an unreadable image is shown as such, not hidden
+                    img, error = None, f"unreadable\n{type(e).__name__}"
+                _tile(ax, img, colours.get(m, GREY), error, tile)
+                if t.note:
+                    ax.text(0.03, 0.97, t.note, transform=ax.transAxes, va="top", color="white", fontsize=12,
+                            bbox=dict(facecolor=GREEN if t.note == "chosen" else RED, edgecolor="none", pad=2))
+                prompt = _under(ax, ax, _wrap(t.prompt, tile, 13, 3))
+                scores = [f"{k} {v:.2f}" if isinstance(v, (int, float)) else f"{k} n/a"
+                          for k, v in ((k, t.scores[k]) for k in data.scorers if k in t.scores)]
+                _under(ax, prompt, _items(scores, tile, 2), gap=2, color=GREY, fontsize=12)
+            ax = axes[r, 0]
+            name = _under(ax, ax, m, at=(0, 1), dx=-label_w, gap=0, fontsize=16, fontweight="bold")
+            n = data.images[m]
+            _under(ax, name, f"{n} images" + (f"\n{data.evals[m] / n:.0f} UNet evals" if n else ""),
+                   color=GREY, fontsize=12)
+        return _image(fig)
 
 
 def draw_grid(prompts: list[Any], methods: list[str], images: dict, rows: list[dict[str, Any]],
-              scorers: list[str], tile: int = 256) -> Any:
-    """Rows = prompts (id + wrapped text on the left), columns = methods; scores under each image."""
-    f_head, f, f_small = font(16, bold=True), font(13), font(12)
-    pad, text_w, head_h = 10, 230, 64
-    score_lines = max(1, len(pack([f"{s} -00.000" for s in scorers], f_small, tile)))
-    score_h = line_height(f_small) * score_lines + 6
-    cell_w, cell_h = tile + pad, tile + score_h + pad
-    W = pad + text_w + len(methods) * cell_w + pad
-    H = head_h + len(prompts) * cell_h + pad
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    by = {(r["prompt_id"], r["method"]): r for r in rows}
-    for j, m in enumerate(methods):
-        x = pad + text_w + j * cell_w
-        d.rectangle((x, 8, x + tile, 13), fill=PALETTE[j % len(PALETTE)])
-        d.text((x, 16), m, fill=INK, font=f_head)
-        ev = sorted({r["unet_evals"] for r in rows if r["method"] == m})
-        if ev:
-            draw_lines(d, (x, 36), wrap(f"{'/'.join(map(str, ev))} UNet evals", f_small, tile, 1), f_small, fill=GREY)
-    for i, p in enumerate(prompts):
-        y = head_h + i * cell_h
-        d.line((pad, y - pad / 2, W - pad, y - pad / 2), fill=LIGHT)
-        yy = draw_lines(d, (pad, y), [f"#{p.prompt_id}"], f_small, fill=GREY)
-        draw_lines(d, (pad, yy), wrap(p.prompt, f, text_w - 14, max(1, (tile + score_h) // line_height(f) - 1)), f)
+              scorers: list[str], tile: int = 256) -> Image.Image:
+    """Rows = prompts (id and wrapped text on the left), columns = methods (name, UNet evals per image,
+    framed in the method's colour); scores under each image ("failed" where there is none)."""
+    with mpl.rc_context(RC):
+        pad, text_w, head_h = 10, 230, 64
+        score_lines = max(1, len(_items([f"{s} -00.000" for s in scorers], tile, 99).splitlines()))
+        score_h = round(score_lines * 12 * 1.2) + 8
+        fig, axes = _mosaic(len(prompts), len(methods), tile, left=pad + text_w, top=head_h, gap_x=pad,
+                            gap_y=score_h + pad, right=pad, bottom=score_h + pad)
+        by = {(r["prompt_id"], r["method"]): r for r in rows}
+        for i, p in enumerate(prompts):
+            for j, m in enumerate(methods):
+                ax = axes[i, j]
+                _tile(ax, images.get((p.prompt_id, m)), PALETTE[j % len(PALETTE)], "failed", tile)
+                r = by.get((p.prompt_id, m), {})
+                parts = [f"{s} {r[f'score_{s}']:.3f}" if r.get(f"score_{s}") is not None else f"{s} n/a"
+                         for s in scorers]
+                _under(ax, ax, _items(parts, tile, score_lines), color=GREY, fontsize=12)
+            ax = axes[i, 0]
+            pid = _under(ax, ax, f"#{p.prompt_id}", at=(0, 1), dx=-text_w, gap=0, color=GREY, fontsize=12)
+            lines = max(1, int((tile + score_h) / (13 * 1.2)) - 1)  # as many as fit beside the row (1.2: line spacing)
+            _under(ax, pid, _wrap(p.prompt, text_w - 14, 13, lines), gap=2)
         for j, m in enumerate(methods):
-            x = pad + text_w + j * cell_w
-            im = images.get((p.prompt_id, m))
-            if im is None:
-                d.rectangle((x, y, x + tile, y + tile), outline=(200, 0, 0))
-                d.text((x + 8, y + tile / 2), "failed", fill=(200, 0, 0), font=f)
-            else:
-                im = fit(im, tile)
-                img.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
-            r = by.get((p.prompt_id, m), {})
-            parts = [f"{s} {r[f'score_{s}']:.3f}" if r.get(f"score_{s}") is not None else f"{s} n/a"
-                     for s in scorers]
-            draw_lines(d, (x, y + tile + 3), pack(parts, f_small, tile)[:score_lines], f_small, fill=GREY)
-    return img
+            ev = sorted({r["unet_evals"] for r in rows if r["method"] == m})
+            axes[0, j].set_title(m, loc="left", fontsize=16, fontweight="bold", pad=22)
+            if ev:
+                axes[0, j].annotate(f"{'/'.join(map(str, ev))} UNet evals", (0, 1), xycoords="axes fraction",
+                                    xytext=(0, 5), textcoords="offset pixels", color=GREY, fontsize=12)
+        return _image(fig)

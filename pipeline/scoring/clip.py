@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from pipeline.logs import quiet_libraries
+from pipeline.models.device import dtype_kwargs
+
 
 def image_processor_class():
     """The PIL CLIP image processor (the reference preprocessing, the same on every machine)."""
@@ -91,7 +94,7 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
                     processor_revision: str | None, device: torch.device, dtype: torch.dtype,
                     cache_dir: str | None = None) -> ClipScorerModel:
     """`CLIPModel.from_pretrained(id, revision, safetensors only)`; "tiny" ids are built first."""
-    import transformers
+    quiet_libraries()
     from transformers import CLIPModel, CLIPTokenizer
 
     from pipeline.scoring import tiny
@@ -99,9 +102,8 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
     build = {"clip": tiny.tiny_clip, "pickscore": tiny.tiny_pickscore}[name]
     model_path = str(build(cache_dir)) if model_id == "tiny" else model_id
     proc_path = str(build(cache_dir)) if processor_id == "tiny" else processor_id
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model = CLIPModel.from_pretrained(model_path, revision=revision, use_safetensors=True,
-                                      **{dtype_kw: dtype}).to(device).eval()
+                                      **dtype_kwargs("transformers", dtype)).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(proc_path, revision=processor_revision)
     image_processor = image_processor_class().from_pretrained(proc_path, revision=processor_revision)
     info = {"id": model_id, "revision": revision,
