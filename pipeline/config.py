@@ -18,6 +18,7 @@ from pipeline.sampling.methods import (
     ANSWER_SCHEDULES,
     DNP_MODES,
     METHODS,
+    needs_captioner,
     run_methods,
 )
 
@@ -189,6 +190,9 @@ class RayConfig:
 class LoggingConfig:
     level: str = "INFO"
     progress_interval_s: float = 10.0
+    # No row done and no actor ready for this long while work is open: the run says it is stalled (and
+    # again every such period), with what is running and the host's free memory. 0: never.
+    stall_warning_s: float = 900.0
 
 
 @dataclass
@@ -306,7 +310,35 @@ def validate(cfg: Config) -> Config:
     _positive("ray.shard_timeout_s", cfg.ray.shard_timeout_s, allow_zero=True)
     _choice("logging.level", cfg.logging.level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     _positive("logging.progress_interval_s", cfg.logging.progress_interval_s)
+    _positive("logging.stall_warning_s", cfg.logging.stall_warning_s, allow_zero=True)
     return cfg
+
+
+def cpu_dtype_error(key: str, dtype: str) -> str | None:
+    """Why `dtype` cannot run on CPU, or None. PyTorch's CPU kernels have no fast float16 path (an SDXL
+    VAE decode took 392 s); bfloat16 is native on CPUs with AVX512-BF16 or AMX (an SDXL CFG pair ran
+    2.4x faster than float32 at half the memory)."""
+    if dtype == "float16":
+        return (f"{key}=float16 runs on CPU here, where it is unusably slow; use {key}=bfloat16 (fast on "
+                f"CPUs with AVX512-BF16/AMX) or float32, or give the work a GPU")
+    return None
+
+
+def placement_errors(cfg: Config) -> list[str]:
+    """What a generation run would refuse only after Ray and its actors started: a device the actors
+    will not have, a dtype their device refuses. Checked before anything starts (exit 2)."""
+    errors = []
+    if cfg.model.device == "cuda" and cfg.ray.gpus_per_worker <= 0:
+        errors.append("model.device=cuda but ray.gpus_per_worker=0 (the sampler actors get no GPU); "
+                      "set ray.gpus_per_worker=1 or model.device=auto")
+    # A sampler actor without a GPU runs on CPU (model.device=auto), as does its in-process captioner.
+    sampler_cpu = cfg.model.device == "cpu" or cfg.ray.gpus_per_worker <= 0
+    if sampler_cpu and (e := cpu_dtype_error("model.dtype", cfg.model.dtype)):
+        errors.append(e)
+    captioner_cpu = cfg.captioner.gpus_per_worker <= 0 if cfg.captioner.workers else sampler_cpu
+    if needs_captioner(cfg) and captioner_cpu and (e := cpu_dtype_error("captioner.dtype", cfg.captioner.dtype)):
+        errors.append(e)
+    return errors
 
 
 def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None,

@@ -197,6 +197,13 @@ def no_ray(monkeypatch):
     (["sampler.method=magic"], "sampler.method"),
     (["bogus.key=1"], "bogus"),
     (["--config", "/nonexistent/x.yaml"], "/nonexistent/x.yaml"),
+    # refused by the actors' device, found before anything starts
+    (["model.dtype=float16"], "model.dtype=float16 runs on CPU here"),
+    (["model.dtype=float16", "model.device=cpu", "ray.gpus_per_worker=1"], "model.dtype=float16 runs on CPU"),
+    (["model.device=cuda"], "model.device=cuda but ray.gpus_per_worker=0"),
+    (["sampler.method=dnp", "captioner.dtype=float16"], "captioner.dtype=float16 runs on CPU"),
+    (["sampler.method=dnp", "captioner.dtype=float16", "captioner.workers=1", "ray.gpus_per_worker=1"],
+     "captioner.dtype=float16 runs on CPU"),
 ])
 def test_bad_config_exits_2_before_ray(monkeypatch, capsys, tmp_path, args, needle):
     no_ray(monkeypatch)
@@ -641,25 +648,34 @@ def test_the_default_config_reads_prompt_only_files_of_every_format(tmp_path, wh
 def test_progress_counts_the_rows_of_a_running_shard(ray_local, tmp_path, monkeypatch):
     """A shard of 4 rows (micro-batches of 2) is held before its second micro-batch (fault `wait`): the
     driver's progress shows its first 2 rows, asked from the running actor, before anything commits;
-    released, the run ends at 4/4."""
+    as nothing moves while it is held, the run says it is stalled; released, it ends at 4/4."""
     prompts = write_prompts(tmp_path / "p4.parquet", ["a red fox", "a blue car", "a green tree", "a cat"])
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
     monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:wait:1:000000000002")
     monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
     seen: list[tuple[int, int]] = []
+    stalls: list[dict] = []
     held: list[int] = []
 
     def hook(event: str, payload: dict) -> None:
+        if event == "stalled":
+            stalls.append(payload)
         if event == "progress":
             seen.append((payload["rows_done"], payload["shards_done"]))
             if (fault_dir / "reached-sample").exists():
                 held.append(payload["rows_done"])
-                if payload["rows_done"] == 2 or len(held) > 30:  # seen mid-shard (or never: fail, not hang)
+                # seen mid-shard and reported stalled (or never: fail, not hang)
+                if (payload["rows_done"] == 2 and any(x["running"] for x in stalls)) or len(held) > 60:
                     (fault_dir / "release-sample").touch()
 
-    cfg = make_cfg(prompts, tmp_path / "out", "ray.num_workers=1", "output.shard_size=4")
+    cfg = make_cfg(prompts, tmp_path / "out", "ray.num_workers=1", "output.shard_size=4",
+                   "logging.stall_warning_s=2")
     res = run_job(cfg, hooks=hook)
     assert res.exit_code == 0, res.summary
     assert (2, 0) in seen  # 2 rows counted while no shard had committed
     assert seen[-1] == (4, 1)
+    # (a stall may also be reported while the actor loads: none ready, nothing running)
+    held_stall = next(x for x in stalls if x["running"])
+    assert held_stall["running"] == {"sampler-0": [0]} and held_stall["ready"] == ["sampler-0"]
+    assert held_stall["available_gib"] > 0

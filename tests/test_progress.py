@@ -68,3 +68,28 @@ def test_a_live_bar_on_a_terminal(monkeypatch):
     # the log line went through the bar's writer: the bar is cleared, the line printed, the bar redrawn
     before, after = shown.split("a log line above the bar\n")
     assert before.endswith("\r") and "10/40 rows" in after
+
+
+def test_a_stall_is_reported_once_per_period_and_movement_resets_it(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.driver.progress.time.monotonic", lambda: clock[0])
+    book, slots = book_and_slots(0.0)
+    p = Progress(total_rows=40, rows_before=0, interval_s=10, stream=io.StringIO(), stall_s=60)
+    p.started()
+    clock[0] = 59
+    assert p.report(book, slots)["stalled_s"] is None
+    clock[0] = 60
+    assert p.report(book, slots)["stalled_s"] == 60  # nothing moved for a whole period
+    clock[0] = 100
+    assert p.report(book, slots)["stalled_s"] is None  # said already; again one period later
+    clock[0] = 120
+    assert p.report(book, slots)["stalled_s"] == 120
+    p.update("sampler-0", 0, rows=2, samples=2)  # a row was written: not stalled
+    clock[0] = 179
+    assert p.report(book, slots)["stalled_s"] is None
+    p.update("sampler-0", 0, rows=2, samples=2)  # the same answer again is no movement
+    clock[0] = 181
+    assert p.report(book, slots)["stalled_s"] == 61
+    off = Progress(total_rows=40, rows_before=0, interval_s=10, stream=io.StringIO(), stall_s=0)
+    clock[0] = 10_000
+    assert off.report(book, slots)["stalled_s"] is None

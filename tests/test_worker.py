@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from pipeline import faults
@@ -193,3 +195,58 @@ def test_a_seed_above_2_63_is_stored_losslessly_and_its_shard_commits(tmp_path, 
     metas = {json.loads(v)["prompt_id"]: json.loads(v) for k, v in read_tar(tmp_path / "out" / "shards" / "000000.tar")
              .items() if k.endswith(".json")}
     assert metas["b"]["seed"] == big and metas["c"]["seed"] == 2**64 - 1
+
+
+def test_bfloat16_runs_on_cpu_for_the_sampler_and_the_captioner(tiny_cache):
+    """bfloat16 is allowed on CPU (float16 is refused before a run starts): the tiny SDXL samples and the
+    tiny BLIP-2 captions in bfloat16, with finite images, and the metadata says bfloat16."""
+    from pipeline.config import load_config
+    from pipeline.models.captioner import Captioner
+    from pipeline.models.sdxl import load_sdxl
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+
+    cfg = load_config(overrides=["model.dtype=bfloat16", "captioner.dtype=bfloat16", "model.device=cpu"])
+    model = load_sdxl(cfg.model)
+    assert model.unet.dtype == torch.bfloat16 and model.info["dtype"] == "bfloat16"
+    cap = Captioner(cfg.captioner, "cpu")
+    assert cap.model.dtype == torch.bfloat16
+    s = dataclasses.replace(cfg.sampler, method="dnp", steps=2, height=32, width=32)
+    out, _ = generate_batch(model, [SampleRequest("a red fox", 1, None)], s, cap)
+    assert tuple(out[0].image.shape) == (32, 32, 3) and out[0].finite
+    assert isinstance(out[0].metadata["negative_prompt"], str)  # DNP's caption, from the bfloat16 BLIP-2
+    with pytest.raises(ValueError, match="model.dtype=float16 runs on CPU here"):
+        load_sdxl(load_config(overrides=["model.dtype=float16"]).model, torch.device("cpu"))
+
+
+def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, tmp_path, caplog):
+    """A local directory with a revision pin: the pin is reported and dropped, the directory's config
+    hash recorded. A hub id (an offline Hugging Face cache holding the tiny model): the revision asked
+    for and the commit it resolved to."""
+    import shutil
+    import subprocess
+    import sys
+
+    from pipeline.config import load_config
+    from pipeline.models.provenance import config_sha256
+    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.tiny import tiny_sdxl
+
+    local = tmp_path / "my-sdxl"
+    shutil.copytree(tiny_sdxl(str(tiny_cache)), local)
+    with caplog.at_level("WARNING", logger="pipeline.models.provenance"):
+        m = load_sdxl(load_config(overrides=[f"model.id={local}", "model.revision=abc123", "model.device=cpu"]).model)
+    assert m.info["revision"] is None and "commit" not in m.info
+    assert m.info["local_config_sha256"] == config_sha256(local) and len(config_sha256(local)) == 64
+    assert "model.revision=abc123 was not applied" in caplog.text
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--synthgen--tiny-sdxl"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(local, repo / "snapshots" / commit)
+    code = ("from pipeline.config import load_config; from pipeline.models.sdxl import load_sdxl; "
+            "m = load_sdxl(load_config(overrides=['model.id=synthgen/tiny-sdxl', 'model.revision=main', "
+            "'model.device=cpu']).model); print(m.info['revision'], m.info['commit'], 'local_config_sha256' in m.info)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["main", commit, "False"]

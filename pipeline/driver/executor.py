@@ -6,7 +6,7 @@ shard's commit file, so a shard that committed just before its actor died is not
 
 Driver hooks, `hooks(event, payload)`, are called in the driver's thread at: actor_ready,
 actor_init_failed, actor_replaced, submitted, committed, failed, timed_out, actor_died, requeued,
-quarantined, progress (fault-injection tests use them, e.g. to kill an actor at a chosen moment).
+quarantined, progress, stalled (fault-injection tests use them, e.g. to kill an actor at a chosen moment).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class Executor:
         self.slots: list[P.Slot] = []
         self.waiting: dict[Any, tuple[str, Any]] = {}  # ref -> ("probe", slot) | ("task", task)
         self.delayed: list[tuple[float, P.Slot]] = []  # (due, slot): re-probes of restarting actors
-        self.progress = Progress(total_rows, rows_before, cfg.logging.progress_interval_s)
+        self.progress = Progress(total_rows, rows_before, cfg.logging.progress_interval_s,
+                                 stall_s=cfg.logging.stall_warning_s)
         self.abort_reason: str | None = None
 
     def emit(self, event: str, **payload: Any) -> None:
@@ -93,7 +94,10 @@ class Executor:
                     self._on_task(obj, ref)
             if self.progress.due():
                 self._poll_live()
-                self.emit("progress", **self.progress.report(self.book, self.slots))
+                figures = self.progress.report(self.book, self.slots)
+                self.emit("progress", **figures)
+                if figures["stalled_s"] is not None:
+                    self._stalled(figures["stalled_s"])
 
     def stop(self) -> None:
         import ray
@@ -113,6 +117,20 @@ class Executor:
     def _probe(self, slot: P.Slot) -> None:
         """describe() answers once the actor (re)started and loaded its models."""
         self.waiting[slot.handle.describe.remote()] = ("probe", slot)
+
+    def _stalled(self, still_s: float) -> None:
+        """Nothing moved for logging.stall_warning_s: say what is running and how much memory is left
+        (a host that cannot hold the models pages instead of failing: the run just stops moving)."""
+        import psutil
+
+        ready = [s.name for s in self.slots if s.ready]
+        running = {s.name: [t.spec.shard_id for t in s.live] for s in self.slots if s.live}
+        free = psutil.virtual_memory().available / 2**30
+        log.warning("stalled: no row done and no actor ready for %.0f min; sampler actors ready %d/%d %s, "
+                    "running %s, host memory available %.1f GiB. Check `ray status`, the actors' logs, and "
+                    "whether the models fit (a host short of memory pages instead of failing)",
+                    still_s / 60, len(ready), len(self.slots), ready, running or "nothing", free)
+        self.emit("stalled", still_s=still_s, ready=ready, running=running, available_gib=free)
 
     def _poll_live(self) -> None:
         """Ask each busy actor how far its shard is (answered beside the shard: the status group);

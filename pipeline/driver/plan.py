@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.config import Config, ConfigError, to_dict, to_yaml
+from pipeline.config import Config, ConfigError, placement_errors, to_dict, to_yaml
 from pipeline.data.layout import (
     CARD_README,
     CONFIG_FILE,
@@ -132,6 +132,8 @@ def plan_digest(specs: list[ShardSpec]) -> str:
 def prepare(given: Config) -> Prepared:
     """Plan, check the output, save run/config.yaml. Raises InputError/ConfigError/RunRefused."""
     cfg = resolve_paths(given)
+    if errors := placement_errors(cfg):
+        raise ConfigError("; ".join(errors))
     specs = plan_shards(cfg.input, cfg.output.shard_size)
     try:
         loc = open_location(cfg.output.path, cfg.output.s3)

@@ -33,9 +33,12 @@ class Progress:
     """Counts what this run committed plus what running shards wrote; rates count from the first
     actor ready."""
 
-    def __init__(self, total_rows: int, rows_before: int, interval_s: float, stream: TextIO | None = None):
+    def __init__(self, total_rows: int, rows_before: int, interval_s: float, stream: TextIO | None = None,
+                 stall_s: float = 0.0):
         self.total_rows, self.rows_before = total_rows, rows_before
         self.rows_done = self.samples_done = 0
+        self.stall_s = stall_s
+        self.moved_at = self.stall_warned_at = time.monotonic()  # last new row or ready actor; last warning
         self.running: dict[str, tuple[int, int, int]] = {}  # slot -> (shard, rows, samples) written so far
         self.first_ready: float | None = None
         stream = stream or sys.stdout
@@ -67,13 +70,17 @@ class Progress:
     def started(self) -> None:
         """An actor is ready: sampling may begin (the rates count from the first one)."""
         self.first_ready = self.first_ready or time.monotonic()
+        self.moved_at = time.monotonic()
 
     def update(self, slot: str, shard: int, rows: int, samples: int) -> None:
         """What the shard running on `slot` has written so far (its actor's answer to a poll)."""
+        if self.running.get(slot, (None, 0))[:2] != (shard, rows):
+            self.moved_at = time.monotonic()
         self.running[slot] = (shard, rows, samples)
 
     def add(self, stats: ShardStats, slot: str | None = None) -> None:
         """A shard committed: its rows move from running to done."""
+        self.moved_at = time.monotonic()
         self.rows_done += stats.rows
         self.samples_done += stats.samples
         if slot is not None and self.running.get(slot, (None,))[0] == stats.shard_id:
@@ -106,7 +113,10 @@ class Progress:
         for s in slots:
             live = self.running.get(s.name, (0, 0, 0))[2]
             per[s.name] = (s.samples + live) / max(now - s.ready_at, 1e-9) if s.ready_at else 0.0
-        return {"rows_done": self.rows_before + rows, "rows_total": self.total_rows, "samples": samples,
+        still = now - self.moved_at
+        stalled = bool(self.stall_s) and still >= self.stall_s and now - self.stall_warned_at >= self.stall_s
+        return {"stalled_s": still if stalled else None,
+                "rows_done": self.rows_before + rows, "rows_total": self.total_rows, "samples": samples,
                 "samples_per_s": samples / elapsed, "eta_s": remaining / rate_rows if rate_rows > 0 else None,
                 "per_worker": per, "actors_ready": sum(s.ready for s in slots), "actors": len(slots),
                 "failed_attempts": book.failed_attempts, "quarantined": len(book.quarantined),
@@ -114,9 +124,12 @@ class Progress:
                 "shards_queued": len(book.pending)}
 
     def report(self, book: Any, slots: list) -> dict[str, Any]:
-        """Show the figures (bar or log line) and return them."""
+        """Show the figures (bar or log line) and return them; `stalled_s` is set (once per stall period)
+        when nothing moved for `stall_s`: the caller says what is running."""
         self.next_at = time.monotonic() + self.interval_s
         f = self.figures(book, slots)
+        if f["stalled_s"] is not None:
+            self.stall_warned_at = time.monotonic()
         rates = " ".join(f"{k} {v:.2f}/s" for k, v in f["per_worker"].items())
         tail = (f"{f['samples']} samples, {f['samples_per_s']:.3f} samples/s [{rates}], "
                 f"failed attempts {f['failed_attempts']}, quarantined {f['quarantined']}")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.config import CaptionerConfig
+from pipeline.config import CaptionerConfig, cpu_dtype_error
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs
+from pipeline.models.provenance import loaded_from
 
 
 class Captioner:
@@ -21,7 +22,9 @@ class Captioner:
 
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = DTYPES[cfg.dtype] if self.device.type == "cuda" else torch.float32
+        if self.device.type == "cpu" and (error := cpu_dtype_error("captioner.dtype", cfg.dtype)):
+            raise ValueError(error)
+        dtype = DTYPES[cfg.dtype]  # bfloat16 on CPU too
         path = cfg.id
         if cfg.id == "tiny":
             from pipeline.models.tiny import tiny_blip2
@@ -32,7 +35,8 @@ class Captioner:
         self.model = Blip2ForConditionalGeneration.from_pretrained(
             path, use_safetensors=True, **kw, **dtype_kwargs("transformers", dtype)).to(self.device).eval()
         self.dtype = dtype
-        self.info = {"id": cfg.id, "revision": cfg.revision, "max_new_tokens": cfg.max_new_tokens}
+        self.info = {"id": cfg.id, "max_new_tokens": cfg.max_new_tokens,
+                     **loaded_from("captioner", cfg.id, path, cfg.revision, "config.json")}
 
     @torch.no_grad()
     def __call__(self, images: list) -> list[str]:

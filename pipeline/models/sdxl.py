@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, cpu_dtype_error
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs, resolve_device
+from pipeline.models.provenance import loaded_from
 from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
 
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
-    if device.type == "cpu" and dtype != torch.float32:
-        raise ValueError(f"model.dtype={cfg.dtype} on CPU is not supported; use model.dtype=float32")
+    if device.type == "cpu" and (error := cpu_dtype_error("model.dtype", cfg.dtype)):
+        raise ValueError(error)
     path = resolve_model_path(cfg.id, cfg.cache_dir)
     kw: dict[str, Any] = dict(use_safetensors=True, **dtype_kwargs("diffusers", dtype))
     if cfg.revision:
@@ -92,11 +93,16 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
         kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, use_safetensors=True, **vae_kw,
                                                   **dtype_kwargs("diffusers", dtype))
     pipe = StableDiffusionXLPipeline.from_pretrained(path, **kw)
-    return from_pipeline(pipe, cfg, device)
+    loaded = loaded_from("model", cfg.id, path, cfg.revision, "model_index.json")
+    if cfg.vae_id:
+        vae = loaded_from("model.vae", cfg.vae_id, cfg.vae_id, cfg.vae_revision, "config.json")
+        loaded.update({f"vae_{k}": v for k, v in vae.items()})
+    return from_pipeline(pipe, cfg, device, loaded)
 
 
-def from_pipeline(pipe, cfg: ModelConfig, device: torch.device) -> SDXL:
-    """Wrap the components of a StableDiffusionXLPipeline (loaded or built in memory)."""
+def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, loaded: dict[str, Any] | None = None) -> SDXL:
+    """Wrap the components of a StableDiffusionXLPipeline (loaded or built in memory). `loaded`: what
+    load_sdxl found it loaded (pipeline/models/provenance.py), recorded in place of the config's pins."""
     dtype = DTYPES[cfg.dtype]
     vae = pipe.vae
     # SDXL's VAE overflows in fp16: decode in float32 unless an fp16-safe VAE was configured.
@@ -122,7 +128,7 @@ def from_pipeline(pipe, cfg: ModelConfig, device: torch.device) -> SDXL:
         vae_slice=cfg.vae_slice,
         info={"id": cfg.id, "revision": cfg.revision, "variant": cfg.variant, "dtype": cfg.dtype,
               "vae_id": cfg.vae_id, "vae_revision": cfg.vae_revision,
-              "vae_dtype": str(vae_dtype).replace("torch.", "")})
+              "vae_dtype": str(vae_dtype).replace("torch.", ""), **(loaded or {})})
     if cfg.compile:
         model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
         model.compiled = True

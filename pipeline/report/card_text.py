@@ -105,10 +105,18 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
 
     add("## What was generated\n")
     add("| Model | |\n|---|---|")
-    out.extend(f"| {k} | {v} |" for k, v in (
-        ("id", _code(get(model, "id"))), ("revision", _code(get(model, "revision"))),
-        ("variant", _code(get(model, "variant"))), ("dtype", _code(get(model, "dtype"))),
-        ("VAE", _code(get(model, "vae_id")) if get(model, "vae_id") else "the model's own")))
+    # What the samples record as loaded (a pin that did not apply, e.g. to a local directory, is not
+    # shown as if it had); the config's values when no sample says.
+    loaded = json.loads(data.models.most_common(1)[0][0]) if data.models else None
+    m = loaded if isinstance(loaded, dict) else model
+    rows = [("id", _code(get(m, "id"))), ("revision", _code(get(m, "revision")))]
+    if get(m, "commit"):
+        rows.append(("commit", _code(get(m, "commit"))))
+    if get(m, "local_config_sha256"):
+        rows.append(("local directory, sha256 of its JSON files", _code(get(m, "local_config_sha256"))))
+    rows += [("variant", _code(get(m, "variant"))), ("dtype", _code(get(m, "dtype"))),
+             ("VAE", _code(get(m, "vae_id")) if get(m, "vae_id") else "the model's own")]
+    out.extend(f"| {k} | {v} |" for k, v in rows)
     if len(data.models) > 1:
         add("\nSamples record more than one model: " + "; ".join(f"{_code(k)} ({n})" for k, n in data.models.items()))
     add("")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import dtype_kwargs
+from pipeline.models.provenance import hub_commit
 
 
 def image_processor_class():
@@ -24,26 +24,6 @@ def image_processor_class():
     except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL one
         from transformers import CLIPImageProcessor
         return CLIPImageProcessor
-
-
-def _hub_commit(repo_id: str, filename: str, revision: str | None) -> str | None:
-    """The commit a hub id resolved to (from the local HF cache, no network); None for local dirs."""
-    if Path(repo_id).exists():
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        p = try_to_load_from_cache(repo_id, filename, revision=revision)
-        if isinstance(p, str):
-            return hub_commit_from_path(Path(p))
-    except Exception:  # provenance is best effort; the configured revision is recorded anyway
-        pass
-    return None
-
-
-def hub_commit_from_path(path: Path) -> str | None:
-    parts = Path(path).parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
 def _features(out) -> torch.Tensor:
@@ -107,11 +87,11 @@ def load_clip_model(name: str, model_id: str, revision: str | None, processor_id
     tokenizer = CLIPTokenizer.from_pretrained(proc_path, revision=processor_revision)
     image_processor = image_processor_class().from_pretrained(proc_path, revision=processor_revision)
     info = {"id": model_id, "revision": revision,
-            "commit": _hub_commit(model_path, "config.json", revision) if model_id != "tiny" else None,
+            "commit": hub_commit(model_path, "config.json", revision) if model_id != "tiny" else None,
             "dtype": str(dtype).removeprefix("torch."),
             "image_processor": type(image_processor).__name__}
     if processor_id != model_id or processor_revision != revision:
         info.update(processor_id=processor_id, processor_revision=processor_revision,
-                    processor_commit=_hub_commit(proc_path, "preprocessor_config.json", processor_revision)
+                    processor_commit=hub_commit(proc_path, "preprocessor_config.json", processor_revision)
                     if processor_id != "tiny" else None)
     return ClipScorerModel(name, model, tokenizer, image_processor, device, dtype, info)

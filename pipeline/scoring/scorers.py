@@ -46,8 +46,9 @@ import torch
 from pipeline import faults
 from pipeline.config import ScoringConfig
 from pipeline.models.device import DTYPES, resolve_device
+from pipeline.models.provenance import hub_commit_from_path
 from pipeline.scoring.aesthetic import AestheticHead, load_aesthetic_head, resolve_aesthetic_head, sha256_file
-from pipeline.scoring.clip import ClipScorerModel, hub_commit_from_path, load_clip_model
+from pipeline.scoring.clip import ClipScorerModel, load_clip_model
 
 log = logging.getLogger(__name__)
 
