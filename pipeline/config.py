@@ -196,6 +196,14 @@ class LoggingConfig:
 
 
 @dataclass
+class PlanConfig:
+    # `--dry-run`'s GPU hours assume this model-FLOPs utilisation of each GPU's dense fp16/bf16 peak.
+    # Stated, not measured: no GPU benchmark of this pipeline has run yet (docs/benchmarks/ will hold
+    # one); 0.35 is a cautious figure for a UNet at 1024² with SDPA kernels.
+    mfu: float = 0.35
+
+
+@dataclass
 class Config:
     seed: int = 0
     input: InputConfig = field(default_factory=InputConfig)
@@ -207,6 +215,7 @@ class Config:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -311,6 +320,8 @@ def validate(cfg: Config) -> Config:
     _choice("logging.level", cfg.logging.level, ("DEBUG", "INFO", "WARNING", "ERROR"))
     _positive("logging.progress_interval_s", cfg.logging.progress_interval_s)
     _positive("logging.stall_warning_s", cfg.logging.stall_warning_s, allow_zero=True)
+    if not 0 < cfg.plan.mfu <= 1:
+        raise ConfigError(f"plan.mfu={cfg.plan.mfu} must be in (0, 1]: a fraction of the GPU's peak FLOP/s")
     return cfg
 
 

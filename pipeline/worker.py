@@ -62,11 +62,10 @@ class ShardWorker:
         self.scorers = scorers
         self.location = open_location(cfg.output.path, cfg.output.s3)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        # run() is safe from two threads: one shard uses the model at a time while the other publishes
-        # and commits. (The Ray actor runs one shard at a time today: max_concurrency is not raised
-        # until the driver's blame logic is tested with two shards running in one actor.)
+        # The model is used by one shard at a time (the lock). The Ray actor runs one shard at a time:
+        # two at once would also need `_running` per shard and the driver's blame logic tested for it.
         self._compute = threading.Lock()
-        self._running: tuple[int, ShardSink] | None = None  # (shard, its sink) while run() works
+        self._running: tuple[int, int, ShardSink] | None = None  # (shard, attempt, sink) while run() works
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -80,7 +79,7 @@ class ShardWorker:
             with ShardSink(self.location, spec, self.cfg.output.image_format, self.cfg.output.quality,
                            attempt) as sink, self._compute:
                 t0 = time.perf_counter()
-                self._running = (spec.shard_id, sink)
+                self._running = (spec.shard_id, attempt, sink)
                 bs = self.cfg.sampler.batch_size
                 pending: list[PromptRecord] = []  # valid rows wait until a full micro-batch
                 for batch in read_shard(spec, self.cfg.input, bs, self.model.tokenizer):
@@ -110,8 +109,8 @@ class ShardWorker:
         running = self._running
         if running is None:
             return None
-        rows, samples = running[1].written()
-        return {"shard": running[0], "rows": rows, "samples": samples}
+        rows, samples = running[2].written()
+        return {"shard": running[0], "attempt": running[1], "rows": rows, "samples": samples}
 
     # ------------------------------------------------------------------ records -> samples
     def process(self, records: list[PromptRecord], totals: dict) -> list[Sample | RowOutcome]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,15 +40,23 @@ def test_render_takes_the_prompt_options_and_overrides_in_any_order(tmp_path, ti
     assert sorted(p.name for p in out.iterdir()) == ["all.png", "cfg.png", "dns.png"]
 
 
+def synthgen() -> str:
+    """The installed console script of this Python (`pip install -e .` puts it beside the interpreter)."""
+    script = Path(sys.executable).with_name("synthgen")
+    found = str(script) if script.exists() else shutil.which("synthgen")
+    assert found, "no `synthgen` command: install the project (pip install -e .)"
+    return found
+
+
 def test_synthgen_lists_its_commands_and_each_answers_help():
-    p = subprocess.run(["synthgen", "--help"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([synthgen(), "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     listed = [line.split()[0] for line in p.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()]
     assert listed == ["generate", "export-pairs", "evaluate", "render", "card", "benchmark"]
     for name in listed:
-        h = subprocess.run(["synthgen", name, "--help"], capture_output=True, text=True, timeout=120)
+        h = subprocess.run([synthgen(), name, "--help"], capture_output=True, text=True, timeout=120)
         assert h.returncode == 0 and h.stdout.startswith(f"usage: synthgen {name}"), h.stderr[-2000:]
-    bad = subprocess.run(["synthgen", "nope"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([synthgen(), "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
 
 
@@ -60,7 +69,7 @@ def test_synthgen_generate_with_no_arguments_runs_the_demo_quietly_and_says_wher
     captured output (not a terminal) has progress lines with rate and ETA, none of the third-party
     noise at INFO, and ends with where the card, contact sheet and first shard are and a line of
     Python that opens the data, which works."""
-    p = subprocess.run(["synthgen", "generate"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([synthgen(), "generate"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     progress = [line for line in out.splitlines() if "progress: rows" in line]

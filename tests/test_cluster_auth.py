@@ -40,17 +40,17 @@ def test_ray_start_head_and_job_submit_with_a_token(tmp_path):
     token = ray("get-auth-token", env=head_env).stdout.strip()
     assert len(token) >= 32
     port, dashboard = raycluster.free_port(), raycluster.free_port()
+    log = tmp_path / "head.log"  # a file, not a pipe: nobody has to drain it
     temp = tempfile.mkdtemp(prefix="rayauth-")  # short: Ray's socket paths must fit in 107 bytes
     head = subprocess.Popen([*raycluster.ray_cli(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                              "--num-cpus", "1", "--temp-dir", temp],
-                            env=head_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            env=head_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 180
         while True:  # /api/gcs_healthz answers without a token
-            assert head.poll() is None, head.stdout.read()[-3000:]
+            assert head.poll() is None, log.read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"{url}/api/gcs_healthz", timeout=5) as r:
                     if r.status == 200:

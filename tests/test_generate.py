@@ -318,7 +318,7 @@ def test_output_of_another_pipeline_version_is_refused(tmp_path, prompts6):
     fp_file = out / "run" / "fingerprint.json"
     stored = json.loads(fp_file.read_text())
     fp_file.write_text(json.dumps({**stored, "version": 1, "fingerprint": "0" * 64}))
-    with pytest.raises(RunRefused, match="another version of this pipeline .*version 1, this one writes version 2"):
+    with pytest.raises(RunRefused, match="another version of this pipeline .*version 1, this one writes version 3"):
         prepare(make_cfg(prompts6, out))
 
 

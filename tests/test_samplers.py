@@ -294,7 +294,9 @@ def test_vae_id_replaces_the_models_own_vae_which_is_never_loaded(tiny_cache, tm
     m = S.load_sdxl(ModelConfig(id=str(model_dir), vae_id=str(vae_dir), vae_revision="abc123"))
     assert seen == [(str(vae_dir), "abc123")]  # one VAE load: the replacement, at its revision
     assert torch.equal(m.vae.decoder.conv_out.bias, vae.decoder.conv_out.bias)
-    assert m.info["vae_id"] == str(vae_dir) and m.info["vae_revision"] == "abc123"
+    # a local directory: the pin could not apply, so it is not recorded as if it had; its files' hash is
+    assert m.info["vae_id"] == str(vae_dir) and m.info["vae_revision"] is None
+    assert len(m.info["vae_local_config_sha256"]) == 64
 
 
 def test_unused_trust_remote_code_key_is_gone():

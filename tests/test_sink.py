@@ -242,7 +242,10 @@ def test_missing_s3_credentials_fail_at_once_not_after_the_retry_timeout(s3_endp
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    loc = open_location("s3://no-such-bucket/out", S3Config(endpoint_url=s3_endpoint, retry_timeout_s=3600))
+    # a region no other test uses: s3fs caches filesystems by their arguments, and one made earlier
+    # in the session with the test credentials in the environment would still hold them
+    loc = open_location("s3://no-such-bucket/out", S3Config(endpoint_url=s3_endpoint, region="ap-south-2",
+                                                            retry_timeout_s=3600))
     with caplog.at_level("WARNING", logger="pipeline.data.storage"), pytest.raises(NoCredentialsError):
         loc.exists("x")
     assert not [r for r in caplog.records if "retry" in r.getMessage()]

@@ -206,25 +206,51 @@ def test_every_format_reads_like_parquet(tmp_path):
     assert "UTF-8" in got[".tsv"][6][1]
 
 
-def test_jsonl_numeric_seeds_and_ids_and_types(tmp_path):
-    """JSON numbers: seeds up to 2**64 - 1 exactly (not rounded through double), numeric ids; a
-    column whose type changes is an InputError naming the file; a prompt-only file needs no id."""
+def test_jsonl_numbers_dates_nulls_and_bad_values(tmp_path):
+    """JSON numbers: seeds up to 2**64 - 1 exactly (not rounded through double); a seed of -1, 2.5 or
+    "x" is one rejected row, as in Parquet; numeric ids; a date-like id stays text; a seed column null
+    for the whole first MiB, then numbers, reads; an empty file is 0 rows; `.json` is JSON Lines; a
+    column whose type changes is an InputError naming the file."""
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a", "id": 1, "seed": 18446744073709551615}\n{"prompt": "b", "id": 2, "seed": 5}\n'
-                    '{"prompt": "c", "id": 3}\n')
+                    '{"prompt": "c", "id": 3}\n{"prompt": "d", "id": 4, "seed": -1}\n'
+                    '{"prompt": "e", "id": 5, "seed": 2.5}\n{"prompt": "f", "id": 6, "seed": 2.0}\n')
     cfg = InputConfig(path=str(path), id_column="id", seed_column="seed")
     items = list(read_all(plan_shards(cfg, 8), cfg).values())
-    assert [(i.prompt_id, i.prompt, i.seed) for i in items] == [("1", "a", 2**64 - 1), ("2", "b", 5), ("3", "c", None)]
+    assert [(i.prompt_id, i.prompt, i.seed) for i in items if isinstance(i, PromptRecord)] == [
+        ("1", "a", 2**64 - 1), ("2", "b", 5), ("3", "c", None), ("6", "f", 2)]
+    assert [(i.prompt_id, "not an integer" in i.error) for i in items if not isinstance(i, PromptRecord)] == [
+        ("4", True), ("5", True)]
+    words = tmp_path / "words.json"  # Dataset.to_json's default: JSON Lines named .json
+    words.write_text('{"prompt": "a", "id": "2020-01-01", "seed": "x"}\n'
+                     '{"prompt": "b", "id": "2020-01-02", "seed": "7"}\n')
+    cfg = InputConfig(path=str(words), id_column="id", seed_column="seed")
+    items = list(read_all(plan_shards(cfg, 8), cfg).values())
+    assert [i.prompt_id for i in items] == ["2020-01-01", "2020-01-02"]
+    assert "not an integer" in items[0].error and items[1].seed == 7
+    sparse = tmp_path / "sparse.jsonl"  # the seed column is null for the whole first 1 MiB block
+    sparse.write_text('{"prompt": "x", "seed": null}\n' * 40_000 + '{"prompt": "y", "seed": 12}\n')
+    cfg = InputConfig(path=str(sparse), seed_column="seed")
+    items = list(read_all(plan_shards(cfg, 50_000), cfg, batch_size=4096).values())
+    assert len(items) == 40_001 and items[-1].seed == 12 and items[0].seed is None
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"prompt": "only"}\n')
+    (d / "b.jsonl").write_text("\n")
+    cfg = InputConfig(path=str(d))
+    assert [i.prompt for i in read_all(plan_shards(cfg, 8), cfg).values()] == ["only"]
     only = tmp_path / "only.jsonl"
     only.write_text('{"prompt": "a red fox"}\n{"prompt": "a blue bird"}\n')
     cfg = InputConfig(path=str(only))
     assert [i.prompt_id for i in read_all(plan_shards(cfg, 8), cfg).values()] == ["only.jsonl:0", "only.jsonl:1"]
-    path.write_text('{"prompt": "a", "seed": 1}\n{"prompt": "b", "seed": -1}\n')
-    with pytest.raises(InputError, match=r"p.jsonl is not a readable JSON Lines file .*uint64.*-1"):
-        plan_shards(InputConfig(path=str(path), seed_column="seed"), 8)
+    with pytest.raises(InputError, match=r"has no column 'neg' in its first MiB"):
+        plan_shards(InputConfig(path=str(only), negative_column="neg"), 8)
     path.write_text('{"prompt": "a"}\n{"prompt": 7}\n')
     with pytest.raises(InputError, match=r"p.jsonl is not a readable JSON Lines file .*changed from string"):
         plan_shards(InputConfig(path=str(path)), 8)
+    (tmp_path / "p.csv.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(InputError, match=r"p.csv.gz is compressed; decompress it"):
+        plan_shards(InputConfig(path=str(tmp_path / "p.csv.gz")), 8)
 
 
 def test_saved_datasets_keep_their_order_and_a_dataset_dict_asks_for_a_split(tmp_path):
@@ -232,15 +258,37 @@ def test_saved_datasets_keep_their_order_and_a_dataset_dict_asks_for_a_split(tmp
 
     ds = Dataset.from_dict({"prompt": [f"p{i}" for i in range(10)]})
     ds.save_to_disk(str(tmp_path / "ds"), num_shards=3)
+    state = json.loads((tmp_path / "ds" / "state.json").read_text())
+    state["_data_files"].reverse()  # the dataset's order, not the files' sorted order, is the row order
+    (tmp_path / "ds" / "state.json").write_text(json.dumps(state))
     cfg = InputConfig(path=str(tmp_path / "ds"))
     specs = plan_shards(cfg, 2)
-    assert sorted({os.path.basename(s.path) for s in specs}) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
-    assert [i.prompt for i in read_all(specs, cfg).values()] == [f"p{i}" for i in range(10)]
+    assert [os.path.basename(s.path) for s in specs][::2] == [f"data-0000{i}-of-00003.arrow" for i in (2, 1, 0)]
+    assert [i.prompt for i in read_all(specs, cfg).values()] == [f"p{i}" for i in (7, 8, 9, 4, 5, 6, 0, 1, 2, 3)]
     DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(InputError, match=r"DatasetDict with splits train, test; pick one: input.path=.*dd/<split>"):
         plan_shards(InputConfig(path=str(tmp_path / "dd")), 2)
     cfg = InputConfig(path=str(tmp_path / "dd" / "test"))
     assert len(read_all(plan_shards(cfg, 4), cfg)) == 10
+
+
+def test_arrow_ipc_files_and_streams_decode_only_the_asked_columns(tmp_path):
+    """Both Arrow IPC layouts (the file format, e.g. Feather 2, and the stream format datasets writes);
+    a large column beside the prompts (images) is never needed to read them."""
+    table = pa.table({"prompt": ["p0", "p1", "p2"], "image": [b"\0" * 1000] * 3})
+    with pa.OSFile(str(tmp_path / "f.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table, max_chunksize=2)
+    with pa.OSFile(str(tmp_path / "s.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table, max_chunksize=2)
+    for name in ("f.arrow", "s.arrow"):
+        cfg = InputConfig(path=str(tmp_path / name), extra_columns=[])
+        assert [i.prompt for i in read_all(plan_shards(cfg, 2), cfg).values()] == ["p0", "p1", "p2"], name
+        from pipeline.data.formats import ARROW
+        from pipeline.data.storage import filesystem_for
+
+        fs, p = filesystem_for(str(tmp_path / name))
+        with ARROW.batches(fs, p, cfg, ["prompt"]) as batches:
+            assert {tuple(b.schema.names) for b in batches} == {("prompt",)}, name
 
 
 def test_a_directory_reads_every_table_format_but_txt(tmp_path):

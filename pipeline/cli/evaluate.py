@@ -19,7 +19,9 @@ from pipeline.report.evaluation import evaluate, render_md
 def main(argv: list[str] | None = None, prog: str = "jobs/evaluate.py") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=evaluation.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", required=True, help="Parquet/CSV/TSV/txt prompts, as input.path (local or s3://)")
+    ap.add_argument("--prompts", required=True,
+                    help="prompts in any input format (Parquet, CSV, TSV, JSON Lines, Arrow, a saved HF dataset, "
+                         ".txt), as input.path (local or s3://)")
     ap.add_argument("--prompt-column", help="default: input.prompt_column, else prompt, Prompt, caption or text")
     ap.add_argument("--id-column", help="stable prompt ids (seeds derive from them); default: <file>:<row>")
     ap.add_argument("--limit", type=int)

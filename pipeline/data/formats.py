@@ -5,7 +5,7 @@
 | `.parquet` (and any unknown suffix) | Parquet, row groups streamed by pages | table rows |
 | `.csv` | CSV with a header row, RFC 4180 quoting | lines (a blank line is a row) |
 | `.tsv` | TSV with a header row, fields verbatim (no quoting, as PartiPrompts needs) | lines |
-| `.jsonl`, `.ndjson` | JSON Lines, one object per line | objects (blank lines are skipped) |
+| `.jsonl`, `.ndjson`, `.json` | JSON Lines, one object per line | objects (blank lines are skipped) |
 | `.arrow` | Arrow IPC, stream or file: what Hugging Face `save_to_disk` writes | table rows |
 | `.txt` | one prompt per line, no other columns | lines |
 
@@ -16,7 +16,8 @@ one rejection. A file that cannot be read is an InputError naming it.
 
 CSV/TSV: an empty field is null; "NA" and "null" are text. JSON Lines: pyarrow infers each column's
 type from the first 1 MiB and needs one type per column (a column of numbers that later holds a
-string makes the file unreadable, with that message); a numeric seed column is read as uint64.
+string makes the file unreadable, with that message); a seed column that is not text is read as a
+decimal (2**64 - 1 exact; -1 or 2.5 is one rejected row); text that looks like a date stays text.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
-from pipeline.data.storage import is_s3
+from pipeline.data.storage import is_s3, transient
 from pipeline.records import ShardSpec
 
 BLOCK = 1 << 20  # bytes parsed at a time by the CSV and JSON readers
@@ -75,6 +76,8 @@ def reading(fs: Any, path: str, cfg: InputConfig, what: str) -> Iterator[Any]:
     except InputError:
         raise
     except (pa.ArrowException, OSError, ValueError) as e:
+        if transient(e):  # the network, not the file: the shard's retry may succeed
+            raise
         raise InputError(f"{file_uri(path, cfg)} is not a readable {what} ({e}); fix or remove it, "
                          "or narrow input.path") from e
 
@@ -191,6 +194,8 @@ def csv_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) ->
 def json_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
     read = pajson.ReadOptions(block_size=BLOCK, use_threads=False)
     what = "JSON Lines file (one object per line, one type per field)"
+    if _blank(fs, path, cfg, what):  # pyarrow refuses an empty stream; an empty file is 0 rows
+        return _no_rows(columns)
     if columns is None:
         return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read))
     # Types come from the first block; the columns not asked for are skipped unparsed.
@@ -203,26 +208,46 @@ def json_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -
 
 
 def json_type(t: pa.DataType, seed: bool) -> pa.DataType:
-    if seed and (pa.types.is_integer(t) or pa.types.is_floating(t)):
-        return pa.uint64()  # seeds up to 2**64 - 1 (inferred as double, which would round them)
-    return pa.binary() if pa.types.is_null(t) else t  # a column all null in the first block: text
+    """The type a column is read as. Seeds: text stays text (validated per row), anything else is a
+    decimal, which holds 2**64 - 1 exactly and lets -1 or 2.5 be one rejected row, not a broken file.
+    Text that pyarrow would take for a date stays text (a prompt or id is never a timestamp)."""
+    if seed:
+        return t if pa.types.is_string(t) or pa.types.is_large_string(t) else pa.decimal128(38, 18)
+    if pa.types.is_null(t) or pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return pa.string()
+    return t
+
+
+def _blank(fs: Any, path: str, cfg: InputConfig, what: str) -> bool:
+    with reading(fs, path, cfg, what) as f:
+        head = f.read(BLOCK)
+        return not head.strip() and not f.read(1)
+
+
+@contextlib.contextmanager
+def _no_rows(columns: list[str] | None) -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
+    yield [], iter(())
 
 
 def arrow_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
     def batches(f: Any) -> Any:
-        if f.read(6) == b"ARROW1":  # the IPC file format (Feather 2); else the stream format
-            f.seek(0)
-            r = pa.ipc.open_file(f)
-            return r.schema, (r.get_batch(i) for i in range(r.num_record_batches))
+        is_file = f.read(6) == b"ARROW1"  # the IPC file format (Feather 2); else the stream format
         f.seek(0)
-        r = pa.ipc.open_stream(f)
-        return r.schema, r
+        schema = (pa.ipc.open_file(f) if is_file else pa.ipc.open_stream(f)).schema
+        f.seek(0)
+        # decode only the columns asked for (a dataset may hold images beside its prompts)
+        fields = [schema.get_field_index(c) for c in columns or []] if columns else None
+        options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=False)
+        if is_file:
+            r = pa.ipc.open_file(f, options=options)
+            return schema, (r.get_batch(i) for i in range(r.num_record_batches))
+        return schema, pa.ipc.open_stream(f, options=options)
 
     @contextlib.contextmanager
     def selected() -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
         with reading(fs, path, cfg, "Arrow IPC file") as f:
             schema, it = batches(f)
-            yield list(schema.names), (b.select(columns) for b in it) if columns else iter(it)
+            yield list(schema.names), iter(it)
     return selected()
 
 
@@ -315,10 +340,15 @@ def no_batches(fs: Any, path: str, cfg: InputConfig, columns: list[str]) -> Any:
 
 TEXT = Format("text", lambda fs, path, cfg: [cfg.prompt_column], count_lines, no_batches, text_chunks)
 
-FORMATS = {".csv": CSV, ".tsv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".arrow": ARROW, ".txt": TEXT,
-           ".parquet": PARQUET}
+FORMATS = {".csv": CSV, ".tsv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".json": JSONL, ".arrow": ARROW,
+           ".txt": TEXT, ".parquet": PARQUET}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 def format_of(path: str) -> Format:
-    """The format a file is read as, by its suffix; Parquet for any other (Spark's part files)."""
+    """The format a file is read as, by its suffix; Parquet for any other (Spark's part files). A
+    `.json` file is read as JSON Lines (what `Dataset.to_json` writes)."""
+    if suffix(path) in COMPRESSED:
+        raise InputError(f"{path} is compressed; decompress it (or convert it to Parquet, which compresses "
+                         "inside the file) and point input.path at the result")
     return FORMATS.get(suffix(path), PARQUET)

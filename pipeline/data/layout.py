@@ -24,6 +24,7 @@ RUN = "run"
 CONFIG_FILE = f"{RUN}/config.yaml"  # the resolved config (secrets redacted), written before sampling
 FINGERPRINT_FILE = f"{RUN}/fingerprint.json"  # what defines the dataset: resume refuses another one
 SUMMARY_FILE = f"{RUN}/summary.json"
+PLAN_FILE = f"{RUN}/plan.json"  # written by --dry-run
 QUARANTINE_FILE = f"{RUN}/quarantine.json"
 CARD_README = "README.md"
 CARD_DIR = "card"

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import InputConfig
-from pipeline.data.formats import FORMATS, TEXT, InputError, column_values, file_uri, format_of, suffix
+from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, column_values, file_uri, format_of, suffix
 from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, id_str, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
@@ -36,8 +36,9 @@ from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 _MAGIC = re.compile(r"[*?\[]")
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
 HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # written by datasets' save_to_disk
-# A directory's data files: every known format but .txt (a README.txt or notes.txt is not prompts).
-DIRECTORY_SUFFIXES = tuple(s for s in FORMATS if s != ".txt")
+# A directory's data files: every known format but .txt and .json (a README.txt or a schema.json
+# beside the data is not prompts); name such a file or glob for it explicitly.
+DIRECTORY_SUFFIXES = tuple(s for s in FORMATS if s not in (".txt", ".json"))
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -127,14 +128,18 @@ def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
                 raise InputError(f"{file_uri(path, cfg)} is a .txt file (one prompt per line); "
                                  f"input.{key} needs a table input (Parquet, CSV/TSV, JSON Lines or Arrow)")
     else:
-        _check_columns(path, cfg, fmt.columns(fs, path, cfg))
+        names = fmt.columns(fs, path, cfg)
+        if not names:  # an empty JSON Lines file: no columns, no rows
+            return 0
+        _check_columns(path, cfg, names, " in its first MiB (where JSON Lines columns are found)" if fmt is JSONL
+                       else "")
     return fmt.count(fs, path, cfg)
 
 
-def _check_columns(path: str, cfg: InputConfig, names: list[str]) -> None:
+def _check_columns(path: str, cfg: InputConfig, names: list[str], where: str = "") -> None:
     for key, col in _columns(cfg):
         if col not in names:
-            raise InputError(f"{file_uri(path, cfg)} has no column {col!r} (input.{key}); "
+            raise InputError(f"{file_uri(path, cfg)} has no column {col!r}{where} (input.{key}); "
                              f"available columns: {', '.join(names)}")
 
 

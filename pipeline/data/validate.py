@@ -137,6 +137,8 @@ def _seed(v: Any) -> tuple[int | None, str | None]:
     if isinstance(v, str):  # decimal digits only (2**64 has 20)
         digits = v.strip()
         n = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 20 else v
+    elif isinstance(v, decimal.Decimal):  # a JSON Lines number (pipeline/data/formats.py json_type)
+        n = int(v) if v.is_finite() and v == v.to_integral_value() else v
     else:
         n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < SEED_LIMIT:

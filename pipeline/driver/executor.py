@@ -147,7 +147,8 @@ class Executor:
             now = ray.get(ref)
         except Exception:  # noqa: BLE001 - the actor died or restarted: its task's result says so
             return
-        if now and any(t.spec.shard_id == now["shard"] for t in slot.live):
+        # only an answer about an attempt still running there (not one of a shard's earlier attempts)
+        if now and any((t.spec.shard_id, t.attempt) == (now["shard"], now.get("attempt")) for t in slot.live):
             self.progress.update(slot.name, now["shard"], now["rows"], now["samples"])
 
     def _due_probes(self, now: float) -> None:

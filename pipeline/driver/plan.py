@@ -30,6 +30,7 @@ from pipeline.data.layout import (
     CONFIG_FILE,
     FINGERPRINT_FILE,
     INDEX_FILE,
+    PLAN_FILE,
     QUARANTINE_FILE,
     RUN,
     SHARDS,
@@ -43,10 +44,12 @@ from pipeline.records import ShardSpec
 log = logging.getLogger(__name__)
 
 # 2: DDIM unclipped, sliced VAE decode, uint64 seeds in the sidecar, model.vae_revision (2026-11-30)
-FINGERPRINT_VERSION = 2
+# 3: prompt ids (and so seeds) of a single s3:// input file are `<file>:<row>` (they were `.:<row>`);
+#    samples record what was loaded (commit / local_config_sha256), not unapplied pins (2026-11-30)
+FINGERPRINT_VERSION = 3
 # Dotted keys (or whole sections) that do not change what the dataset contains; see the docstring.
 FINGERPRINT_EXCLUDE = (
-    "ray", "logging", "output.path", "output.new_run", "output.s3", "input.s3", "output.license", "output.tags",
+    "ray", "logging", "plan", "output.path", "output.new_run", "output.s3", "input.s3", "output.license", "output.tags",
     "model.device", "model.cache_dir", "model.compile", "model.channels_last", "model.attention",
     "model.vae_slice",
     "sampler.batch_size", "sampler.min_batch_size",
@@ -166,8 +169,8 @@ def check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | No
     stored = json.loads(loc.read_text(FINGERPRINT_FILE)) if loc.exists(FINGERPRINT_FILE) else None
     if stored is None:
         found = loc.listdir("")
-        if not found:
-            return None
+        if not found or (found == [RUN] and loc.listdir(RUN) == [PLAN_FILE.split("/")[-1]]):
+            return None  # empty, or only a --dry-run's run/plan.json
         problem = ("holds committed shards but no run/fingerprint.json (not written by this job, or damaged)"
                    if committed_shards(loc) else
                    f"is not empty and was not written by this job (found {', '.join(found[:5])}"

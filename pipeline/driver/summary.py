@@ -100,8 +100,12 @@ def look_at_it(s: dict[str, Any]) -> list[str]:
     lines.append(f"  first shard    {root}/{tar_path(committed[0])}")
     if "://" not in root:
         last = committed[-1]
-        shards = f"{root}/{SHARDS}/{{{committed[0]:06d}..{last:06d}}}.tar" if committed == list(
-            range(committed[0], last + 1)) else f"{root}/{tar_path(committed[0])}"
-        lines.append(f"  in Python      import webdataset as wds; ds = wds.WebDataset(\"{shards}\", shardshuffle=False)"
-                     f".decode(\"pil\").to_tuple(\"png;jpg;webp\", \"json\"); image, meta = next(iter(ds))")
+        if committed == list(range(committed[0], last + 1)):
+            shards = f'"{root}/{SHARDS}/{{{committed[0]:06d}..{last:06d}}}.tar"'
+        else:  # quarantined shards leave gaps: the committed tars, listed
+            shards = "[" + ", ".join(f'"{root}/{tar_path(i)}"' for i in committed) + "]"
+        # a preference group stores its images as 0.png, 1.png, ...: the first one that exists
+        lines.append(f"  in Python      import webdataset as wds; ds = wds.WebDataset({shards}, shardshuffle=False)"
+                     f".decode(\"pil\").to_tuple(\"png;jpg;webp;0.png;0.jpg;0.webp\", \"json\"); "
+                     f"image, meta = next(iter(ds))")
     return lines

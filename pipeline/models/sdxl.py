@@ -20,6 +20,24 @@ from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
 
+def make_scheduler(scheduler_config: dict, name: str):
+    """A fresh Euler or DDIM scheduler from a model's scheduler config, predicting ε.
+
+    v-prediction models are converted to ε in the NoisePredictor, so the scheduler must
+    treat its input as ε. DDIM built from an Euler config would inherit clip_sample=True (its
+    default): pinned off, so that its step equals the mini-chain's ODE step.
+    """
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    cls = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}.get(name)
+    if cls is None:
+        raise ValueError(f"sampler.scheduler={name!r} is not supported; use euler or ddim")
+    config = {**scheduler_config, "prediction_type": "epsilon"}
+    if name == "ddim":  # x̂₀ unclipped, as the mini-chain's pure ODE step computes it (methods.md)
+        config.update(clip_sample=False, thresholding=False)
+    return cls.from_config(config)
+
+
 def resolve_model_path(model_id: str, cache_dir: str | None) -> str:
     if model_id == "tiny":
         from pipeline.models.tiny import tiny_sdxl
@@ -56,21 +74,7 @@ class SDXL:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
     def make_scheduler(self, name: str):
-        """A fresh Euler or DDIM scheduler from the model's scheduler config, predicting ε.
-
-        v-prediction models are converted to ε in the NoisePredictor, so the scheduler must
-        treat its input as ε. DDIM built from an Euler config would inherit clip_sample=True (its
-        default): pinned off, so that its step equals the mini-chain's ODE step.
-        """
-        from diffusers import DDIMScheduler, EulerDiscreteScheduler
-
-        cls = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}.get(name)
-        if cls is None:
-            raise ValueError(f"sampler.scheduler={name!r} is not supported; use euler or ddim")
-        config = {**self.scheduler_config, "prediction_type": "epsilon"}
-        if name == "ddim":  # x̂₀ unclipped, as the mini-chain's pure ODE step computes it (methods.md)
-            config.update(clip_sample=False, thresholding=False)
-        return cls.from_config(config)
+        return make_scheduler(self.scheduler_config, name)
 
 
 def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:

@@ -1,0 +1,289 @@
+"""Plan before you pay: what a run will produce and cost, without Ray and without loading weights.
+
+    synthgen generate --config configs/sdxl.yaml input.path=... --dry-run [--plan-json PATH]
+
+Counts come from the real plan (pipeline/data/source.py) and one streaming pass over the rows (the
+same per-row rejections as a run, except the token-length check, which needs the tokenizer).
+UNet evals come from each method's record (pipeline/sampling/methods.py) with ANSWER's K_i from the
+model's own scheduler. FLOPs are counted by torch's FLOP counter on a forward pass of the configured
+architecture on the meta device at the configured size (pipeline/models/architectures.py); memory
+is the weights at their dtypes plus the activation peak of that pass (a live-tensor tracker,
+attention taken as fused). GPU hours assume `plan.mfu` of each GPU's dense fp16/bf16 peak.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config, placement_errors
+from pipeline.data.source import plan_shards, read_shard
+from pipeline.records import PromptRecord
+from pipeline.sampling.methods import METHODS, needs_captioner, run_methods
+
+GB = 1e9
+HEADROOM = 0.9  # of a GPU's memory usable by tensors (the CUDA context, cuDNN workspaces, fragmentation)
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# name, memory (GB), dense fp16/bf16 tensor peak (TFLOP/s), from the vendors' datasheets
+GPUS = [("L4", 24, 121), ("A10G", 24, 70), ("A100-40GB", 40, 312), ("A100-80GB", 80, 312),
+        ("H100-80GB", 80, 989), ("H200", 141, 989)]
+
+
+def dry_run(cfg: Config) -> dict[str, Any]:
+    """The plan of `cfg` as a JSON-able dict (see the module docstring). Raises ConfigError/InputError."""
+    from pipeline.config import ConfigError
+
+    if errors := placement_errors(cfg):
+        raise ConfigError("; ".join(errors))
+    specs = plan_shards(cfg.input, cfg.output.shard_size)
+    rows = sum(s.num_rows for s in specs)
+    rejected = 0
+    for spec in specs:
+        for batch in read_shard(spec, cfg.input, 4096):
+            rejected += sum(not isinstance(item, PromptRecord) for item in batch)
+    samples = rows - rejected
+    methods = run_methods(cfg)
+    arch = architecture_figures(cfg)
+    per_image = {m: METHODS[m].evals(cfg.sampler, arch["answer_ks"] if m == "answer" else []) for m in methods}
+    images = samples * len(methods) * cfg.preference.candidates
+    unet_evals = samples * cfg.preference.candidates * sum(per_image.values())
+    total = unet_evals * arch["unet_flops"] + images * arch["vae_flops"]
+    return {
+        "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
+        "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
+        "unet_evals": unet_evals, "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
+        "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "config_sources": arch["sources"],
+        "memory_gb": arch["memory"],
+        "gpu_hours": {"mfu": cfg.plan.mfu, **{name: round(total / (peak * 1e12 * cfg.plan.mfu) / 3600, 3)
+                                              for name, _, peak in GPUS}},
+        "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
+                       "SDXL sizes); the token-length check of each prompt",
+    }
+
+
+def architecture_figures(cfg: Config) -> dict[str, Any]:
+    """FLOPs, memory and ANSWER's K_i of the configured models, computed in a child Python: torch,
+    diffusers and transformers (~440 MB) never enter the driver, which stays at the size of its plan."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipeline.config import to_yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(to_yaml(cfg))
+        f.flush()
+        p = subprocess.run([sys.executable, "-m", "pipeline.driver.dryrun", f.name], capture_output=True, text=True)
+    if p.returncode:
+        raise ValueError(f"cannot describe the configured models: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _describe(config_file: str) -> dict[str, Any]:
+    """The child's side of architecture_figures."""
+    from pipeline.config import load_config
+
+    cfg = load_config([config_file], base=None)
+    arch = Architecture(cfg)
+    return {"answer_ks": answer_ks(cfg), "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
+            "sources": arch.sources, "memory": arch.memory()}
+
+
+def answer_ks(cfg: Config) -> list[int]:
+    """ANSWER's K_i per main step, from the model's own scheduler (as the sampler computes them)."""
+    from pipeline.models.architectures import component_config
+    from pipeline.models.sdxl import make_scheduler
+    from pipeline.sampling import guidance
+    from pipeline.sampling.chains import fresh_scheduler
+
+    config, _ = component_config(cfg.model.id, "scheduler", model_dir(cfg))
+    scheduler = fresh_scheduler(make_scheduler(config, cfg.sampler.scheduler), cfg.sampler.steps)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    return guidance.answer_schedule(cfg.sampler.answer.schedule, cfg.sampler.answer.k, timesteps)
+
+
+def model_dir(cfg: Config):
+    """The model's local directory (the tiny stand-in is built there), or None for a hub id."""
+    from pathlib import Path
+
+    if cfg.model.id == "tiny":
+        from pipeline.models.tiny import tiny_sdxl
+
+        return tiny_sdxl(cfg.model.cache_dir)
+    return Path(cfg.model.id) if Path(cfg.model.id).is_dir() else None
+
+
+class Architecture:
+    """The configured models on the meta device: FLOPs, parameters and activation peaks."""
+
+    def __init__(self, cfg: Config):
+        import torch
+
+        from pipeline.logs import quiet_libraries
+        from pipeline.models import architectures as A
+        from pipeline.models.device import DTYPES
+
+        quiet_libraries()
+        self.cfg, self.sources = cfg, {}
+        local = model_dir(cfg)
+        unet_cfg = self._config(cfg.model.id, "unet", local)
+        vae_cfg = (self._config(cfg.model.vae_id, "", None, "vae") if cfg.model.vae_id
+                   else self._config(cfg.model.id, "vae", local))
+        self.dtype = DTYPES[cfg.model.dtype]
+        upcast = cfg.model.upcast_vae == "always" or (
+            cfg.model.upcast_vae == "auto" and cfg.model.dtype == "float16" and not cfg.model.vae_id
+            and vae_cfg.get("force_upcast", True))
+        self.vae_dtype = torch.float32 if upcast else self.dtype
+        self.unet = A.meta_unet(unet_cfg, self.dtype)
+        self.vae = A.meta_vae(vae_cfg, self.vae_dtype)
+        self.scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+        text = [A.meta_transformers("clip_text", self._config(cfg.model.id, "text_encoder", local))]
+        if "text_encoder_2" in A.CONFIG_FILES and (local is None or (local / "text_encoder_2").is_dir()):
+            text.append(A.meta_transformers("clip_text_projection",
+                                            self._config(cfg.model.id, "text_encoder_2", local)))
+        self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
+                       "text_encoders": sum(A.params(m) for m in text)}
+        self.unet_flops = self._flops(lambda: self._unet_forward(1))
+        self.vae_flops = self._flops(lambda: self._vae_decode(1))
+
+    def _config(self, model_id: str, component: str, local: Any, label: str | None = None) -> dict:
+        from pipeline.models.architectures import component_config
+
+        config, source = component_config(model_id, component, local)
+        self.sources[label or component] = f"{model_id}: {source}"
+        return config
+
+    def _unet_forward(self, batch: int) -> None:
+        import torch
+
+        c = self.unet.config
+        h, w = self.cfg.sampler.height // self.scale, self.cfg.sampler.width // self.scale
+        x = torch.empty(batch, c.in_channels, h, w, device="meta", dtype=self.dtype)
+        ctx = torch.empty(batch, 77, c.cross_attention_dim, device="meta", dtype=self.dtype)
+        added = None
+        if c.addition_embed_type == "text_time":  # SDXL: pooled text embeds + 6 size/crop ids
+            pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+            added = {"text_embeds": torch.empty(batch, pooled, device="meta", dtype=self.dtype),
+                     "time_ids": torch.empty(batch, 6, device="meta", dtype=self.dtype)}
+        with torch.no_grad():
+            self.unet(x, torch.empty(batch, device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
+
+    def _vae_decode(self, batch: int) -> None:
+        import torch
+
+        c = self.vae.config
+        z = torch.empty(batch, c.latent_channels, self.cfg.sampler.height // self.scale,
+                        self.cfg.sampler.width // self.scale, device="meta", dtype=self.vae_dtype)
+        with torch.no_grad():
+            self.vae.decode(z)
+
+    @staticmethod
+    def _flops(run) -> int:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return int(counter.get_total_flops())
+
+    @staticmethod
+    def _peak(run) -> int:
+        from pipeline.models.architectures import PeakMemory
+
+        with PeakMemory() as p:
+            run()
+        return p.peak
+
+    def memory(self) -> dict[str, Any]:
+        """Weights by dtype plus activation peaks, per sampler actor and per captioner actor, and which
+        GPUs hold a sampler actor (in HEADROOM of their memory), with the largest sampler.batch_size
+        that fits on each. An estimate: op outputs only, no allocator or kernel workspace."""
+        from pipeline.models import architectures as A
+
+        cfg = self.cfg
+        nbytes = DTYPE_BYTES[cfg.model.dtype]
+        weights = {"unet": self.params["unet"] * nbytes, "text_encoders": self.params["text_encoders"] * nbytes,
+                   "vae": self.params["vae"] * DTYPE_BYTES[str(self.vae_dtype).removeprefix("torch.")]}
+        captioner = 0
+        if needs_captioner(cfg):
+            blip = A.meta_transformers("blip2", A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0])
+            captioner = A.params(blip) * DTYPE_BYTES[cfg.captioner.dtype]
+            if cfg.captioner.workers == 0:
+                weights["captioner"] = captioner
+        for name in cfg.scoring.scorers:  # the scorers load in the sampler actor
+            if name in ("clip", "pickscore") and f"scorer_{name}" not in weights:
+                model_id = cfg.scoring.clip_id if name == "clip" else cfg.scoring.pickscore_id
+                clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, name))[0])
+                weights[f"scorer_{name}"] = A.params(clip) * DTYPE_BYTES[cfg.scoring.dtype]
+        # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
+        pair = [self._peak(lambda b=b: self._unet_forward(2 * b)) for b in (1, 2)]
+        per_sample = pair[1] - pair[0]
+        unet_act = pair[0] + per_sample * (cfg.sampler.batch_size - 1)
+        vae_act = self._peak(lambda: self._vae_decode(cfg.model.vae_slice))
+        fixed = sum(weights.values())
+        sampler = fixed + max(unet_act, vae_act)
+        fits = {}
+        for name, mem, _ in GPUS:
+            usable = mem * GB * HEADROOM
+            room = usable - fixed - (pair[0] - per_sample)
+            largest = int(room // per_sample) if per_sample > 0 else 0
+            if vae_act + fixed > usable:
+                largest = 0
+            fits[name] = {"fits": sampler <= usable, "largest_batch_size": max(largest, 0)}
+        return {"sampler_actor": round(sampler / GB, 2),
+                "sampler_weights": {k: round(v / GB, 3) for k, v in weights.items()},
+                "unet_activations": round(unet_act / GB, 3), "vae_activations": round(vae_act / GB, 3),
+                "captioner_actor": round(captioner / GB, 2) if cfg.captioner.workers and captioner else None,
+                "gpus": fits}
+
+
+def _tiny_blip(cfg: Config):
+    if cfg.captioner.id != "tiny":
+        return None
+    from pipeline.models.tiny import tiny_blip2
+
+    return tiny_blip2(cfg.model.cache_dir)
+
+
+def _tiny_scorer(cfg: Config, name: str):
+    model_id = cfg.scoring.clip_id if name == "clip" else cfg.scoring.pickscore_id
+    if model_id != "tiny":
+        return None
+    from pipeline.scoring import tiny
+
+    return (tiny.tiny_clip if name == "clip" else tiny.tiny_pickscore)(cfg.model.cache_dir)
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """The plan as a few lines for the terminal."""
+    m, per_image = p["memory_gb"], p["unet_evals_per_image"]
+
+    def flops(x: float) -> str:
+        for scale, unit in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP")):
+            if x >= scale:
+                return f"{x / scale:,.2f} {unit}"
+        return f"{x / 1e6:,.2f} MFLOP"
+
+    lines = [
+        f"plan: {p['shards']} shard(s), {p['rows']} row(s), {p['rejected_rows']} rejected, {p['samples']} sample(s), "
+        f"{p['images']} image(s) at {p['size'][0]}x{p['size'][1]} ({', '.join(p['methods'])} x {p['candidates']})",
+        f"  UNet evals {p['unet_evals']:,} ({', '.join(f'{k} {v}/image' for k, v in per_image.items())})"
+        f"; {flops(p['unet_flops_per_eval'])}/eval, VAE decode {flops(p['vae_flops_per_decode'])}/image; "
+        f"total {flops(p['total_flops'])}",
+        f"  memory per sampler actor {m['sampler_actor']} GB (weights {sum(m['sampler_weights'].values()):.2f}, "
+        f"activations UNet {m['unet_activations']} / VAE {m['vae_activations']})"
+        + (f"; per captioner actor {m['captioner_actor']} GB" if m["captioner_actor"] else ""),
+        "  GPU        fits  largest batch  GPU hours at MFU " + f"{p['gpu_hours']['mfu']:.2f}",
+    ]
+    for name, _, _ in GPUS:
+        g = m["gpus"][name]
+        lines.append(f"  {name:<10} {'yes' if g['fits'] else 'no':<5} {g['largest_batch_size']:>13}  "
+                     f"{p['gpu_hours'][name]:>10,.2f}")
+    return "\n".join(lines)
+
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(_describe(sys.argv[1])))

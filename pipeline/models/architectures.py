@@ -1,0 +1,197 @@
+"""The architectures the presets name, at full size, without their weights: for planning a run
+(`--dry-run`: FLOPs and memory) on a machine that cannot download anything.
+
+`BUNDLED` holds the published hyper-parameters of each hub id that configs/sdxl.yaml names (as the
+repositories' config files give them); `PUBLISHED_PARAMS` the parameter counts their model cards
+publish, which a test checks these configs reproduce on the meta device. A model is described by,
+in order: its own files when it is a local directory (or `tiny`), a copy in the local Hugging Face
+cache, else the bundled config; anything else is an error that says what to give.
+
+`meta_*` build a component on the meta device (shapes only, no memory, no weights), so torch's
+FLOP counter and a live-tensor tracker can run a forward pass of the real architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_VAE_FP16 = "madebyollin/sdxl-vae-fp16-fix"
+BLIP2 = "Salesforce/blip2-opt-2.7b"
+CLIP_L = "openai/clip-vit-large-patch14"
+PICKSCORE = "yuvalkirstain/PickScore_v1"
+CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+_SDXL_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+             "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+             "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 32,
+             "sample_size": 1024, "scaling_factor": 0.13025}
+_CLIP_H = {"text_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                           "num_attention_heads": 16, "vocab_size": 49408, "max_position_embeddings": 77,
+                           "hidden_act": "gelu", "projection_dim": 1024},
+           "vision_config": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                             "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "gelu",
+                             "projection_dim": 1024},
+           "projection_dim": 1024}
+
+# {hub id: {component folder ("" for a single-model repository): config}}
+BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
+    SDXL: {
+        "unet": {"sample_size": 128, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
+                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                 "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "act_fn": "silu",
+                 "norm_num_groups": 32, "norm_eps": 1e-5, "cross_attention_dim": 2048,
+                 "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+                 "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+                 "projection_class_embeddings_input_dim": 2816, "upcast_attention": False},
+        "vae": {**_SDXL_VAE, "force_upcast": True},
+        "text_encoder": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                         "projection_dim": 768},
+        "text_encoder_2": {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120,
+                           "num_hidden_layers": 32, "num_attention_heads": 20, "max_position_embeddings": 77,
+                           "hidden_act": "gelu", "projection_dim": 1280},
+        "scheduler": {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                      "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "timestep_spacing": "leading",
+                      "steps_offset": 1, "interpolation_type": "linear", "use_karras_sigmas": False},
+    },
+    SDXL_VAE_FP16: {"": {**_SDXL_VAE, "force_upcast": False}},
+    BLIP2: {"": {"vision_config": {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
+                                   "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "qkv_bias": True,
+                                   "layer_norm_eps": 1e-6},
+                 "qformer_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                    "num_attention_heads": 12, "encoder_hidden_size": 1408,
+                                    "cross_attention_frequency": 2, "vocab_size": 30522},
+                 "text_config": {"model_type": "opt", "hidden_size": 2560, "ffn_dim": 10240, "num_hidden_layers": 32,
+                                 "num_attention_heads": 32, "vocab_size": 50304, "max_position_embeddings": 2048,
+                                 "word_embed_proj_dim": 2560, "do_layer_norm_before": True},
+                 "num_query_tokens": 32}},
+    CLIP_L: {"": {"text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                  "num_attention_heads": 12, "vocab_size": 49408, "max_position_embeddings": 77,
+                                  "projection_dim": 768},
+                  "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                    "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+                                    "projection_dim": 768},
+                  "projection_dim": 768}},
+    PICKSCORE: {"": _CLIP_H},  # fine-tuned from CLIP ViT-H/14: the same architecture
+    CLIP_H: {"": _CLIP_H},
+}
+
+# Parameter counts as the model cards publish them (SDXL's per component, from the base repository).
+PUBLISHED_PARAMS = {
+    (SDXL, "unet"): 2_567_463_684, (SDXL, "vae"): 83_653_863, (SDXL, "text_encoder"): 123_060_480,
+    (SDXL, "text_encoder_2"): 694_659_840, (SDXL_VAE_FP16, ""): 83_653_863, (BLIP2, ""): 3_744_761_856,
+    (CLIP_L, ""): 427_616_513, (PICKSCORE, ""): 986_109_441, (CLIP_H, ""): 986_109_441,
+}
+CONFIG_FILES = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
+                "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json",
+                "": "config.json"}
+
+
+def component_config(model_id: str, component: str, local: Path | None = None) -> tuple[dict[str, Any], str]:
+    """(config, where it came from) of one component of `model_id`: its local directory `local` (or
+    `model_id` itself when that is a directory), the local Hugging Face cache, or the bundled copy."""
+    rel = CONFIG_FILES[component]
+    root = local or (Path(model_id) if Path(model_id).is_dir() else None)
+    if root is not None:
+        return json.loads((root / rel).read_text()), f"local {root / rel}"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, rel)
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text()), "hugging face cache"
+    except Exception:  # noqa: BLE001 - not a valid repo id, no cache: fall through
+        pass
+    if component in BUNDLED.get(model_id, {}):
+        return BUNDLED[model_id][component], "bundled"
+    raise ValueError(f"no config for {model_id!r} ({rel}): not a local directory, not in the Hugging Face cache, "
+                     f"and not one the project bundles ({', '.join(sorted(BUNDLED))}); give a local copy")
+
+
+def _clean(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def meta_unet(config: dict[str, Any], dtype: torch.dtype = torch.float32):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(_clean(config)).to(dtype)
+
+
+def meta_vae(config: dict[str, Any], dtype: torch.dtype = torch.float32):
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return AutoencoderKL.from_config(_clean(config)).to(dtype)
+
+
+def meta_transformers(kind: str, config: dict[str, Any]):
+    """`clip_text`, `clip_text_projection`, `clip` or `blip2` on the meta device."""
+    import transformers as T
+
+    classes = {"clip_text": (T.CLIPTextConfig, T.CLIPTextModel),
+               "clip_text_projection": (T.CLIPTextConfig, T.CLIPTextModelWithProjection),
+               "clip": (T.CLIPConfig, T.CLIPModel), "blip2": (T.Blip2Config, T.Blip2ForConditionalGeneration)}
+    config_cls, model_cls = classes[kind]
+    with torch.device("meta"):
+        return model_cls(config_cls(**_clean(config)))
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class PeakMemory:
+    """Peak bytes of live tensors created during a forward pass on the meta device (inference, so
+    no saved activations). Attention is taken as fused (flash / memory-efficient SDPA, as on GPUs and
+    in PyTorch's CPU kernels): the score matrix is never materialised, only the output."""
+
+    def __enter__(self) -> PeakMemory:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._created(out)
+                return out
+
+        self.live = self.peak = 0
+        self._sdpa = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = _fused_attention_shape
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        torch.nn.functional.scaled_dot_product_attention = self._sdpa
+
+    def _created(self, out: Any) -> None:
+        from torch.utils._pytree import tree_flatten
+
+        seen: set[int] = set()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                n = t.numel() * t.element_size()
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._freed, n)
+
+    def _freed(self, n: int) -> None:
+        self.live -= n
+
+
+def _fused_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any):
+    """What a fused attention kernel allocates: its output [..., L, Ev] (and no L x S scores)."""
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))

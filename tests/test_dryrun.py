@@ -1,0 +1,108 @@
+"""`--dry-run` (pipeline/driver/dryrun.py) and the full-size architectures it plans with
+(pipeline/models/architectures.py): everything on the meta device, no weights, no Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.models import architectures as A
+
+KINDS = {"unet": "unet", "vae": "vae", "text_encoder": "clip_text", "text_encoder_2": "clip_text_projection"}
+
+
+@pytest.mark.parametrize("model_id, component", sorted(A.PUBLISHED_PARAMS))
+def test_bundled_configs_have_the_published_parameter_counts(model_id, component):
+    config = A.BUNDLED[model_id][component]
+    if component == "unet":
+        model = A.meta_unet(config)
+    elif component == "vae" or model_id == A.SDXL_VAE_FP16:
+        model = A.meta_vae(config)
+    elif component:
+        model = A.meta_transformers(KINDS[component], config)
+    else:
+        model = A.meta_transformers("blip2" if model_id == A.BLIP2 else "clip", config)
+    assert A.params(model) == A.PUBLISHED_PARAMS[(model_id, component)]
+    assert all(p.device.type == "meta" for p in model.parameters())  # nothing was allocated
+
+
+def test_sdxl_flops_at_1024_match_the_physical_figures():
+    """torch's FLOP counter on the bundled SDXL at 1024²: UNet 6.76 TFLOP per eval, VAE decode 10.47
+    TFLOP per image (within 2 %)."""
+    from pipeline.driver.dryrun import Architecture
+
+    cfg = load_config(["configs/sdxl.yaml"])
+    arch = Architecture(cfg)
+    assert arch.unet_flops == pytest.approx(6.76e12, rel=0.02)
+    assert arch.vae_flops == pytest.approx(10.47e12, rel=0.02)
+    assert arch.sources["unet"].endswith("bundled") and arch.sources["vae"].startswith(A.SDXL_VAE_FP16)
+    assert arch.params["unet"] == A.PUBLISHED_PARAMS[(A.SDXL, "unet")]
+
+
+def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
+    q = torch.empty(1, 8, 4096, 64, device="meta")
+    with A.PeakMemory() as p:
+        a = torch.empty(1000, device="meta")  # 4000 bytes, alive
+        b = torch.empty(1000, device="meta")
+        del b  # freed: the peak stays, the live count drops
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    # b was freed before the attention ran; no 8 x 4096 x 4096 score matrix (537 MB) was counted
+    assert out.shape == q.shape and p.peak == 4000 + out.numel() * 4
+    assert p.live == 4000 + out.numel() * 4
+    del a
+
+
+def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
+    """Rows, rejections, samples and images from the real plan; UNet evals from the method records,
+    with ANSWER's K_i exactly those the sampler records when it runs the same config."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.driver.dryrun import answer_ks, dry_run
+    from pipeline.models.sdxl import load_sdxl
+    from pipeline.sampling.batch import SampleRequest, generate_batch
+    from pipeline.sampling.methods import METHODS
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a red fox", "", "a blue car", "two cats", "a tree"]}), path)
+    cfg = load_config(overrides=[f"input.path={path}", "output.shard_size=2", "sampler.steps=6",
+                                 "preference.methods=[cfg,answer]", "preference.candidates=2",
+                                 "scoring.scorers=[clip]", "preference.scorer=clip", "sampler.height=32",
+                                 "sampler.width=32"])
+    plan = dry_run(cfg)
+    assert (plan["shards"], plan["rows"], plan["rejected_rows"], plan["samples"]) == (3, 5, 1, 4)
+    assert plan["images"] == 4 * 2 * 2
+    ks = answer_ks(cfg)
+    s = cfg.sampler
+    answer_cfg = type(s)(**{**s.__dict__, "method": "answer"})
+    out, _ = generate_batch(load_sdxl(cfg.model), [SampleRequest("a red fox", 1, None)], answer_cfg)
+    assert out[0].metadata["answer"]["k_schedule"] == ks  # what the sampler ran
+    per = {"cfg": 2 * 6, "answer": METHODS["answer"].evals(s, ks)}
+    assert plan["unet_evals_per_image"] == per and per["answer"] > per["cfg"]
+    assert plan["unet_evals"] == 4 * 2 * (per["cfg"] + per["answer"])
+    assert plan["total_flops"] == plan["unet_evals"] * plan["unet_flops_per_eval"] + 16 * plan["vae_flops_per_decode"]
+    assert plan["memory_gb"]["sampler_weights"].keys() == {"unet", "text_encoders", "vae", "scorer_clip"}
+    json.dumps(plan)  # JSON-able as written
+
+
+def test_dry_run_starts_no_ray_writes_the_plan_and_a_run_may_follow(tmp_path, monkeypatch, capsys):
+    from pipeline.cli.generate import main
+    from pipeline.driver import localray
+    from pipeline.driver.plan import prepare
+
+    monkeypatch.setattr(localray, "connect_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray")))
+    out = tmp_path / "out"
+    assert main(["--dry-run", f"output.path={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "plan: 3 shard(s), 24 row(s), 0 rejected, 24 sample(s)" in printed and "UNet evals 480" in printed
+    plan = json.loads((out / "run" / "plan.json").read_text())
+    assert plan["unet_evals"] == 480 and set(plan["memory_gb"]["gpus"]) == {"L4", "A10G", "A100-40GB", "A100-80GB",
+                                                                          "H100-80GB", "H200"}
+    prepare(load_config(overrides=[f"output.path={out}"]))  # the output with only a plan is not "foreign"
+    assert main(["--dry-run", "--plan-json", str(tmp_path / "p.json"), f"output.path={tmp_path / 'o2'}"]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["rows"] == 24 and not (tmp_path / "o2").exists()
+    assert main(["--dry-run", "model.dtype=float16", f"output.path={tmp_path / 'o3'}"]) == 2
+    assert "model.dtype=float16 runs on CPU" in capsys.readouterr().err
