@@ -106,3 +106,27 @@ def test_dry_run_starts_no_ray_writes_the_plan_and_a_run_may_follow(tmp_path, mo
     assert json.loads((tmp_path / "p.json").read_text())["rows"] == 24 and not (tmp_path / "o2").exists()
     assert main(["--dry-run", "model.dtype=float16", f"output.path={tmp_path / 'o3'}"]) == 2
     assert "model.dtype=float16 runs on CPU" in capsys.readouterr().err
+
+
+def test_the_planner_predicts_a_cpu_host_that_cannot_hold_the_actors(tmp_path, monkeypatch):
+    """The rehearsal's stall: full SDXL and full BLIP-2 in one float32 actor on a 24 GiB host (the
+    weights are memory-mapped, so nothing fails; the run pages and stops moving). The plan says so;
+    in bfloat16 with the captioner in its own actor the same host holds both."""
+    import psutil
+
+    from pipeline.driver.dryrun import dry_run
+
+    total = 24 * 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"total": total})())
+    base = ["configs/sdxl.yaml"]
+    common = [f"output.path={tmp_path / 'o'}", "ray.gpus_per_worker=0", "ray.num_workers=1", "sampler.method=dnp",
+              "scoring.scorers=[]", "sampler.height=128", "sampler.width=128", "sampler.steps=2"]
+    fp32 = dry_run(load_config(base, common + ["model.dtype=float32", "captioner.dtype=float32",
+                                                "captioner.workers=0"]))
+    host = fp32["memory_gb"]["host"]
+    assert not host["fits"] and host["needed_gb"] > 28 and fp32["memory_gb"]["sampler_weights"]["captioner"] > 14
+    bf16 = dry_run(load_config(base, common + ["model.dtype=bfloat16", "captioner.dtype=bfloat16",
+                                                "captioner.workers=1"]))
+    host = bf16["memory_gb"]["host"]
+    assert host["fits"] and "captioner" not in bf16["memory_gb"]["sampler_weights"]
+    assert 7 < bf16["memory_gb"]["captioner_actor"] < 8  # BLIP-2 OPT-2.7b: 3.74 B parameters x 2 bytes

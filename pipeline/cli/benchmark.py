@@ -3,6 +3,7 @@ JSON with --json.
 
     python jobs/benchmark.py all --json report.json      # evals, efficiency, diffusers, driver, gpu
     python jobs/benchmark.py source | evals | efficiency | diffusers | driver | gpu  [options, see --help]
+    python jobs/benchmark.py rehearsal --standins DIR     # configs/sdxl.yaml on full-size stand-ins, CPU
 
 Every report carries the command, the machine (platform, CPUs, load average at start and end,
 torch version and threads, GPU or none, date). Exit status 1 when an eval count differs from its
@@ -26,6 +27,14 @@ from pipeline.benchmarks.source import bench_source
 
 PARTS = {"evals": bench_evals, "efficiency": bench_efficiency, "diffusers": bench_diffusers,
          "driver": bench_driver, "gpu": bench_gpu}
+
+
+def bench_rehearsal(args: argparse.Namespace) -> dict:
+    from pipeline.benchmarks import rehearsal
+
+    rows = rehearsal.run(Path(args.standins).resolve(), Path(args.out).resolve())
+    print(rehearsal.table(rows))
+    return {"runs": rows, **({"error": "a run failed"} if any(r["exit_code"] for r in rows) else {})}
 
 
 def bench_all(args: argparse.Namespace) -> dict:
@@ -91,6 +100,10 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--row-group-size", type=int, default=100_000)
     p.set_defaults(run=bench_source)
+    p = sub.add_parser("rehearsal", help="the SDXL preset on full-size stand-ins (synthgen standins DIR), CPU bf16")
+    p.add_argument("--standins", required=True, help="the directory `synthgen standins` wrote")
+    p.add_argument("--out", default="outputs/rehearsal")
+    p.set_defaults(run=bench_rehearsal)
     parts = {"evals": ("UNet evals per image vs the formulas", [add_evals_args]),
              "efficiency": ("Ray job images/s over the bare sampler loop's", [add_efficiency_args]),
              "diffusers": ("our CFG vs StableDiffusionXLPipeline", [add_diffusers_args]),

@@ -21,6 +21,7 @@ COMMANDS = {
     "render": "one prompt under every method, a PNG each and a side-by-side sheet",
     "card": "(re)write the dataset card of an output",
     "benchmark": "measure the sampler, the driver and the source",
+    "standins": "write full-size random-weight stand-ins of the SDXL preset's models (no download)",
 }
 
 
@@ -38,6 +39,8 @@ def command(name: str) -> Callable[..., int]:
         from pipeline.cli.card import main
     elif name == "benchmark":
         from pipeline.cli.benchmark import main
+    elif name == "standins":
+        from pipeline.cli.standins import main
     else:
         raise KeyError(name)
     return main

@@ -47,6 +47,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     images = samples * len(methods) * cfg.preference.candidates
     unet_evals = samples * cfg.preference.candidates * sum(per_image.values())
     total = unet_evals * arch["unet_flops"] + images * arch["vae_flops"]
+    arch["memory"]["host"] = host_fit(cfg, arch["memory"])
     return {
         "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
@@ -58,6 +59,21 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
                        "SDXL sizes); the token-length check of each prompt",
     }
+
+
+def host_fit(cfg: Config, memory: dict[str, Any]) -> dict[str, Any] | None:
+    """On CPU (no GPU per sampler actor) the actors share this machine's memory: does it hold them?
+    Weights are memory-mapped from disk, so a host that cannot hold them does not fail, it pages
+    and the run stalls; this is where to find that out. None when the actors run on GPUs."""
+    if cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu":
+        return None
+    import psutil
+
+    actors = cfg.ray.num_workers * memory["sampler_actor"]
+    if needs_captioner(cfg) and cfg.captioner.workers and cfg.captioner.gpus_per_worker <= 0:
+        actors += cfg.captioner.workers * (memory["captioner_actor"] or 0)
+    total = psutil.virtual_memory().total / GB
+    return {"memory_gb": round(total, 1), "needed_gb": round(actors, 2), "fits": actors <= total * HEADROOM}
 
 
 def architecture_figures(cfg: Config) -> dict[str, Any]:
@@ -274,10 +290,15 @@ def format_plan(p: dict[str, Any]) -> str:
         + (f"; per captioner actor {m['captioner_actor']} GB" if m["captioner_actor"] else ""),
         "  GPU        fits  largest batch  GPU hours at MFU " + f"{p['gpu_hours']['mfu']:.2f}",
     ]
+    host = m.get("host")
     for name, _, _ in GPUS:
         g = m["gpus"][name]
         lines.append(f"  {name:<10} {'yes' if g['fits'] else 'no':<5} {g['largest_batch_size']:>13}  "
                      f"{p['gpu_hours'][name]:>10,.2f}")
+    if host:
+        lines.append(f"  on this machine's CPUs: the actors need {host['needed_gb']} GB of its {host['memory_gb']} GB"
+                     + ("" if host["fits"] else " -- they do NOT fit: the run would page and stall; use fewer "
+                        "ray.num_workers, captioner.workers>0 on another machine, bfloat16, or GPUs"))
     return "\n".join(lines)
 
 

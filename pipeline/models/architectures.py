@@ -70,8 +70,8 @@ BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
                                     "cross_attention_frequency": 2, "vocab_size": 30522},
                  "text_config": {"model_type": "opt", "hidden_size": 2560, "ffn_dim": 10240, "num_hidden_layers": 32,
                                  "num_attention_heads": 32, "vocab_size": 50304, "max_position_embeddings": 2048,
-                                 "word_embed_proj_dim": 2560, "do_layer_norm_before": True},
-                 "num_query_tokens": 32}},
+                                 "word_embed_proj_dim": 2560, "do_layer_norm_before": True, "eos_token_id": 50118},
+                 "num_query_tokens": 32, "image_token_index": 50265}},
     CLIP_L: {"": {"text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                                   "num_attention_heads": 12, "vocab_size": 49408, "max_position_embeddings": 77,
                                   "projection_dim": 768},
@@ -83,7 +83,9 @@ BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
     CLIP_H: {"": _CLIP_H},
 }
 
-# Parameter counts as the model cards publish them (SDXL's per component, from the base repository).
+# Parameter counts of the published checkpoints (SDXL's per component, from the base repository; BLIP-2's
+# from its current config, whose OPT vocabulary is 50304 since the <image> token was added: the card
+# rounds it to 3.74 B).
 PUBLISHED_PARAMS = {
     (SDXL, "unet"): 2_567_463_684, (SDXL, "vae"): 83_653_863, (SDXL, "text_encoder"): 123_060_480,
     (SDXL, "text_encoder_2"): 694_659_840, (SDXL_VAE_FP16, ""): 83_653_863, (BLIP2, ""): 3_744_761_856,

@@ -45,12 +45,15 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def write_clip_tokenizer(path: Path) -> None:
-    """A byte-level CLIP vocab: 256 bytes, 256 word-final bytes, BOS/EOS; no merges."""
+def write_clip_tokenizer(path: Path, vocab_size: int = 514) -> None:
+    """A byte-level CLIP vocab: 256 bytes, 256 word-final bytes, BOS/EOS; no merges. A larger
+    `vocab_size` (CLIP's is 49408) pads it with tokens no text produces, and BOS/EOS take the last two
+    ids as in CLIP's vocab (49406, 49407), which the real text encoders' configs name."""
     chars = list(_bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab[START], vocab[END] = 512, 513
+    vocab.update({f"<|unused{i}|>": i for i in range(512, vocab_size - 2)})
+    vocab[START], vocab[END] = vocab_size - 2, vocab_size - 1  # as in CLIP's own vocab: the last two
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (path / "merges.txt").write_text("#version: 0.2\n")

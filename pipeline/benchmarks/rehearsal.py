@@ -1,0 +1,123 @@
+"""A rehearsal of the production config on CPU: `jobs/generate.py --config configs/sdxl.yaml` with
+only the ids swapped for the full-size stand-ins (`synthgen standins DIR`), in bfloat16 at a small
+size with a few steps, one sampler actor on a private local Ray.
+
+Per run: the sampler actor's load time (Ray up to the actor ready) and peak host RSS (its process,
+polled every 0.2 s), seconds per UNet eval (the shards' sampling time over their UNet evals), the
+exit code and that every row is a sample, and `--dry-run`'s memory estimate for the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import REPO_ROOT
+
+PROMPTS = ["a red fox sitting in fresh snow", "a lighthouse on a rocky coast", "two apples on a wooden table",
+           "an astronaut riding a bicycle"]
+CPU = ["ray.gpus_per_worker=0", "ray.num_workers=1", "ray.cpus_per_worker=2", "ray.address=local",
+       "model.dtype=bfloat16", "captioner.dtype=bfloat16", "sampler.height=128", "sampler.width=128",
+       "sampler.batch_size=2", "output.shard_size=4", "scoring.scorers=[]", "model.channels_last=false"]
+RUNS = {"cfg": ["sampler.method=cfg", "sampler.steps=2"],
+        "answer_k3": ["sampler.method=answer", "sampler.answer.k=3", "sampler.steps=4"]}
+
+
+class ActorRSS:
+    """Peak RSS of each Ray actor process (named `ray::<Class>` by Ray), polled in a thread."""
+
+    def __init__(self, period_s: float = 0.2):
+        self.period_s, self.peak, self._stop = period_s, {}, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ActorRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                name = " ".join(p.info["cmdline"] or [])
+                m = re.match(r"ray::(SamplerActor|CaptionerActor)", name)
+                if m and p.info["memory_info"]:
+                    key = f"{m.group(1)} pid {p.pid}"
+                    self.peak[key] = max(self.peak.get(key, 0), p.info["memory_info"].rss)
+            self._stop.wait(self.period_s)
+
+
+def run(standins: Path, out: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = out / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS}), prompts)
+    ids = [f"model.id={standins / 'stabilityai--stable-diffusion-xl-base-1.0'}",
+           f"model.vae_id={standins / 'madebyollin--sdxl-vae-fp16-fix'}"]
+    rows = []
+    for name, extra in RUNS.items():
+        args = ["--config", str(REPO_ROOT / "configs" / "sdxl.yaml"), f"input.path={prompts}",
+                f"output.path={out / name}", "output.new_run=true", *ids, *CPU, *extra]
+        plan = _dry_run(args, out / f"{name}.plan.json")
+        t0 = time.time()
+        with ActorRSS() as rss:
+            p = subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "generate.py"), *args], capture_output=True,
+                               text=True, cwd=REPO_ROOT)
+        wall = time.time() - t0
+        log = p.stdout + p.stderr
+        rows.append(_row(name, out / name, p.returncode, wall, log, rss.peak, plan))
+    return rows
+
+
+def _dry_run(args: list[str], path: Path) -> dict[str, Any]:
+    p = subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "generate.py"), *args, "--dry-run",
+                        "--plan-json", str(path)], capture_output=True, text=True, cwd=REPO_ROOT)
+    return json.loads(path.read_text()) if p.returncode == 0 else {"error": (p.stderr or p.stdout)[-500:]}
+
+
+def _stamp(line: str) -> float:
+    return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+
+
+def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str, int], plan: dict) -> dict:
+    stats = [json.loads(f.read_text()) for f in sorted((out / "shards").glob("*.stats.json"))]
+    summary = json.loads((out / "run" / "summary.json").read_text()) if (out / "run" / "summary.json").exists() else {}
+    up = [ln for ln in log.splitlines() if "pipeline.driver.localray: ray:" in ln]
+    ready = [ln for ln in log.splitlines() if " ready: node " in ln]
+    sampler_rss = max((v for k, v in peak.items() if k.startswith("SamplerActor")), default=0)
+    memory = plan.get("memory_gb", {})
+    weights = sum(memory.get("sampler_weights", {}).values())
+    return {
+        "run": name, "exit_code": code, "wall_s": round(wall, 1),
+        "rows": summary.get("rows"), "samples": summary.get("samples"),
+        "load_s": round(_stamp(ready[0]) - _stamp(up[0]), 1) if up and ready else None,
+        "sampler_peak_rss_gb": round(sampler_rss / 1e9, 2),
+        "weights_gb": round(weights, 2), "rss_over_weights": round(sampler_rss / 1e9 / weights, 2) if weights else None,
+        "planned_sampler_gb": memory.get("sampler_actor"),
+        "unet_evals": sum(s["unet_evals"] for s in stats),
+        "s_per_unet_eval": round(sum(s["sample_s"] for s in stats) / max(sum(s["unet_evals"] for s in stats), 1), 3),
+        "error": summary.get("error") or (log[-800:] if code else None),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| run | exit | rows → samples | sampler load (s) | sampler peak RSS (GB) | weights (GB) | RSS / weights | "
+            "planned (GB) | s / UNet eval |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['exit_code']} | {r['rows']} → {r['samples']} | {r['load_s']} | "
+                     f"{r['sampler_peak_rss_gb']} | {r['weights_gb']} | {r['rss_over_weights']} | "
+                     f"{r['planned_sampler_gb']} | {r['s_per_unet_eval']} |")
+    return "\n".join(lines)
