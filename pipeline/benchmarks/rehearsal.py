@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,10 +31,13 @@ RUNS = {"cfg": ["sampler.method=cfg", "sampler.steps=2"],
 
 
 class ActorRSS:
-    """Peak RSS of each Ray actor process (named `ray::<Class>` by Ray), polled in a thread."""
+    """Peak resident memory of each Ray actor process (named `ray::<Class>` by Ray), polled in a
+    thread: total RSS, and its anonymous part (the process's own tensors) apart from the file-backed
+    part (the memory-mapped weight files: clean page cache the kernel can drop under pressure)."""
 
     def __init__(self, period_s: float = 0.2):
-        self.period_s, self.peak, self._stop = period_s, {}, threading.Event()
+        self.period_s, self._stop = period_s, threading.Event()
+        self.peak: dict[str, dict[str, int]] = {}  # "Class pid N" -> {"rss", "anon", "file"} bytes
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> ActorRSS:
@@ -48,12 +52,19 @@ class ActorRSS:
         import psutil
 
         while not self._stop.is_set():
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                name = " ".join(p.info["cmdline"] or [])
-                m = re.match(r"ray::(SamplerActor|CaptionerActor)", name)
-                if m and p.info["memory_info"]:
-                    key = f"{m.group(1)} pid {p.pid}"
-                    self.peak[key] = max(self.peak.get(key, 0), p.info["memory_info"].rss)
+            for p in psutil.process_iter(["cmdline"]):
+                m = re.match(r"ray::(SamplerActor|CaptionerActor)", " ".join(p.info["cmdline"] or []))
+                if not m:
+                    continue
+                try:
+                    status = Path(f"/proc/{p.pid}/status").read_text()
+                except OSError:  # gone meanwhile
+                    continue
+                now = {key: int(re.search(rf"{field}:\s+(\d+)", status).group(1)) * 1024
+                       for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
+                peak = self.peak.setdefault(f"{m.group(1)} pid {p.pid}", dict.fromkeys(now, 0))
+                for k, v in now.items():
+                    peak[k] = max(peak[k], v)
             self._stop.wait(self.period_s)
 
 
@@ -68,8 +79,9 @@ def run(standins: Path, out: Path) -> list[dict[str, Any]]:
            f"model.vae_id={standins / 'madebyollin--sdxl-vae-fp16-fix'}"]
     rows = []
     for name, extra in RUNS.items():
+        shutil.rmtree(out / name, ignore_errors=True)  # a finished output would not be sampled again
         args = ["--config", str(REPO_ROOT / "configs" / "sdxl.yaml"), f"input.path={prompts}",
-                f"output.path={out / name}", "output.new_run=true", *ids, *CPU, *extra]
+                f"output.path={out / name}", *ids, *CPU, *extra]
         plan = _dry_run(args, out / f"{name}.plan.json")
         t0 = time.time()
         with ActorRSS() as rss:
@@ -91,20 +103,24 @@ def _stamp(line: str) -> float:
     return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
 
 
-def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str, int], plan: dict) -> dict:
+def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str, dict[str, int]],
+         plan: dict) -> dict:
     stats = [json.loads(f.read_text()) for f in sorted((out / "shards").glob("*.stats.json"))]
     summary = json.loads((out / "run" / "summary.json").read_text()) if (out / "run" / "summary.json").exists() else {}
     up = [ln for ln in log.splitlines() if "pipeline.driver.localray: ray:" in ln]
     ready = [ln for ln in log.splitlines() if " ready: node " in ln]
-    sampler_rss = max((v for k, v in peak.items() if k.startswith("SamplerActor")), default=0)
+    sampler = [v for k, v in peak.items() if k.startswith("SamplerActor")]
+    sampler_rss = max((v["rss"] for v in sampler), default=0)
+    sampler_anon = max((v["anon"] for v in sampler), default=0)
     memory = plan.get("memory_gb", {})
     weights = sum(memory.get("sampler_weights", {}).values())
     return {
         "run": name, "exit_code": code, "wall_s": round(wall, 1),
         "rows": summary.get("rows"), "samples": summary.get("samples"),
         "load_s": round(_stamp(ready[0]) - _stamp(up[0]), 1) if up and ready else None,
-        "sampler_peak_rss_gb": round(sampler_rss / 1e9, 2),
+        "sampler_peak_rss_gb": round(sampler_rss / 1e9, 2), "sampler_peak_anon_gb": round(sampler_anon / 1e9, 2),
         "weights_gb": round(weights, 2), "rss_over_weights": round(sampler_rss / 1e9 / weights, 2) if weights else None,
+        "anon_over_weights": round(sampler_anon / 1e9 / weights, 2) if weights else None,
         "planned_sampler_gb": memory.get("sampler_actor"),
         "unet_evals": sum(s["unet_evals"] for s in stats),
         "s_per_unet_eval": round(sum(s["sample_s"] for s in stats) / max(sum(s["unet_evals"] for s in stats), 1), 3),
@@ -113,11 +129,12 @@ def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | exit | rows → samples | sampler load (s) | sampler peak RSS (GB) | weights (GB) | RSS / weights | "
-            "planned (GB) | s / UNet eval |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    head = ("| run | exit | rows → samples | sampler load (s) | peak RSS (GB) | of it anonymous (GB) | weights (GB) | "
+            "RSS / weights | anonymous / weights | planned (GB) | s / UNet eval |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['exit_code']} | {r['rows']} → {r['samples']} | {r['load_s']} | "
-                     f"{r['sampler_peak_rss_gb']} | {r['weights_gb']} | {r['rss_over_weights']} | "
-                     f"{r['planned_sampler_gb']} | {r['s_per_unet_eval']} |")
+                     f"{r['sampler_peak_rss_gb']} | {r['sampler_peak_anon_gb']} | {r['weights_gb']} | "
+                     f"{r['rss_over_weights']} | {r['anon_over_weights']} | {r['planned_sampler_gb']} | "
+                     f"{r['s_per_unet_eval']} |")
     return "\n".join(lines)
