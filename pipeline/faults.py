@@ -8,6 +8,7 @@ SYNTHGEN_FAULTS="site:action[:times][:match], ..." e.g. "after_upload:kill:1:000
             before_commit the worker has written every row, the sink has not closed the tar
             before_tar    the sink is about to close its local tar
             after_tar     tar and sidecar are complete locally, nothing is published
+            before_publish  the sink found the shard uncommitted and is about to publish
             after_upload  tar and sidecar are published, the commit file is not
             after_commit  the commit file exists, the worker has not returned
           (context of the last five: the shard name, e.g. 000002)

@@ -146,6 +146,49 @@ def test_racing_attempts_commit_once_and_the_loser_leaves_nothing(tmp_path, wher
     assert sorted(loc.listdir("shards")) == ["000000.parquet", "000000.stats.json", "000000.tar"]
 
 
+def test_an_attempt_held_past_its_commit_check_loses_cleanly_when_the_other_commits(tmp_path, monkeypatch):
+    """The narrowest race, made deterministic: attempt 1 has found the shard uncommitted and is held
+    just before it publishes (fault `wait` at before_publish); attempt 2 then commits and removes the
+    temp files it takes for leftovers, attempt 1's among them. Released, attempt 1 raises
+    AlreadyCommitted (it used to fail with FileNotFoundError on its vanished temp file), and the
+    output holds exactly the committed shard."""
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setattr(faults, "_RULES", faults._parse("before_publish:wait:1"))  # in this process
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    prompts = write_prompts(tmp_path / "p2.parquet", ["a", "b"])
+    out = str(tmp_path / "race")
+    cfg = make_cfg(prompts, out)
+    loc = open_location(out, cfg.output.s3)
+    spec = plan_shards(cfg.input, 2)[0]
+    outcome: dict[int, str] = {}
+
+    def attempt(n: int) -> None:
+        try:
+            with ShardSink(loc, spec, attempt=n) as sink:
+                for row in range(spec.row_start, spec.row_stop):
+                    key = sample_key(spec.shard_id, row - spec.row_start)
+                    sink.write(Sample(key, row, f"p{row}", "x", [np.full((8, 8, 3), n, np.uint8)], {}))
+            outcome[n] = "committed"
+        except AlreadyCommitted:
+            outcome[n] = "lost"
+        except Exception as e:  # noqa: BLE001 - recorded: the test says what it was
+            outcome[n] = f"{type(e).__name__}: {e}"
+
+    first = threading.Thread(target=attempt, args=(1,))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not (fault_dir / "reached-before_publish").exists():
+        assert time.monotonic() < deadline and first.is_alive(), outcome
+        time.sleep(0.02)
+    attempt(2)  # the fault fired once: attempt 2 passes the same point and commits
+    (fault_dir / "release-before_publish").touch()
+    first.join(timeout=60)
+    assert outcome == {1: "lost", 2: "committed"}
+    assert read_stats(loc, 0).attempt == 2
+    assert sorted(loc.listdir("shards")) == ["000000.parquet", "000000.stats.json", "000000.tar"]
+
+
 # ================================================================== a node is lost
 class HeldOnNodeWorker(FakeWorker):
     """FakeWorker that never finishes a shard on the node HOLD_NODE (set before the run; the class

@@ -257,8 +257,16 @@ class ShardSink:
         faults.hit("after_tar", spec.name)  # the tar is complete locally, nothing is published
         if loc.exists(stats_path(spec.shard_id)):
             raise AlreadyCommitted(loc, spec.shard_id)
-        loc.publish(self._tar_tmp, tar_path(spec.shard_id))
-        loc.publish(side_tmp, sidecar_path(spec.shard_id))
+        faults.hit("before_publish", spec.name)  # checked: not committed yet; nothing published
+        try:
+            loc.publish(self._tar_tmp, tar_path(spec.shard_id))
+            loc.publish(side_tmp, sidecar_path(spec.shard_id))
+        except FileNotFoundError:
+            # A racing attempt committed between our check and here, and removed our temp files as
+            # stale (below): it won; ours are gone, which is what losing leaves.
+            if loc.exists(stats_path(spec.shard_id)):
+                raise AlreadyCommitted(loc, spec.shard_id) from None
+            raise
         faults.hit("after_upload", spec.name)  # tar and sidecar are visible, the commit file is not
         body = json.dumps(stats.to_dict(), sort_keys=True, indent=1, default=_json_default).encode("utf-8")
         try:
