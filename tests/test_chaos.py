@@ -103,6 +103,14 @@ def test_worker_dies_around_the_commit(ray_local, tmp_path, monkeypatch):
 
 
 # ================================================================== two attempts racing
+def write_rows(sink: ShardSink, spec) -> None:
+    """One 8x8 image per row of `spec`, its pixels from the key (the same in every attempt)."""
+    for row in range(spec.row_start, spec.row_stop):
+        key = sample_key(spec.shard_id, row - spec.row_start)
+        img = np.full((8, 8, 3), int(hashlib.sha256(key.encode()).hexdigest()[:2], 16), np.uint8)
+        sink.write(Sample(key, row, f"p{row}", "x", [img], {}))
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_racing_attempts_commit_once_and_the_loser_leaves_nothing(tmp_path, where, request):
     """Two attempts of one shard finish at the same moment: one commit, the other raises
@@ -124,10 +132,7 @@ def test_racing_attempts_commit_once_and_the_loser_leaves_nothing(tmp_path, wher
     def attempt(n: int) -> None:
         try:
             with ShardSink(loc, spec, attempt=n) as sink:
-                for row in range(spec.row_start, spec.row_stop):
-                    key = sample_key(spec.shard_id, row - spec.row_start)
-                    img = np.full((8, 8, 3), int(hashlib.sha256(key.encode()).hexdigest()[:2], 16), np.uint8)
-                    sink.write(Sample(key, row, f"p{row}", "x", [img], {}))
+                write_rows(sink, spec)
                 barrier.wait(timeout=30)  # both attempts reach the commit together
             outcome[n] = "committed"
         except AlreadyCommitted:
@@ -166,9 +171,7 @@ def test_an_attempt_held_past_its_commit_check_loses_cleanly_when_the_other_comm
     def attempt(n: int) -> None:
         try:
             with ShardSink(loc, spec, attempt=n) as sink:
-                for row in range(spec.row_start, spec.row_stop):
-                    key = sample_key(spec.shard_id, row - spec.row_start)
-                    sink.write(Sample(key, row, f"p{row}", "x", [np.full((8, 8, 3), n, np.uint8)], {}))
+                write_rows(sink, spec)
             outcome[n] = "committed"
         except AlreadyCommitted:
             outcome[n] = "lost"

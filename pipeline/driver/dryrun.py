@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Config, placement_errors
+from pipeline.config import Config
 from pipeline.data.source import plan_shards, read_shard
+from pipeline.placement import placement_errors
 from pipeline.records import PromptRecord
 from pipeline.sampling.methods import METHODS, needs_captioner, run_methods
 

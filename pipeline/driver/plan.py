@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.config import Config, ConfigError, placement_errors, to_dict, to_yaml
+from pipeline.config import Config, ConfigError, to_dict, to_yaml
 from pipeline.data.layout import (
     CARD_README,
     CONFIG_FILE,
@@ -39,6 +39,7 @@ from pipeline.data.layout import (
 )
 from pipeline.data.source import plan_shards
 from pipeline.data.storage import Location, is_s3, open_location
+from pipeline.placement import placement_errors
 from pipeline.records import ShardSpec
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.config import CaptionerConfig, cpu_dtype_error
+from pipeline.config import CaptionerConfig
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs
 from pipeline.models.provenance import loaded_from
+from pipeline.placement import cpu_dtype_error
 
 
 class Captioner:

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig, cpu_dtype_error
+from pipeline.config import ModelConfig
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs, resolve_device
 from pipeline.models.provenance import loaded_from
+from pipeline.placement import cpu_dtype_error
 from pipeline.sampling.chains import Conditions
 
 log = logging.getLogger(__name__)
