@@ -27,7 +27,13 @@ CPU = ["ray.gpus_per_worker=0", "ray.num_workers=1", "ray.cpus_per_worker=2", "r
        "model.dtype=bfloat16", "captioner.dtype=bfloat16", "sampler.height=128", "sampler.width=128",
        "sampler.batch_size=2", "output.shard_size=4", "scoring.scorers=[]", "model.channels_last=false"]
 RUNS = {"cfg": ["sampler.method=cfg", "sampler.steps=2"],
-        "answer_k3": ["sampler.method=answer", "sampler.answer.k=3", "sampler.steps=4"]}
+        "answer_k3": ["sampler.method=answer", "sampler.answer.k=3", "sampler.steps=4"],
+        # BLIP-2 in its own actor (one 24 GiB host cannot hold both in one float32 actor), short captions
+        "dnp": ["sampler.method=dnp", "sampler.steps=2", "captioner.workers=1", "captioner.gpus_per_worker=0",
+                "captioner.max_new_tokens=8", "captioner.batch_size=2"],
+        # two methods x two candidates per prompt, scored by all three scorers (float32 on CPU)
+        "preference": ["preference.methods=[cfg,answer]", "preference.candidates=2", "sampler.steps=2",
+                       "scoring.scorers=[clip,pickscore,aesthetic]", "preference.scorer=pickscore"]}
 
 
 class ActorRSS:
@@ -68,17 +74,22 @@ class ActorRSS:
             self._stop.wait(self.period_s)
 
 
-def run(standins: Path, out: Path) -> list[dict[str, Any]]:
+def run(standins: Path, out: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.parquet"
     pq.write_table(pa.table({"prompt": PROMPTS}), prompts)
-    ids = [f"model.id={standins / 'stabilityai--stable-diffusion-xl-base-1.0'}",
-           f"model.vae_id={standins / 'madebyollin--sdxl-vae-fp16-fix'}"]
+    from pipeline.models.standins import AESTHETIC_REPO, OVERRIDE, directory
+
+    ids = [f"{key}={directory(standins, model_id)}" for model_id, keys in OVERRIDE.items() for key in keys
+           if model_id != AESTHETIC_REPO]
+    ids.append(f"scoring.aesthetic_head={directory(standins, AESTHETIC_REPO) / 'model.safetensors'}")
     rows = []
     for name, extra in RUNS.items():
+        if only and name not in only:
+            continue
         shutil.rmtree(out / name, ignore_errors=True)  # a finished output would not be sampled again
         args = ["--config", str(REPO_ROOT / "configs" / "sdxl.yaml"), f"input.path={prompts}",
                 f"output.path={out / name}", *ids, *CPU, *extra]
@@ -109,6 +120,7 @@ def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str,
     summary = json.loads((out / "run" / "summary.json").read_text()) if (out / "run" / "summary.json").exists() else {}
     up = [ln for ln in log.splitlines() if "pipeline.driver.localray: ray:" in ln]
     ready = [ln for ln in log.splitlines() if " ready: node " in ln]
+    captioner = [v for k, v in peak.items() if k.startswith("CaptionerActor")]
     sampler = [v for k, v in peak.items() if k.startswith("SamplerActor")]
     sampler_rss = max((v["rss"] for v in sampler), default=0)
     sampler_anon = max((v["anon"] for v in sampler), default=0)
@@ -122,6 +134,9 @@ def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str,
         "weights_gb": round(weights, 2), "rss_over_weights": round(sampler_rss / 1e9 / weights, 2) if weights else None,
         "anon_over_weights": round(sampler_anon / 1e9 / weights, 2) if weights else None,
         "planned_sampler_gb": memory.get("sampler_actor"),
+        "captioner_peak_rss_gb": round(max((v["rss"] for v in captioner), default=0) / 1e9, 2) or None,
+        "captioner_peak_anon_gb": round(max((v["anon"] for v in captioner), default=0) / 1e9, 2) or None,
+        "planned_captioner_gb": memory.get("captioner_actor"),
         "unet_evals": sum(s["unet_evals"] for s in stats),
         "s_per_unet_eval": round(sum(s["sample_s"] for s in stats) / max(sum(s["unet_evals"] for s in stats), 1), 3),
         "error": summary.get("error") or (log[-800:] if code else None),

@@ -32,7 +32,7 @@ PARTS = {"evals": bench_evals, "efficiency": bench_efficiency, "diffusers": benc
 def bench_rehearsal(args: argparse.Namespace) -> dict:
     from pipeline.benchmarks import rehearsal
 
-    rows = rehearsal.run(Path(args.standins).resolve(), Path(args.out).resolve())
+    rows = rehearsal.run(Path(args.standins).resolve(), Path(args.out).resolve(), args.runs)
     print(rehearsal.table(rows))
     return {"runs": rows, **({"error": "a run failed"} if any(r["exit_code"] for r in rows) else {})}
 
@@ -103,6 +103,7 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p = sub.add_parser("rehearsal", help="the SDXL preset on full-size stand-ins (synthgen standins DIR), CPU bf16")
     p.add_argument("--standins", required=True, help="the directory `synthgen standins` wrote")
     p.add_argument("--out", default="outputs/rehearsal")
+    p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp (default: all)")
     p.set_defaults(run=bench_rehearsal)
     parts = {"evals": ("UNet evals per image vs the formulas", [add_evals_args]),
              "efficiency": ("Ray job images/s over the bare sampler loop's", [add_efficiency_args]),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None, prog: str = "python -m pipeline.cli.standins") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__)
-    ap.add_argument("dir", help="where to write them (about 7 GB)")
+    ap.add_argument("dir", help="where to write them (about 17 GB)")
     args = ap.parse_args(argv)
     from pipeline.models.standins import OVERRIDE, write_standins
 
@@ -19,5 +19,5 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipeline.cli.stan
     for model_id, path in written.items():
         print(f"{model_id}: {path}")
     print(f"written in {time.perf_counter() - t0:.0f}s; run configs/sdxl.yaml on them with:")
-    print("  " + " ".join(f"{OVERRIDE[m]}={p}" for m, p in written.items()))
+    print("  " + " ".join(f"{key}={p}" for m, p in written.items() for key in OVERRIDE[m]))
     return 0

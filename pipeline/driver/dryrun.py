@@ -230,7 +230,9 @@ class Architecture:
             if name in ("clip", "pickscore") and f"scorer_{name}" not in weights:
                 model_id = cfg.scoring.clip_id if name == "clip" else cfg.scoring.pickscore_id
                 clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, name))[0])
-                weights[f"scorer_{name}"] = A.params(clip) * DTYPE_BYTES[cfg.scoring.dtype]
+                # the scorers compute in float32 on CPU whatever scoring.dtype says (pipeline/scoring)
+                on_gpu = cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu"
+                weights[f"scorer_{name}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
         pair = [self._peak(lambda b=b: self._unet_forward(2 * b)) for b in (1, 2)]
         per_sample = pair[1] - pair[0]
