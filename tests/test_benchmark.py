@@ -189,3 +189,30 @@ def test_efficiency_reports_both_rates_and_their_ratios(efficiency_report):
     assert job["wall_s"] >= job["sampling_s"] > 0  # the wall clock includes Ray start and model loading
     assert e["same_threads"] and bare["torch_threads"] == 1
     assert e["params"]["scorers"] == ["clip", "pickscore", "aesthetic"]
+
+
+def test_the_rehearsals_output_checks_pass_a_finished_run_and_name_what_is_wrong(tmp_path):
+    """`rehearsal.check_output` (the tiny runs' output checks, for the full-size rehearsal) on a finished
+    output, then on one with a shard's commit gone and one whose tar lost a sample."""
+    import tarfile
+
+    from test_generate import commit_all_in_process, make_cfg, write_prompts
+
+    from pipeline.benchmarks.rehearsal import check_output
+    from pipeline.data.layout import write_index
+    from pipeline.data.storage import open_location
+
+    out = tmp_path / "out"
+    prompts6 = write_prompts(tmp_path / "p6.parquet", [f"prompt {i}" for i in range(6)])
+    commit_all_in_process(make_cfg(prompts6, out))
+    write_index(open_location(str(out)))
+    assert check_output(out) == "ok"
+    tar = out / "shards" / "000001.tar"
+    with tarfile.open(tar) as tf:
+        kept = [(m, tf.extractfile(m).read()) for m in tf.getmembers() if not m.name.startswith("000001000000.")]
+    with tarfile.open(tar, "w") as tf:
+        for m, data in kept:
+            tf.addfile(m, io.BytesIO(data))
+    assert check_output(out) == "shard 1: the tar's keys differ from the sidecar's ok rows"
+    (out / "shards" / "000002.stats.json").unlink()
+    assert check_output(out) == "committed [0, 1] of 3 planned shards"

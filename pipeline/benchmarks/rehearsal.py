@@ -110,6 +110,34 @@ def _dry_run(args: list[str], path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if p.returncode == 0 else {"error": (p.stderr or p.stdout)[-500:]}
 
 
+def check_output(out: Path) -> str:
+    """The checks a tiny run's output passes in the tests: every planned shard committed; each tar holds
+    exactly its sidecar's ok rows, each key once; index.json lists the committed shards. "ok" or why not."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from pipeline.data.layout import committed_shards, sidecar_path, tar_path
+    from pipeline.data.storage import open_location
+
+    loc = open_location(str(out))
+    committed = committed_shards(loc)
+    planned = json.loads((out / "run" / "fingerprint.json").read_text())["planned_shards"]
+    if committed != set(range(planned)):
+        return f"committed {sorted(committed)} of {planned} planned shards"
+    for i in sorted(committed):
+        rows = pq.read_table(out / sidecar_path(i)).to_pylist()
+        with tarfile.open(out / tar_path(i)) as tf:
+            names = [m.name for m in tf.getmembers()]
+        keys = {n.split(".", 1)[0] for n in names}
+        if len(names) != len(set(names)) or keys != {r["key"] for r in rows if r["status"] == "ok"}:
+            return f"shard {i}: the tar's keys differ from the sidecar's ok rows"
+        if not all(f"{k}.json" in names for k in keys):
+            return f"shard {i}: a sample without its json"
+    listed = {s["shard"] for s in json.loads((out / "index.json").read_text())["shards"]}
+    return "ok" if listed == committed else f"index.json lists {sorted(listed)}"
+
+
 def _stamp(line: str) -> float:
     return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
 
@@ -129,6 +157,7 @@ def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str,
     return {
         "run": name, "exit_code": code, "wall_s": round(wall, 1),
         "rows": summary.get("rows"), "samples": summary.get("samples"),
+        "output_checks": check_output(out) if code == 0 else None,
         "load_s": round(_stamp(ready[0]) - _stamp(up[0]), 1) if up and ready else None,
         "sampler_peak_rss_gb": round(sampler_rss / 1e9, 2), "sampler_peak_anon_gb": round(sampler_anon / 1e9, 2),
         "weights_gb": round(weights, 2), "rss_over_weights": round(sampler_rss / 1e9 / weights, 2) if weights else None,
@@ -144,11 +173,12 @@ def _row(name: str, out: Path, code: int, wall: float, log: str, peak: dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | exit | rows → samples | sampler load (s) | peak RSS (GB) | of it anonymous (GB) | weights (GB) | "
-            "RSS / weights | anonymous / weights | planned (GB) | s / UNet eval |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| run | exit | checks | rows → samples | sampler load (s) | peak RSS (GB) | of it anonymous (GB) | "
+            "weights (GB) | RSS / weights | anonymous / weights | planned (GB) | s / UNet eval |")
+    lines = [head, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['exit_code']} | {r['rows']} → {r['samples']} | {r['load_s']} | "
+        lines.append(f"| {r['run']} | {r['exit_code']} | {r['output_checks']} | {r['rows']} → {r['samples']} | "
+                     f"{r['load_s']} | "
                      f"{r['sampler_peak_rss_gb']} | {r['sampler_peak_anon_gb']} | {r['weights_gb']} | "
                      f"{r['rss_over_weights']} | {r['anon_over_weights']} | {r['planned_sampler_gb']} | "
                      f"{r['s_per_unet_eval']} |")
