@@ -155,7 +155,7 @@ class Architecture:
         self.vae = A.meta_vae(vae_cfg, self.vae_dtype)
         self.scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
         text = [A.meta_transformers("clip_text", self._config(cfg.model.id, "text_encoder", local))]
-        if "text_encoder_2" in A.CONFIG_FILES and (local is None or (local / "text_encoder_2").is_dir()):
+        if local is None or (local / "text_encoder_2").is_dir():  # SDXL's second encoder
             text.append(A.meta_transformers("clip_text_projection",
                                             self._config(cfg.model.id, "text_encoder_2", local)))
         self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
