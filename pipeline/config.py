@@ -196,9 +196,8 @@ class LoggingConfig:
 
 @dataclass
 class PlanConfig:
-    # `--dry-run`'s GPU hours assume this model-FLOPs utilisation of each GPU's dense fp16/bf16 peak.
-    # Stated, not measured: no GPU benchmark of this pipeline has run yet (docs/benchmarks/ will hold
-    # one); 0.35 is a cautious figure for a UNet at 1024² with SDPA kernels.
+    # `--dry-run`'s GPU hours assume this model-FLOPs utilisation of each GPU's dense fp16/bf16 peak:
+    # stated, not measured (no GPU benchmark has run yet); cautious for a UNet at 1024² with SDPA.
     mfu: float = 0.35
 
 
