@@ -89,6 +89,11 @@ def wanted_columns(cfg: InputConfig) -> list[tuple[str, str]]:
     return [(k, c) for k, c in wanted if c]
 
 
+def read_columns(cfg: InputConfig) -> list[str]:
+    """The file columns a shard is read with, each once."""
+    return list(dict.fromkeys(c for _, c in wanted_columns(cfg)))
+
+
 def column_values(arr: pa.Array, key: str) -> list:
     """Python values; text columns as raw bytes so UTF-8 is checked per row, here.
 
@@ -156,7 +161,7 @@ def parquet_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_
         # Rows before row_start in the first group are decoded and dropped: the cost is bounded by
         # one row group, not by the file.
         batches = pf.iter_batches(batch_size=batch_size, row_groups=groups,
-                                  columns=list(dict.fromkeys(c for _, c in wanted)), use_threads=False)
+                                  columns=read_columns(cfg), use_threads=False)
         yield from cut(batches, first_row or 0, spec, wanted)
 
 
@@ -195,7 +200,7 @@ def json_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -
     read = pajson.ReadOptions(block_size=BLOCK, use_threads=False)
     what = "JSON Lines file (one object per line, one type per field)"
     if _blank(fs, path, cfg, what):  # pyarrow refuses an empty stream; an empty file is 0 rows
-        return _no_rows(columns)
+        return _no_rows()
     if columns is None:
         return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read))
     # Types come from the first block; the columns not asked for are skipped unparsed.
@@ -225,7 +230,7 @@ def _blank(fs: Any, path: str, cfg: InputConfig, what: str) -> bool:
 
 
 @contextlib.contextmanager
-def _no_rows(columns: list[str] | None) -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
+def _no_rows() -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
     yield [], iter(())
 
 
@@ -267,7 +272,7 @@ def streamed(name: str, opener: Callable[..., Any]) -> Format:
             return names
 
     def count(fs: Any, path: str, cfg: InputConfig) -> int:
-        with opener(fs, path, cfg, list(dict.fromkeys(c for _, c in wanted_columns(cfg)))) as (_, batches):
+        with opener(fs, path, cfg, read_columns(cfg)) as (_, batches):
             return sum(b.num_rows for b in batches)
 
     @contextlib.contextmanager
@@ -277,7 +282,7 @@ def streamed(name: str, opener: Callable[..., Any]) -> Format:
 
     def chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:
         wanted = wanted_columns(cfg)
-        with opener(fs, path, cfg, list(dict.fromkeys(c for _, c in wanted))) as (_, it):
+        with opener(fs, path, cfg, read_columns(cfg)) as (_, it):
             yield from cut(it, 0, spec, wanted)
 
     return Format(name, columns, count, batches, chunks)

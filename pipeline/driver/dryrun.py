@@ -260,7 +260,7 @@ def _tiny_blip(cfg: Config):
         return None
     from pipeline.models.tiny import tiny_blip2
 
-    return tiny_blip2(cfg.model.cache_dir)
+    return tiny_blip2()  # where the Captioner builds it
 
 
 def _tiny_scorer(cfg: Config, name: str):
@@ -269,7 +269,7 @@ def _tiny_scorer(cfg: Config, name: str):
         return None
     from pipeline.scoring import tiny
 
-    return (tiny.tiny_clip if name == "clip" else tiny.tiny_pickscore)(cfg.model.cache_dir)
+    return (tiny.tiny_clip if name == "clip" else tiny.tiny_pickscore)()  # where the worker's scorers build them
 
 
 def format_plan(p: dict[str, Any]) -> str:
