@@ -1,25 +1,16 @@
 """The config schema (typed, at the edge) and `load_config(files, overrides)`.
 
 This is the only module that imports omegaconf. Everything else receives the plain dataclasses
-below. Unknown keys, wrong types and invalid values fail here with the key's dotted name.
+below. Unknown keys and wrong types fail here, invalid values in pipeline/config_checks.py, each
+with the key's dotted name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-
-from pipeline.sampling.methods import (
-    ANSWER_NEGATIVES,
-    ANSWER_NORMALIZE,
-    ANSWER_SCHEDULES,
-    DNP_MODES,
-    METHODS,
-    run_methods,
-)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -59,6 +50,7 @@ class InputConfig:
     negative_column: Optional[str] = None
     seed_column: Optional[str] = None
     extra_columns: list[str] = field(default_factory=list)
+    subjects_column: Optional[str] = None  # Attend-and-Excite's subject words per row (a list, or "a,b" text)
     max_prompt_tokens: int = 77  # CLIP context incl. BOS/EOS
     overlong: str = "truncate"  # truncate (and record) | reject
     max_prompt_chars: int = 20000  # anything longer is rejected before tokenizing
@@ -115,6 +107,23 @@ class DnpConfig:
 
 
 @dataclass
+class AttendExciteConfig:
+    """Attend-and-Excite (Chefer et al. 2023) before each step of any method; published defaults."""
+
+    enabled: bool = False
+    subjects: list[str] = field(default_factory=list)  # run-wide subject words (input.subjects_column wins)
+    max_iter_to_alter: int = 25  # alter z_i for the first 25 steps
+    refine_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # iterative refinement at these
+    refine_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.5, 0.8])  # ... until L <= 1 - this
+    max_refinement_steps: int = 20
+    scale_factor: float = 20.0  # step size α_i = scale_factor * sqrt(linspace(scale_range)[i])
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    kernel_size: int = 3  # Gaussian smoothing of the attention maps
+    sigma: float = 0.5
+    attention_res: list[int] = field(default_factory=list)  # [h, w]; []: the coarsest cross-attention
+
+
+@dataclass
 class SamplerConfig:
     method: str = "cfg"
     steps: int = 30
@@ -126,6 +135,7 @@ class SamplerConfig:
     negative_prompt: str = ""  # run-wide negative for np (a per-row column wins)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     dnp: DnpConfig = field(default_factory=DnpConfig)
+    attend_excite: AttendExciteConfig = field(default_factory=AttendExciteConfig)
     min_batch_size: int = 1  # out-of-memory: split the batch down to this size, then fail rows
     nonfinite: str = "resample"  # NaN/inf latents or images: resample (derived seed) | fail
     nonfinite_retries: int = 2
@@ -216,113 +226,6 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if isinstance(value, float) and not math.isfinite(value):  # NaN passes both comparisons below
-        raise ConfigError(f"{key}={value!r} is not valid; it must be a finite number")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value!r} is not valid; it must be {bound}")
-
-
-def validate_sampler(s: SamplerConfig, prefix: str = "sampler") -> None:
-    """Check sampler values; shared by the job config and direct library use."""
-    _choice(f"{prefix}.method", s.method, tuple(METHODS))
-    _choice(f"{prefix}.scheduler", s.scheduler, SCHEDULERS)
-    _positive(f"{prefix}.steps", s.steps)
-    _positive(f"{prefix}.guidance_scale", s.guidance_scale)
-    _positive(f"{prefix}.batch_size", s.batch_size)
-    _positive(f"{prefix}.min_batch_size", s.min_batch_size)
-    for dim in ("height", "width"):
-        v = getattr(s, dim)
-        if v <= 0 or v % 8:
-            raise ConfigError(f"{prefix}.{dim}={v} is not valid; it must be a positive multiple of 8")
-        if v > MAX_IMAGE_SIDE:
-            raise ConfigError(f"{prefix}.{dim}={v} is not valid; it must be at most {MAX_IMAGE_SIDE}")
-    a = s.answer
-    if a.k < 0:
-        raise ConfigError(f"{prefix}.answer.k={a.k} is not valid; it must be >= 0")
-    _choice(f"{prefix}.answer.schedule", a.schedule, ANSWER_SCHEDULES)
-    _choice(f"{prefix}.answer.negative", a.negative, ANSWER_NEGATIVES)
-    _choice(f"{prefix}.answer.normalize", a.normalize, ANSWER_NORMALIZE)
-    if a.g_dns is not None:
-        _positive(f"{prefix}.answer.g_dns", a.g_dns)
-    _choice(f"{prefix}.nonfinite", s.nonfinite, ("resample", "fail"))
-    _positive(f"{prefix}.nonfinite_retries", s.nonfinite_retries, allow_zero=True)
-    _choice(f"{prefix}.dnp.mode", s.dnp.mode, DNP_MODES)
-    if s.dnp.g_dns is not None:
-        _positive(f"{prefix}.dnp.g_dns", s.dnp.g_dns)
-
-
-def validate(cfg: Config) -> Config:
-    """Value checks the type system cannot express. Raises ConfigError naming the key."""
-    if not cfg.input.path:
-        raise ConfigError("input.path is empty; set input.path=<parquet file, dir, glob or .txt>")
-    if not cfg.input.prompt_column:
-        raise ConfigError("input.prompt_column is empty")
-    _choice("input.overlong", cfg.input.overlong, ("truncate", "reject"))
-    _positive("input.max_prompt_tokens", cfg.input.max_prompt_tokens)
-    _positive("input.max_prompt_chars", cfg.input.max_prompt_chars)
-    if not cfg.output.path:
-        raise ConfigError("output.path is empty; set output.path=<local dir or s3://bucket/prefix>")
-    _positive("output.shard_size", cfg.output.shard_size)
-    _positive("input.s3.retry_timeout_s", cfg.input.s3.retry_timeout_s, allow_zero=True)
-    _positive("output.s3.retry_timeout_s", cfg.output.s3.retry_timeout_s, allow_zero=True)
-    if cfg.output.shard_size >= 10**6:
-        raise ConfigError("output.shard_size must be < 1000000 (sample keys have 6 index digits)")
-    _choice("output.image_format", cfg.output.image_format, IMAGE_FORMATS)
-    if not 1 <= cfg.output.quality <= 100:
-        raise ConfigError(f"output.quality={cfg.output.quality} is not valid; use 1..100")
-    _choice("model.dtype", cfg.model.dtype, DTYPES)
-    _choice("model.device", cfg.model.device, ("auto", "cpu", "cuda"))
-    _choice("model.upcast_vae", cfg.model.upcast_vae, ("auto", "always", "never"))
-    _choice("model.attention", cfg.model.attention, ("sdpa", "default"))
-    _positive("model.vae_slice", cfg.model.vae_slice)
-    validate_sampler(cfg.sampler)
-    _choice("captioner.dtype", cfg.captioner.dtype, DTYPES)
-    _positive("captioner.workers", cfg.captioner.workers, allow_zero=True)
-    _positive("captioner.gpus_per_worker", cfg.captioner.gpus_per_worker, allow_zero=True)
-    _positive("captioner.batch_size", cfg.captioner.batch_size)
-    _positive("captioner.max_new_tokens", cfg.captioner.max_new_tokens)
-    _positive("captioner.timeout_s", cfg.captioner.timeout_s, allow_zero=True)
-    for i, name in enumerate(cfg.scoring.scorers):
-        _choice(f"scoring.scorers[{i}]", name, SCORERS)
-    _choice("scoring.dtype", cfg.scoring.dtype, DTYPES)
-    _positive("scoring.batch_size", cfg.scoring.batch_size)
-    _positive("preference.candidates", cfg.preference.candidates)
-    for i, m in enumerate(cfg.preference.methods):
-        _choice(f"preference.methods[{i}]", m, tuple(METHODS))
-    for m in run_methods(cfg):
-        if METHODS[m].needs_negatives(cfg.sampler) and not cfg.input.negative_column:
-            raise ConfigError(f"method {m} with sampler.dnp.mode={cfg.sampler.dnp.mode} needs input.negative_column "
-                              "(a negative prompt per row: the human negatives)")
-    _choice("preference.ties", cfg.preference.ties, ("skip", "first"))
-    _positive("preference.margin", cfg.preference.margin, allow_zero=True)
-    if cfg.preference.candidates > 1 or cfg.preference.methods:
-        _choice("preference.scorer", cfg.preference.scorer, SCORERS)
-        if cfg.preference.scorer not in cfg.scoring.scorers:
-            raise ConfigError(
-                f"preference.scorer={cfg.preference.scorer!r} must also be listed in scoring.scorers"
-            )
-    _positive("ray.num_workers", cfg.ray.num_workers)
-    _positive("ray.gpus_per_worker", cfg.ray.gpus_per_worker, allow_zero=True)
-    _positive("ray.cpus_per_worker", cfg.ray.cpus_per_worker, allow_zero=True)
-    _positive("ray.max_in_flight_per_worker", cfg.ray.max_in_flight_per_worker)
-    _positive("ray.max_attempts", cfg.ray.max_attempts)
-    _positive("ray.max_actor_restarts", cfg.ray.max_actor_restarts, allow_zero=True)
-    _positive("ray.shard_timeout_s", cfg.ray.shard_timeout_s, allow_zero=True)
-    _choice("logging.level", cfg.logging.level, ("DEBUG", "INFO", "WARNING", "ERROR"))
-    _positive("logging.progress_interval_s", cfg.logging.progress_interval_s)
-    _positive("logging.stall_warning_s", cfg.logging.stall_warning_s, allow_zero=True)
-    if not 0 < cfg.plan.mfu <= 1:
-        raise ConfigError(f"plan.mfu={cfg.plan.mfu} must be in (0, 1]: a fraction of the GPU's peak FLOP/s")
-    return cfg
-
-
 def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None,
                 base: str | Path | None = DEFAULT_CONFIG) -> Config:
     """`base` (configs/default.yaml) + `files` + dotted `overrides` -> a validated Config."""
@@ -348,6 +251,8 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
         raise ConfigError(f"config error at {key}: {msg}" if key else f"config error: {msg}") from None
     if cfg.input.path == DEMO_PROMPTS and not Path(DEMO_PROMPTS).exists():
         cfg.input.path = str(REPO_ROOT / DEMO_PROMPTS)  # the demo (`synthgen generate`) runs from any directory
+    from pipeline.config_checks import validate
+
     return validate(cfg)
 
 

@@ -52,6 +52,7 @@ class PromptRecord:
     negative_prompt: str | None = None  # from input.negative_column
     seed: int | None = None  # from input.seed_column; else derived from (run seed, prompt_id)
     extra: dict[str, Any] = field(default_factory=dict)  # input.extra_columns
+    subjects: list[str] | None = None  # from input.subjects_column (Attend-and-Excite)
     truncated: bool = False  # prompt was cut to the token limit (policy "truncate")
 
 
@@ -101,6 +102,7 @@ class ShardStats:
     wall_s: float = 0.0
     sample_s: float = 0.0  # time in the sampler (UNet + decode)
     unet_evals: int = 0
+    ae_evals: int = 0  # Attend-and-Excite's gradient passes
     worker: str = ""  # node/actor/GPU that ran it, for per-GPU throughput
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)

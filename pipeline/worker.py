@@ -24,8 +24,9 @@ from pipeline.data.sink import AlreadyCommitted, ShardSink
 from pipeline.data.source import read_shard
 from pipeline.data.storage import open_location
 from pipeline.models.device import resolve_device
-from pipeline.models.sdxl import load_sdxl
-from pipeline.records import FAILED, PromptRecord, RowOutcome, Sample, ShardSpec, ShardStats
+from pipeline.models.diffusion import load_model
+from pipeline.records import FAILED, REJECTED, PromptRecord, RowOutcome, Sample, ShardSpec, ShardStats
+from pipeline.sampling.attend_excite import check_resolution, row_subjects
 from pipeline.sampling.batch import Generated, SampleRequest, generate_batch
 from pipeline.sampling.methods import needs_captioner, run_methods
 from pipeline.scoring.preference import pick_pair
@@ -49,7 +50,9 @@ class ShardWorker:
                  model: Any = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.model.device)
-        self.model = model or load_sdxl(cfg.model, self.device)  # tests and jobs may share one
+        self.model = model or load_model(cfg.model, self.device)  # tests and jobs may share one
+        if cfg.sampler.attend_excite.enabled:  # a map size this UNet lacks fails here, not in every batch
+            check_resolution(self.model, cfg.sampler)
         if captioner is None and needs_captioner(cfg):
             from pipeline.models.captioner import Captioner
 
@@ -74,7 +77,7 @@ class ShardWorker:
 
     # ------------------------------------------------------------------ one shard
     def run(self, spec: ShardSpec, attempt: int = 1) -> ShardStats:
-        totals = {"sample_s": 0.0, "unet_evals": 0}
+        totals = {"sample_s": 0.0, "unet_evals": 0, "ae_evals": 0}
         try:
             with ShardSink(self.location, spec, self.cfg.output.image_format, self.cfg.output.quality,
                            attempt) as sink, self._compute:
@@ -84,6 +87,7 @@ class ShardWorker:
                 pending: list[PromptRecord] = []  # valid rows wait until a full micro-batch
                 for batch in read_shard(spec, self.cfg.input, bs, self.model.tokenizer):
                     for item in batch:
+                        item = self._check_subjects(item)
                         if isinstance(item, RowOutcome):
                             sink.write(item)
                         else:
@@ -96,7 +100,7 @@ class ShardWorker:
                     sink.write(item)
                 faults.hit("before_commit", spec.name)
                 sink.set_stats(wall_s=time.perf_counter() - t0, sample_s=totals["sample_s"],
-                               unet_evals=totals["unet_evals"], worker=self.name)
+                               unet_evals=totals["unet_evals"], ae_evals=totals["ae_evals"], worker=self.name)
         except AlreadyCommitted:  # a duplicate attempt: the committed one is the truth
             return read_stats(self.location, spec.shard_id)
         finally:
@@ -111,6 +115,15 @@ class ShardWorker:
             return None
         rows, samples = running[2].written()
         return {"shard": running[0], "attempt": running[1], "rows": rows, "samples": samples}
+
+    def _check_subjects(self, item: PromptRecord | RowOutcome) -> PromptRecord | RowOutcome:
+        """With Attend-and-Excite, a row whose subject words are not among its prompt's tokens is a
+        recorded rejection (not a failed batch)."""
+        ae = self.cfg.sampler.attend_excite
+        if not ae.enabled or isinstance(item, RowOutcome):
+            return item
+        _, _, error = row_subjects(self.model.tokenizer, item.prompt, item.subjects, ae.subjects)
+        return RowOutcome(item.key, item.row, item.prompt_id, REJECTED, error) if error else item
 
     # ------------------------------------------------------------------ records -> samples
     def process(self, records: list[PromptRecord], totals: dict) -> list[Sample | RowOutcome]:
@@ -141,8 +154,8 @@ class ShardWorker:
     def _generate(self, jobs: list[_Job], chunk: list[int], method: str, results: dict, totals: dict) -> None:
         """Sample a chunk; split it on out-of-memory; resample non-finite results."""
         s = replace(self.cfg.sampler, method=method)
-        reqs = [SampleRequest(jobs[i].record.prompt, jobs[i].seed, jobs[i].record.negative_prompt)
-                for i in chunk]
+        reqs = [SampleRequest(jobs[i].record.prompt, jobs[i].seed, jobs[i].record.negative_prompt,
+                              jobs[i].record.subjects) for i in chunk]
         oom = None
         try:
             faults.hit("sample", ",".join(jobs[i].record.key for i in chunk))
@@ -165,6 +178,7 @@ class ShardWorker:
             return
         totals["sample_s"] += t.sample_s + t.decode_s + t.caption_s
         totals["unet_evals"] += t.evals
+        totals["ae_evals"] += t.ae_evals
         for i, g in zip(chunk, gens):
             if faults.hit("nonfinite", jobs[i].record.key):
                 g.latents[:] = float("nan")
@@ -176,9 +190,10 @@ class ShardWorker:
             return "non-finite latents (sampler.nonfinite=fail)"
         for attempt in range(1, s.nonfinite_retries + 1):
             seed = retry_seed(job.seed, attempt)
-            gens, t = generate_batch(self.model, [SampleRequest(job.record.prompt, seed,
-                                                                job.record.negative_prompt)], s, self.captioner)
+            gens, t = generate_batch(self.model, [SampleRequest(job.record.prompt, seed, job.record.negative_prompt,
+                                                                job.record.subjects)], s, self.captioner)
             totals["unet_evals"] += t.evals
+            totals["ae_evals"] += t.ae_evals
             if gens[0].finite and not faults.hit("nonfinite", f"{job.record.key}/retry{attempt}"):
                 gens[0].metadata["resampled"] = {"original_seed": job.seed, "attempt": attempt}
                 return gens[0]

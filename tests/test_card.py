@@ -37,10 +37,10 @@ def shared(tiny_cache):
 
     torch.set_num_threads(1)
     from pipeline.config import ModelConfig, ScoringConfig
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.scoring.scorers import load_scorers
 
-    return load_sdxl(ModelConfig(id="tiny")), load_scorers(ScoringConfig(scorers=["clip", "pickscore"]), "cpu")
+    return load_model(ModelConfig(id="tiny")), load_scorers(ScoringConfig(scorers=["clip", "pickscore"]), "cpu")
 
 
 def _run(root: Path, shared, prompts, *extra) -> tuple:

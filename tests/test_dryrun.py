@@ -62,7 +62,7 @@ def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
     import pyarrow.parquet as pq
 
     from pipeline.driver.dryrun import answer_ks, dry_run
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.sampling.batch import SampleRequest, generate_batch
     from pipeline.sampling.methods import METHODS
 
@@ -78,7 +78,7 @@ def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
     ks = answer_ks(cfg)
     s = cfg.sampler
     answer_cfg = type(s)(**{**s.__dict__, "method": "answer"})
-    out, _ = generate_batch(load_sdxl(cfg.model), [SampleRequest("a red fox", 1, None)], answer_cfg)
+    out, _ = generate_batch(load_model(cfg.model), [SampleRequest("a red fox", 1, None)], answer_cfg)
     assert out[0].metadata["answer"]["k_schedule"] == ks  # what the sampler ran
     per = {"cfg": 2 * 6, "answer": METHODS["answer"].evals(s, ks)}
     assert plan["unet_evals_per_image"] == per and per["answer"] > per["cfg"]

@@ -64,14 +64,14 @@ def runs(tmp_path_factory, tiny_cache):
     torch.set_num_threads(1)
     from pipeline.config import ModelConfig, ScoringConfig
     from pipeline.data.source import plan_shards
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.scoring.scorers import load_scorers
     from pipeline.worker import ShardWorker
 
     root = tmp_path_factory.mktemp("pref")
     prompts = root / "prompts.parquet"
     pq.write_table(pa.table({"id": [f"p{i}" for i in range(len(PROMPTS))], "prompt": PROMPTS}), prompts)
-    model = load_sdxl(ModelConfig(id="tiny"))
+    model = load_model(ModelConfig(id="tiny"))
     scorers = load_scorers(ScoringConfig(scorers=["clip", "pickscore"]), "cpu")
 
     def run(out, margin):

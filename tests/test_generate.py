@@ -39,7 +39,7 @@ from pipeline.data.storage import open_location
 from pipeline.driver import localray
 from pipeline.driver.job import run_job
 from pipeline.driver.localray import RayContext, check_resources
-from pipeline.driver.plan import RunRefused, fingerprint, fingerprint_config, prepare
+from pipeline.driver.plan import FINGERPRINT_VERSION, RunRefused, fingerprint, fingerprint_config, prepare
 from pipeline.records import REJECTED, RowOutcome, Sample, ShardSpec, sample_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,9 +249,10 @@ def test_fingerprint_ignores_execution_settings(tmp_path, prompts6):
     other = [make_cfg(prompts6, tmp_path / "a", o) for o in
              ("seed=1", "sampler.steps=3", "output.shard_size=3", "sampler.method=answer",
               "output.image_format=jpg", "sampler.guidance_scale=7")]
-    fp = fingerprint(base)
-    assert all(fingerprint(c) == fp for c in same)
-    assert len({fingerprint(c) for c in other} | {fp}) == len(other) + 1
+    fp = fingerprint(base, "sdxl")
+    assert all(fingerprint(c, "sdxl") == fp for c in same)
+    assert len({fingerprint(c, "sdxl") for c in other} | {fp}) == len(other) + 1
+    assert fingerprint(base, "sd1") != fp  # the family the model's files declare is part of the dataset
     assert "ray.num_workers" not in fingerprint_config(base)
     assert "sampler.steps" in fingerprint_config(base)
 
@@ -318,7 +319,8 @@ def test_output_of_another_pipeline_version_is_refused(tmp_path, prompts6):
     fp_file = out / "run" / "fingerprint.json"
     stored = json.loads(fp_file.read_text())
     fp_file.write_text(json.dumps({**stored, "version": 1, "fingerprint": "0" * 64}))
-    with pytest.raises(RunRefused, match="another version of this pipeline .*version 1, this one writes version 3"):
+    with pytest.raises(RunRefused, match=f"another version of this pipeline .*version 1, this one writes version "
+                                         f"{FINGERPRINT_VERSION}"):
         prepare(make_cfg(prompts6, out))
 
 

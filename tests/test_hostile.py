@@ -430,7 +430,7 @@ def tiny_sdxl_dir(tiny_cache) -> Path:
 @pytest.mark.parametrize("component", ["unet", "vae"])
 def test_sdxl_refuses_pickled_weights(tmp_path, tiny_sdxl_dir, no_unpickling, component):
     from pipeline.config import ModelConfig
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "model"
@@ -443,14 +443,14 @@ def test_sdxl_refuses_pickled_weights(tmp_path, tiny_sdxl_dir, no_unpickling, co
         plant_pickle(hostile, "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", marker)
         cfg = ModelConfig(id="tiny", vae_id=str(hostile))
     with pytest.raises(OSError, match=r"diffusion_pytorch_model\.safetensors"):
-        load_sdxl(cfg)
+        load_model(cfg)
     assert not marker.exists() and no_unpickling == []
 
 
 def test_sdxl_does_not_run_code_from_the_model_directory(tmp_path, tiny_sdxl_dir, no_unpickling):
     """model_index.json naming a custom class in a .py file of the model: refused, the file never runs."""
     from pipeline.config import ModelConfig
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
 
     marker = tmp_path / "PWNED"
     hostile = tmp_path / "model"
@@ -462,7 +462,7 @@ def test_sdxl_does_not_run_code_from_the_model_directory(tmp_path, tiny_sdxl_dir
         f"open({str(marker)!r}, 'w').close()\n"
         "from diffusers import UNet2DConditionModel\n\n\nclass EvilUNet(UNet2DConditionModel):\n    pass\n")
     with pytest.raises(Exception, match="trust_remote_code|evil_unet|EvilUNet"):
-        load_sdxl(ModelConfig(id=str(hostile)))
+        load_model(ModelConfig(id=str(hostile)))
     assert not marker.exists() and no_unpickling == []
 
 
@@ -548,9 +548,9 @@ def leaks(files: dict[str, bytes], texts: dict[str, str], secrets: set[str]) -> 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_cache):
     from pipeline.config import ModelConfig
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
 
-    return load_sdxl(ModelConfig(id="tiny"))
+    return load_model(ModelConfig(id="tiny"))
 
 
 def test_credentials_never_reach_outputs_logs_or_the_card(tmp_path, monkeypatch, capsys, caplog, tiny_model):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import AnswerConfig, CaptionerConfig, ConfigError, DnpConfig, ModelConfig, SamplerConfig
-from pipeline.models import sdxl as S
+from pipeline.models import diffusion as S
 from pipeline.sampling import guidance
 from pipeline.sampling.batch import SampleRequest, generate_batch
 from pipeline.sampling.chains import Grid, NoisePredictor, answer_chain, fresh_scheduler
@@ -28,7 +28,7 @@ def cfg_(method="cfg", **kw) -> SamplerConfig:
 
 @pytest.fixture(scope="module")
 def model(tiny_cache):
-    return S.load_sdxl(ModelConfig(id="tiny", cache_dir=str(tiny_cache)))
+    return S.load_model(ModelConfig(id="tiny", cache_dir=str(tiny_cache)))
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def test_compiled_unet_is_traced_once_for_every_batch_shape(model, tiny_cache, m
     monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=backend))
     torch._dynamo.reset()
     try:
-        compiled = S.load_sdxl(ModelConfig(id="tiny", cache_dir=str(tiny_cache), compile=True))
+        compiled = S.load_model(ModelConfig(id="tiny", cache_dir=str(tiny_cache), compile=True))
         b_variant = AnswerConfig(k=1, negative="B")
         for reqs, s in ((REQS, cfg_("cfg")), (REQS[:2], cfg_("cfg")), (REQS[:1], cfg_("cfg")),
                         (REQS[:1], cfg_("answer", answer=b_variant)), (REQS, cfg_("answer", answer=b_variant))):
@@ -291,7 +291,7 @@ def test_vae_id_replaces_the_models_own_vae_which_is_never_loaded(tiny_cache, tm
         return real(cls, path, **{k: v for k, v in kw.items() if k != "revision"})
 
     monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(spy))
-    m = S.load_sdxl(ModelConfig(id=str(model_dir), vae_id=str(vae_dir), vae_revision="abc123"))
+    m = S.load_model(ModelConfig(id=str(model_dir), vae_id=str(vae_dir), vae_revision="abc123"))
     assert seen == [(str(vae_dir), "abc123")]  # one VAE load: the replacement, at its revision
     assert torch.equal(m.vae.decoder.conv_out.bias, vae.decoder.conv_out.bias)
     # a local directory: the pin could not apply, so it is not recorded as if it had; its files' hash is
@@ -387,7 +387,7 @@ def test_saved_model_loaded_by_path_matches_in_memory(model, tiny_cache):
     from pipeline.models.tiny import sdxl_pipeline_in_memory, tiny_sdxl
 
     mem = S.from_pipeline(sdxl_pipeline_in_memory(), ModelConfig(), torch.device("cpu"))
-    by_path = S.load_sdxl(ModelConfig(id=str(tiny_sdxl(str(tiny_cache)))))
+    by_path = S.load_model(ModelConfig(id=str(tiny_sdxl(str(tiny_cache)))))
     a, _ = generate_batch(mem, REQS[:2], cfg_("cfg"))
     b, _ = generate_batch(by_path, REQS[:2], cfg_("cfg"))
     assert torch.equal(latents(a), latents(b))

@@ -18,7 +18,7 @@ from pipeline import faults
 from pipeline.config import load_config
 from pipeline.data.layout import committed_shards
 from pipeline.data.source import plan_shards
-from pipeline.models.sdxl import load_sdxl
+from pipeline.models.diffusion import load_model
 from pipeline.records import FAILED, OK, REJECTED
 from pipeline.worker import ShardWorker
 
@@ -43,7 +43,7 @@ def make_cfg(prompts_file, out, *extra):
 def model(tiny_cache):
     from pipeline.config import ModelConfig
 
-    return load_sdxl(ModelConfig(id="tiny"))
+    return load_model(ModelConfig(id="tiny"))
 
 
 def run_all(cfg, model):
@@ -202,11 +202,11 @@ def test_bfloat16_runs_on_cpu_for_the_sampler_and_the_captioner(tiny_cache):
     tiny BLIP-2 captions in bfloat16, with finite images, and the metadata says bfloat16."""
     from pipeline.config import load_config
     from pipeline.models.captioner import Captioner
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.sampling.batch import SampleRequest, generate_batch
 
     cfg = load_config(overrides=["model.dtype=bfloat16", "captioner.dtype=bfloat16", "model.device=cpu"])
-    model = load_sdxl(cfg.model)
+    model = load_model(cfg.model)
     assert model.unet.dtype == torch.bfloat16 and model.info["dtype"] == "bfloat16"
     cap = Captioner(cfg.captioner, "cpu")
     assert cap.model.dtype == torch.bfloat16
@@ -215,7 +215,7 @@ def test_bfloat16_runs_on_cpu_for_the_sampler_and_the_captioner(tiny_cache):
     assert tuple(out[0].image.shape) == (32, 32, 3) and out[0].finite
     assert isinstance(out[0].metadata["negative_prompt"], str)  # DNP's caption, from the bfloat16 BLIP-2
     with pytest.raises(ValueError, match="model.dtype=float16 runs on CPU here"):
-        load_sdxl(load_config(overrides=["model.dtype=float16"]).model, torch.device("cpu"))
+        load_model(load_config(overrides=["model.dtype=float16"]).model, torch.device("cpu"))
 
 
 def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, tmp_path, caplog):
@@ -227,14 +227,14 @@ def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, 
     import sys
 
     from pipeline.config import load_config
+    from pipeline.models.diffusion import load_model
     from pipeline.models.provenance import config_sha256
-    from pipeline.models.sdxl import load_sdxl
     from pipeline.models.tiny import tiny_sdxl
 
     local = tmp_path / "my-sdxl"
     shutil.copytree(tiny_sdxl(str(tiny_cache)), local)
     with caplog.at_level("WARNING", logger="pipeline.models.provenance"):
-        m = load_sdxl(load_config(overrides=[f"model.id={local}", "model.revision=abc123", "model.device=cpu"]).model)
+        m = load_model(load_config(overrides=[f"model.id={local}", "model.revision=abc123", "model.device=cpu"]).model)
     assert m.info["revision"] is None and "commit" not in m.info
     assert m.info["local_config_sha256"] == config_sha256(local) and len(config_sha256(local)) == 64
     assert "model.revision=abc123 was not applied" in caplog.text
@@ -243,8 +243,8 @@ def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, 
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(local, repo / "snapshots" / commit)
-    code = ("from pipeline.config import load_config; from pipeline.models.sdxl import load_sdxl; "
-            "m = load_sdxl(load_config(overrides=['model.id=synthgen/tiny-sdxl', 'model.revision=main', "
+    code = ("from pipeline.config import load_config; from pipeline.models.diffusion import load_model; "
+            "m = load_model(load_config(overrides=['model.id=synthgen/tiny-sdxl', 'model.revision=main', "
             "'model.device=cpu']).model); print(m.info['revision'], m.info['commit'], 'local_config_sha256' in m.info)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

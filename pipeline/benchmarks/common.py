@@ -98,9 +98,9 @@ def machine_info() -> dict:
 
 def tiny_model():
     from pipeline.config import ModelConfig
-    from pipeline.models import sdxl as S
+    from pipeline.models import diffusion as S
 
-    return S.load_sdxl(ModelConfig(id="tiny", device="cpu"))
+    return S.load_model(ModelConfig(id="tiny", device="cpu"))
 
 
 def prompt(i: int) -> str:

@@ -32,12 +32,12 @@ def bare_loop(cfg, path: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.sampling.batch import SampleRequest, generate_batch
 
     table = pq.read_table(path).to_pydict()
     reqs = [SampleRequest(p, s) for p, s in zip(table["prompt"], table["seed"])]  # the job's seeds too
-    m = load_sdxl(cfg.model, torch.device("cpu"))
+    m = load_model(cfg.model, torch.device("cpu"))
     bs = cfg.sampler.batch_size
     batches = [reqs[i:i + bs] for i in range(0, len(reqs), bs)]
     generate_batch(m, batches[0], cfg.sampler)  # warm-up: first-call allocations are not the loop's rate

@@ -116,7 +116,7 @@ def gpu_measure(device: str, real: bool, args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.models import sdxl as S
+    from pipeline.models import diffusion as S
     from pipeline.models.device import DTYPES
 
     dev, cuda = torch.device(device), torch.device(device).type == "cuda"

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None, prog: str = "jobs/render.py") -> int:
     ap.add_argument("--config", action="append", default=[])
     ap.add_argument("--negative", default="blurry, low quality", help="negative prompt for np")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every method; with "
+                    "sampler.attend_excite.enabled=true, every method A&E can alter)")
+    ap.add_argument("--subjects", default=None, help="Attend-and-Excite's subject words, comma-separated")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_intermixed_args(argv)  # the prompt, options and overrides in any order
     cfg = load_config(a.config, a.overrides)
@@ -31,19 +33,22 @@ def main(argv: list[str] | None = None, prog: str = "jobs/render.py") -> int:
     from PIL import Image, ImageDraw
 
     from pipeline.models.captioner import Captioner
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
     from pipeline.sampling.batch import SampleRequest, generate_batch
 
-    model = load_sdxl(cfg.model)
+    model = load_model(cfg.model)
     captioner = None
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tiles = []
-    for method in a.methods.split(","):
+    methods = a.methods.split(",") if a.methods else [
+        m for m in METHODS if not cfg.sampler.attend_excite.enabled or METHODS[m].attend_excite(cfg.sampler)]
+    subjects = [w.strip() for w in a.subjects.split(",")] if a.subjects else None
+    for method in methods:
         s = dataclasses.replace(cfg.sampler, method=method, batch_size=1)
         if METHODS[method].needs_captioner(s) and captioner is None:
             captioner = Captioner(cfg.captioner, model.device)
-        req = SampleRequest(a.prompt, a.seed, a.negative if method == "np" else None)
+        req = SampleRequest(a.prompt, a.seed, a.negative if method == "np" else None, subjects)
         (g,), t = generate_batch(model, [req], s, captioner)
         img = Image.fromarray(g.image.numpy())
         img.save(out / f"{method}.png")

@@ -85,7 +85,8 @@ def reading(fs: Any, path: str, cfg: InputConfig, what: str) -> Iterator[Any]:
 def wanted_columns(cfg: InputConfig) -> list[tuple[str, str]]:
     """(record field, column) for the columns a shard is read with."""
     wanted = [("prompt", cfg.prompt_column), ("id", cfg.id_column), ("negative", cfg.negative_column),
-              ("seed", cfg.seed_column)] + [(f"extra:{c}", c) for c in cfg.extra_columns]
+              ("seed", cfg.seed_column), ("subjects", cfg.subjects_column)] + [
+        (f"extra:{c}", c) for c in cfg.extra_columns]
     return [(k, c) for k, c in wanted if c]
 
 
@@ -104,7 +105,10 @@ def column_values(arr: pa.Array, key: str) -> list:
     """
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if key in ("prompt", "negative", "id") or key.startswith("extra:"):
+    if key == "subjects" and (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)) \
+            and pa.types.is_string(arr.type.value_type):  # words checked per row too, as prompts are
+        arr = arr.cast(pa.list_(pa.binary()))
+    if key in ("prompt", "negative", "id", "subjects") or key.startswith("extra:"):
         if pa.types.is_string_view(arr.type):
             arr = arr.cast(pa.string())
         if pa.types.is_string(arr.type):

@@ -123,7 +123,7 @@ def _hidden(rel: str) -> bool:
 def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
     fmt = format_of(path)
     if fmt is TEXT:
-        for key in ("id_column", "negative_column", "seed_column", "extra_columns"):
+        for key in ("id_column", "negative_column", "seed_column", "subjects_column", "extra_columns"):
             if getattr(cfg, key):
                 raise InputError(f"{file_uri(path, cfg)} is a .txt file (one prompt per line); "
                                  f"input.{key} needs a table input (Parquet, CSV/TSV, JSON Lines or Arrow)")
@@ -146,7 +146,7 @@ def _check_columns(path: str, cfg: InputConfig, names: list[str], where: str = "
 def _columns(cfg: InputConfig) -> list[tuple[str, str]]:
     """(config key, column) for every column the config asks for."""
     out = [("prompt_column", cfg.prompt_column)]
-    for key in ("id_column", "negative_column", "seed_column"):
+    for key in ("id_column", "negative_column", "seed_column", "subjects_column"):
         if getattr(cfg, key):
             out.append((key, getattr(cfg, key)))
     return out + [("extra_columns", c) for c in cfg.extra_columns]

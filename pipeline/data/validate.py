@@ -34,7 +34,7 @@ class RowValidator:
 
     def rows(self, row0: int, cols: dict[str, list]) -> list[PromptRecord | RowOutcome]:
         out: list[PromptRecord | RowOutcome] = []
-        ids, negs, seeds = cols.get("id"), cols.get("negative"), cols.get("seed")
+        ids, negs, seeds, subjects = cols.get("id"), cols.get("negative"), cols.get("seed"), cols.get("subjects")
         extras = [(k[len("extra:"):], v) for k, v in cols.items() if k.startswith("extra:")]
         max_chars = self.cfg.max_prompt_chars
         for j, raw in enumerate(cols["prompt"]):
@@ -43,18 +43,20 @@ class RowValidator:
             pid = id_str(ids[j]) if ids is not None else f"{self.name}:{row}"
             err = self._id_error(pid, row) if ids is not None else None
             prompt, err = (None, err) if err else _text(raw, "prompt", max_chars)
-            neg, seed = None, None
+            neg, seed, words = None, None, None
             if not err and negs is not None:
                 neg, err = _text(negs[j], "negative prompt", max_chars)
                 if err and err.startswith(("null", "empty", "whitespace-only")):
                     neg, err = None, None  # no per-row negative: the run-wide one applies
             if not err and seeds is not None:
                 seed, err = _seed(seeds[j])
+            if not err and subjects is not None:
+                words, err = _subjects(subjects[j])
             if err:
                 out.append(RowOutcome(key, row, pid, REJECTED, err))
             else:
                 extra = {name: _jsonable(v[j]) for name, v in extras}
-                out.append(PromptRecord(key, row, pid, prompt, neg, seed, extra))
+                out.append(PromptRecord(key, row, pid, prompt, neg, seed, extra, words))
         return self._tokens(out) if self.tok is not None else out
 
     def _id_error(self, pid: str | None, row: int) -> str | None:
@@ -144,6 +146,25 @@ def _seed(v: Any) -> tuple[int | None, str | None]:
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < SEED_LIMIT:
         return None, f"seed {short(v)} is not an integer in [0, 2**64)"
     return n, None
+
+
+def _subjects(v: Any) -> tuple[list[str] | None, str | None]:
+    """Attend-and-Excite's subject words: a list of strings, or one text "cat, frog" (CSV/TSV).
+    Null or empty: none for this row (the run-wide sampler.attend_excite.subjects apply)."""
+    if v is None:
+        return None, None
+    try:
+        if isinstance(v, (bytes, str)):
+            text = v.decode("utf-8") if isinstance(v, bytes) else v
+            v = text.split(",") if text.strip() else []
+        if not isinstance(v, (list, tuple)) or not all(isinstance(w, (bytes, str)) for w in v):
+            return None, f"subjects {short(v)} are not a list of words"
+        words = [(w.decode("utf-8") if isinstance(w, bytes) else w).strip() for w in v]
+    except UnicodeDecodeError as e:
+        return None, f"subjects are not valid UTF-8 (bad byte at offset {e.start})"
+    if any(not w for w in words):
+        return None, f"subjects {short(v)} contain an empty word"
+    return words or None, None
 
 
 def id_str(v: Any) -> str | None:

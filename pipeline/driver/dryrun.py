@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.data.source import plan_shards, read_shard
 from pipeline.placement import placement_errors
 from pipeline.records import PromptRecord
-from pipeline.sampling.methods import METHODS, needs_captioner, run_methods
+from pipeline.sampling.methods import AE_PASS_EVALS, METHODS, attend_excite_evals, needs_captioner, run_methods
 
 GB = 1e9
 HEADROOM = 0.9  # of a GPU's memory usable by tensors (the CUDA context, cuDNN workspaces, fragmentation)
@@ -47,18 +47,21 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     per_image = {m: METHODS[m].evals(cfg.sampler, arch["answer_ks"] if m == "answer" else []) for m in methods}
     images = samples * len(methods) * cfg.preference.candidates
     unet_evals = samples * cfg.preference.candidates * sum(per_image.values())
-    total = unet_evals * arch["unet_flops"] + images * arch["vae_flops"]
+    ae_lo, ae_hi = attend_excite_evals(cfg.sampler)
+    total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"] + images * arch["vae_flops"])
     arch["memory"]["host"] = host_fit(cfg, arch["memory"])
     return {
         "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
-        "unet_evals": unet_evals, "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
+        "unet_evals": unet_evals, "ae_evals_per_image": {"min": ae_lo, "max": ae_hi},
+        "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
         "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "config_sources": arch["sources"],
         "memory_gb": arch["memory"],
         "gpu_hours": {"mfu": cfg.plan.mfu, **{name: round(total / (peak * 1e12 * cfg.plan.mfu) / 3600, 3)
                                               for name, _, peak in GPUS}},
         "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
-                       "SDXL sizes); the token-length check of each prompt",
+                       "SDXL sizes); the token-length check of each prompt; Attend-and-Excite's refinement "
+                       "passes beyond the minimum (ae_evals_per_image.max bounds them)",
     }
 
 
@@ -109,7 +112,7 @@ def _describe(config_file: str) -> dict[str, Any]:
 def answer_ks(cfg: Config) -> list[int]:
     """ANSWER's K_i per main step, from the model's own scheduler (as the sampler computes them)."""
     from pipeline.models.architectures import component_config
-    from pipeline.models.sdxl import make_scheduler
+    from pipeline.models.diffusion import make_scheduler
     from pipeline.sampling import guidance
     from pipeline.sampling.chains import fresh_scheduler
 
@@ -123,10 +126,10 @@ def model_dir(cfg: Config):
     """The model's local directory (the tiny stand-in is built there), or None for a hub id."""
     from pathlib import Path
 
-    if cfg.model.id == "tiny":
-        from pipeline.models.tiny import tiny_sdxl
+    from pipeline.models.tiny import TINY_MODELS
 
-        return tiny_sdxl(cfg.model.cache_dir)
+    if cfg.model.id in TINY_MODELS:
+        return TINY_MODELS[cfg.model.id](cfg.model.cache_dir)
     return Path(cfg.model.id) if Path(cfg.model.id).is_dir() else None
 
 
@@ -139,6 +142,7 @@ class Architecture:
         from pipeline.logs import quiet_libraries
         from pipeline.models import architectures as A
         from pipeline.models.device import DTYPES
+        from pipeline.models.family import model_family
 
         quiet_libraries()
         self.cfg, self.sources = cfg, {}
@@ -147,15 +151,16 @@ class Architecture:
         vae_cfg = (self._config(cfg.model.vae_id, "", None, "vae") if cfg.model.vae_id
                    else self._config(cfg.model.id, "vae", local))
         self.dtype = DTYPES[cfg.model.dtype]
-        upcast = cfg.model.upcast_vae == "always" or (
+        family = model_family(str(local or cfg.model.id), cfg.model.revision)
+        upcast = cfg.model.upcast_vae == "always" or (  # as pipeline/models/diffusion.py decides
             cfg.model.upcast_vae == "auto" and cfg.model.dtype == "float16" and not cfg.model.vae_id
-            and vae_cfg.get("force_upcast", True))
+            and family == "sdxl" and vae_cfg.get("force_upcast", True))
         self.vae_dtype = torch.float32 if upcast else self.dtype
         self.unet = A.meta_unet(unet_cfg, self.dtype)
         self.vae = A.meta_vae(vae_cfg, self.vae_dtype)
         self.scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
         text = [A.meta_transformers("clip_text", self._config(cfg.model.id, "text_encoder", local))]
-        if local is None or (local / "text_encoder_2").is_dir():  # SDXL's second encoder
+        if family == "sdxl":  # SDXL's second encoder
             text.append(A.meta_transformers("clip_text_projection",
                                             self._config(cfg.model.id, "text_encoder_2", local)))
         self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
@@ -170,20 +175,23 @@ class Architecture:
         self.sources[label or component] = f"{model_id}: {source}"
         return config
 
-    def _unet_forward(self, batch: int) -> None:
+    def _unet_forward(self, batch: int, grad: bool = False) -> None:
+        """One UNet call; `grad`: as Attend-and-Excite makes it, keeping what its backward needs."""
         import torch
 
         c = self.unet.config
         h, w = self.cfg.sampler.height // self.scale, self.cfg.sampler.width // self.scale
-        x = torch.empty(batch, c.in_channels, h, w, device="meta", dtype=self.dtype)
+        x = torch.empty(batch, c.in_channels, h, w, device="meta", dtype=self.dtype, requires_grad=grad)
         ctx = torch.empty(batch, 77, c.cross_attention_dim, device="meta", dtype=self.dtype)
         added = None
         if c.addition_embed_type == "text_time":  # SDXL: pooled text embeds + 6 size/crop ids
             pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
             added = {"text_embeds": torch.empty(batch, pooled, device="meta", dtype=self.dtype),
                      "time_ids": torch.empty(batch, 6, device="meta", dtype=self.dtype)}
-        with torch.no_grad():
-            self.unet(x, torch.empty(batch, device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
+        with torch.set_grad_enabled(grad):
+            out = self.unet(x, torch.empty(batch, device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
+            if grad:
+                out.sample.sum().backward()
 
     def _vae_decode(self, batch: int) -> None:
         import torch
@@ -234,16 +242,20 @@ class Architecture:
                 on_gpu = cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu"
                 weights[f"scorer_{name}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
-        pair = [self._peak(lambda b=b: self._unet_forward(2 * b)) for b in (1, 2)]
-        per_sample = pair[1] - pair[0]
-        unet_act = pair[0] + per_sample * (cfg.sampler.batch_size - 1)
+        # Attend-and-Excite's passes (one row a sample) keep activations for their backward.
+        calls = [lambda b: self._unet_forward(2 * b)]
+        if cfg.sampler.attend_excite.enabled:
+            calls.append(lambda b: self._unet_forward(b, grad=True))
+        peaks = [[self._peak(lambda b=b, call=call: call(b)) for b in (1, 2)] for call in calls]
+        one, per_sample = max(p[0] for p in peaks), max(p[1] - p[0] for p in peaks)  # batch 1, each more
+        unet_act = one + per_sample * (cfg.sampler.batch_size - 1)
         vae_act = self._peak(lambda: self._vae_decode(cfg.model.vae_slice))
         fixed = sum(weights.values())
         sampler = fixed + max(unet_act, vae_act)
         fits = {}
         for name, mem, _ in GPUS:
             usable = mem * GB * HEADROOM
-            room = usable - fixed - (pair[0] - per_sample)
+            room = usable - fixed - (one - per_sample)
             largest = int(room // per_sample) if per_sample > 0 else 0
             if vae_act + fixed > usable:
                 largest = 0

@@ -39,6 +39,7 @@ from pipeline.data.layout import (
 )
 from pipeline.data.source import plan_shards
 from pipeline.data.storage import Location, is_s3, open_location
+from pipeline.models.family import model_family
 from pipeline.placement import placement_errors
 from pipeline.records import ShardSpec
 
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 # 2: DDIM unclipped, sliced VAE decode, uint64 seeds in the sidecar, model.vae_revision (2026-11-30)
 # 3: prompt ids (and so seeds) of a single s3:// input file are `<file>:<row>` (they were `.:<row>`);
 #    samples record what was loaded (commit / local_config_sha256), not unapplied pins (2026-11-30)
-FINGERPRINT_VERSION = 3
+# 4: the model family (sdxl/sd1/sd2, from the model's files) is part of the fingerprint and of every
+#    sample's metadata, with ae_evals; config keys sampler.attend_excite.*, input.subjects_column (2026-11-30)
+FINGERPRINT_VERSION = 4
 # Dotted keys (or whole sections) that do not change what the dataset contains; see the docstring.
 FINGERPRINT_EXCLUDE = (
     "ray", "logging", "plan", "output.path", "output.new_run", "output.s3", "input.s3", "output.license", "output.tags",
@@ -117,9 +120,10 @@ def fingerprint_config(cfg: Config) -> dict[str, Any]:
             if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE)}
 
 
-def fingerprint(cfg: Config) -> str:
-    body = json.dumps({"v": FINGERPRINT_VERSION, "config": fingerprint_config(cfg)}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+def fingerprint(cfg: Config, family: str) -> str:
+    """The dataset's identity: the config's dataset keys and the model family its files declare."""
+    body = json.dumps({"v": FINGERPRINT_VERSION, "config": fingerprint_config(cfg), "family": family},
+                      sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -143,12 +147,16 @@ def prepare(given: Config) -> Prepared:
         loc = open_location(cfg.output.path, cfg.output.s3)
     except ValueError as e:
         raise ConfigError(f"output.path={given.output.path!r}: {e}") from None
-    fp, digest = fingerprint(given), plan_digest(specs)
+    try:
+        family = model_family(cfg.model.id, cfg.model.revision)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    fp, digest = fingerprint(given, family), plan_digest(specs)
     archived = None
     try:
         archived = check_resume(loc, given, fp, digest)
         if archived is not None or not loc.exists(FINGERPRINT_FILE):
-            record = {"fingerprint": fp, "plan_digest": digest, "planned_shards": len(specs),
+            record = {"fingerprint": fp, "plan_digest": digest, "family": family, "planned_shards": len(specs),
                       "rows": sum(s.num_rows for s in specs), "version": FINGERPRINT_VERSION,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "excluded": list(FINGERPRINT_EXCLUDE), "config": fingerprint_config(given)}

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_VAE_FP16 = "madebyollin/sdxl-vae-fp16-fix"
@@ -26,6 +27,8 @@ BLIP2 = "Salesforce/blip2-opt-2.7b"
 CLIP_L = "openai/clip-vit-large-patch14"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD21 = "stabilityai/stable-diffusion-2-1"
 
 _SDXL_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
              "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -39,9 +42,19 @@ _CLIP_H = {"text_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_
                              "projection_dim": 1024},
            "projection_dim": 1024}
 
+_SD_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "block_out_channels": [320, 640, 1280, 1280],
+            "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5, "downsample_padding": 1,
+            "cross_attention_dim": 768, "attention_head_dim": 8}
+_SD_VAE = {**_SDXL_VAE, "sample_size": 512, "scaling_factor": 0.18215}
+_SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
+
 # {hub id: {component folder ("" for a single-model repository): config}}
 BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
     SDXL: {
+        "model_index": {"_class_name": "StableDiffusionXLPipeline"},
         "unet": {"sample_size": 128, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
                  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
@@ -62,6 +75,24 @@ BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
                       "steps_offset": 1, "interpolation_type": "linear", "use_karras_sigmas": False},
     },
     SDXL_VAE_FP16: {"": {**_SDXL_VAE, "force_upcast": False}},
+    SD15: {
+        "model_index": {"_class_name": "StableDiffusionPipeline"},
+        "unet": _SD_UNET, "vae": _SD_VAE,
+        "text_encoder": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                         "projection_dim": 768},
+        "scheduler": {"_class_name": "PNDMScheduler", **_SD_BETAS, "skip_prk_steps": True},
+    },
+    SD21: {  # the 768² v-prediction model; OpenCLIP ViT-H's text tower without its last layer
+        "model_index": {"_class_name": "StableDiffusionPipeline"},
+        "unet": {**_SD_UNET, "sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+                 "use_linear_projection": True, "upcast_attention": True},
+        "vae": {**_SD_VAE, "sample_size": 768},
+        "text_encoder": {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                         "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu",
+                         "projection_dim": 512},
+        "scheduler": {"_class_name": "DDIMScheduler", **_SD_BETAS, "prediction_type": "v_prediction"},
+    },
     BLIP2: {"": {"vision_config": {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
                                    "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "qkv_bias": True,
                                    "layer_norm_eps": 1e-6},
@@ -89,9 +120,12 @@ BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
 PUBLISHED_PARAMS = {
     (SDXL, "unet"): 2_567_463_684, (SDXL, "vae"): 83_653_863, (SDXL, "text_encoder"): 123_060_480,
     (SDXL, "text_encoder_2"): 694_659_840, (SDXL_VAE_FP16, ""): 83_653_863, (BLIP2, ""): 3_744_761_856,
+    (SD15, "unet"): 859_520_964, (SD15, "vae"): 83_653_863, (SD15, "text_encoder"): 123_060_480,
+    (SD21, "unet"): 865_910_724, (SD21, "vae"): 83_653_863, (SD21, "text_encoder"): 340_387_840,
     (CLIP_L, ""): 427_616_513, (PICKSCORE, ""): 986_109_441, (CLIP_H, ""): 986_109_441,
 }
-CONFIG_FILES = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
+CONFIG_FILES = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
+                "text_encoder": "text_encoder/config.json",
                 "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json",
                 "": "config.json"}
 
@@ -121,22 +155,26 @@ def _clean(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def meta_unet(config: dict[str, Any], dtype: torch.dtype = torch.float32):
+# torch is imported where used: the driver reads BUNDLED (pipeline/models/family.py) without it
+def meta_unet(config: dict[str, Any], dtype: torch.dtype | None = None):
+    import torch
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        return UNet2DConditionModel.from_config(_clean(config)).to(dtype)
+        return UNet2DConditionModel.from_config(_clean(config)).to(dtype or torch.float32)
 
 
-def meta_vae(config: dict[str, Any], dtype: torch.dtype = torch.float32):
+def meta_vae(config: dict[str, Any], dtype: torch.dtype | None = None):
+    import torch
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
-        return AutoencoderKL.from_config(_clean(config)).to(dtype)
+        return AutoencoderKL.from_config(_clean(config)).to(dtype or torch.float32)
 
 
 def meta_transformers(kind: str, config: dict[str, Any]):
     """`clip_text`, `clip_text_projection`, `clip` or `blip2` on the meta device."""
+    import torch
     import transformers as T
 
     classes = {"clip_text": (T.CLIPTextConfig, T.CLIPTextModel),
@@ -157,6 +195,7 @@ class PeakMemory:
     in PyTorch's CPU kernels): the score matrix is never materialised, only the output."""
 
     def __enter__(self) -> PeakMemory:
+        import torch
         from torch.utils._python_dispatch import TorchDispatchMode
 
         tracker = self
@@ -175,10 +214,13 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import torch
+
         self._mode.__exit__(*exc)
         torch.nn.functional.scaled_dot_product_attention = self._sdpa
 
     def _created(self, out: Any) -> None:
+        import torch
         from torch.utils._pytree import tree_flatten
 
         seen: set[int] = set()

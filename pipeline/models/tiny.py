@@ -180,6 +180,68 @@ def tiny_sdxl(cache_dir: str | None = None) -> Path:
     return build_once("sdxl", _build_sdxl, cache_dir)
 
 
+# ---------------------------------------------------------------- SD 1.x and SD 2.x
+def sd_pipeline_in_memory(family: str):
+    """A tiny SD 1.x (ε, PNDM config like SD 1.5's) or SD 2.x (v-prediction, DDIM config like SD 2.1's)
+    StableDiffusionPipeline, in memory. SD 1.5's layout in miniature: cross-attention in the first two
+    of three levels and the mid block; SD 2.x's linear projections and gelu encoder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    v2 = family == "sd2"
+    torch.manual_seed(10)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3, vocab_size=514,
+        max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+        hidden_act="gelu" if v2 else "quick_gelu", projection_dim=32))
+    torch.manual_seed(11)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(2, 4, 4) if v2 else 4, use_linear_projection=v2, cross_attention_dim=32,
+        norm_num_groups=16)
+    torch.manual_seed(12)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  steps_offset=1, set_alpha_to_one=False)
+    scheduler = (DDIMScheduler(**common, clip_sample=False, prediction_type="v_prediction") if v2
+                 else PNDMScheduler(**common, skip_prk_steps=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        tok = clip_tokenizer(tmp)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def _sd_builder(family: str) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        sd_pipeline_in_memory(family).save_pretrained(str(path), safe_serialization=True)
+        shutil.rmtree(path / "tokenizer", ignore_errors=True)  # our generated vocab files, byte for byte
+        write_clip_tokenizer(path / "tokenizer")
+
+    return build
+
+
+def tiny_sd15(cache_dir: str | None = None) -> Path:
+    """Directory of the tiny SD 1.x (ε-prediction), built on first use."""
+    return build_once("sd15", _sd_builder("sd1"), cache_dir)
+
+
+def tiny_sd2v(cache_dir: str | None = None) -> Path:
+    """Directory of the tiny SD 2.x (v-prediction, as SD 2.1 768), built on first use."""
+    return build_once("sd2v", _sd_builder("sd2"), cache_dir)
+
+
+# model.id -> builder of its directory
+TINY_MODELS: dict[str, Callable[[str | None], Path]] = {"tiny": tiny_sdxl, "tiny-sd15": tiny_sd15,
+                                                        "tiny-sd2v": tiny_sd2v}
+
+
 # ---------------------------------------------------------------- BLIP-2
 IMAGE_TOKEN = "<image>"
 

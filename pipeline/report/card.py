@@ -103,7 +103,7 @@ def collect(location: Location, per_method: int = PER_METHOD) -> CardData:
     raw = location.read_many([stats_path(i) for i in data.shards])
     for i in data.shards:
         st = json.loads(raw[stats_path(i)])
-        for k in ("rows", "samples", "rejected", "failed", "wall_s", "sample_s", "unet_evals", "tar_bytes"):
+        for k in ("rows", "samples", "rejected", "failed", "wall_s", "sample_s", "unet_evals", "ae_evals", "tar_bytes"):
             data.stats[k] = data.stats.get(k, 0) + (st.get(k) or 0)
         data.image_format = (st.get("extra") or {}).get("image_format", data.image_format)
     for s in iter_samples(location, data.shards, images=False):

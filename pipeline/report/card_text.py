@@ -95,7 +95,8 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
         ("Samples/s (wall, this run)", _num(summary.get("samples_per_s"), 3)),
         ("Samples/s (while sampling, this run)", _num(get(summary, "this_run", "samples_per_s"), 3)),
         ("Sampler time, summed over shards (s)", _num(st.get("sample_s"), 1)),
-        ("UNet evaluations", _int(st.get("unet_evals"))),
+        ("UNet evaluations", _int(st.get("unet_evals"))
+         + (f" (and {_int(st['ae_evals'])} Attend-and-Excite gradient passes)" if st.get("ae_evals") else "")),
         ("Dataset size (tar bytes)", _int(st.get("tar_bytes"))),
         ("Run seed", _int(get(c, "seed"))),
         ("Input", f"{_code(get(c, 'input', 'path'))}, column {_code(get(c, 'input', 'prompt_column'))}"),

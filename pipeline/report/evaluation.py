@@ -16,8 +16,9 @@ first N usable prompts.
 
 Writes (DIR may be local or s3://):
     results.parquet   one row per prompt x method: prompt_id, row, prompt, method, seed, unet_evals,
-                      seconds (wall time of its batch / batch size, scoring excluded), score_<name>,
-                      score_errors, negative_prompt (e.g. DNP's caption), error
+                      ae_evals (Attend-and-Excite's gradient passes), seconds (wall time of its batch /
+                      batch size, scoring excluded), score_<name>, score_errors, negative_prompt (e.g. DNP's
+                      caption), error
     summary.json      per method: images, UNet evals per image and the ratio to the baseline, seconds
                       per image; per scorer: n, mean, std, 95% CI of the mean (Student t), and the
                       per-prompt win rate against the baseline (ties count half; 95% Wilson score
@@ -144,13 +145,14 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
     import torch
     from PIL import Image
 
-    from pipeline.models.sdxl import load_sdxl
+    from pipeline.models.diffusion import load_model
+    from pipeline.sampling.attend_excite import check_resolution, row_subjects
     from pipeline.sampling.batch import SampleRequest, generate_batch
     from pipeline.scoring.scorers import load_scorers
     from pipeline.seeding import row_seed
 
     t0 = time.perf_counter()
-    model = load_sdxl(cfg.model)
+    model = load_model(cfg.model)
     captioner = None
     if any(METHODS[m].needs_captioner(cfg.sampler) for m in methods):
         from pipeline.models.captioner import Captioner
@@ -159,13 +161,26 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
     scorers = load_scorers(cfg.scoring, model.device)
     log.info("models loaded in %.1fs on %s", time.perf_counter() - t0, model.device)
     prompts, info = read_prompts(cfg.input, limit, model.tokenizer, specs)
+    if cfg.sampler.attend_excite.enabled:  # as the job does: a row without its subjects is rejected
+        check_resolution(model, cfg.sampler)
+        kept = []
+        for p in prompts:
+            error = row_subjects(model.tokenizer, p.prompt, p.subjects, cfg.sampler.attend_excite.subjects)[2]
+            if error:
+                info["rejections"][error] = info["rejections"].get(error, 0) + 1
+                info["rejected"] += 1
+            else:
+                kept.append(p)
+        if not kept:
+            raise InputError(f"{cfg.input.path}: no prompt has its attend-and-excite subjects ({info['rejections']})")
+        prompts, info["n"] = kept, len(kept)
 
     def sync() -> None:
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
 
     bs = cfg.sampler.batch_size
-    warm = [SampleRequest(prompts[0].prompt, 0, None)] * min(bs, len(prompts))
+    warm = [SampleRequest(prompts[0].prompt, 0, None, prompts[0].subjects)] * min(bs, len(prompts))
     generate_batch(model, warm, dataclasses.replace(cfg.sampler, method=methods[0]), captioner)
     rows: list[dict[str, Any]] = []
     for g0 in range(0, len(prompts), grid_rows):
@@ -175,8 +190,8 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
             s = dataclasses.replace(cfg.sampler, method=m)
             for b0 in range(0, len(chunk), bs):
                 batch = chunk[b0:b0 + bs]
-                reqs = [SampleRequest(p.prompt, row_seed(cfg.seed, p.prompt_id, 0, p.seed), p.negative_prompt)
-                        for p in batch]
+                reqs = [SampleRequest(p.prompt, row_seed(cfg.seed, p.prompt_id, 0, p.seed), p.negative_prompt,
+                                      p.subjects) for p in batch]
                 sync()
                 t1 = time.perf_counter()
                 gens, _ = generate_batch(model, reqs, s, captioner)
@@ -189,6 +204,7 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
                     scores, errors = scored.get(i, ({}, {}))
                     row = {"prompt_id": p.prompt_id, "row": p.row, "prompt": p.prompt, "method": m,
                            "seed": reqs[i].seed, "unet_evals": int(g.metadata["unet_evals"]),
+                           "ae_evals": int(g.metadata["ae_evals"]),
                            "seconds": per_image, "negative_prompt": g.metadata.get("negative_prompt") or "",
                            "score_errors": json.dumps(errors) if errors else None,
                            "error": None if g.finite else "non-finite latents"}
@@ -260,7 +276,8 @@ def write_parquet(out: Location, rel: str, rows: list[dict[str, Any]], scorers: 
 
     schema = pa.schema([("prompt_id", pa.string()), ("row", pa.int64()), ("prompt", pa.string()),
                         ("method", pa.string()), ("seed", pa.uint64()), ("unet_evals", pa.int64()),
-                        ("seconds", pa.float64())] + [(f"score_{s}", pa.float64()) for s in scorers]
+                        ("ae_evals", pa.int64()), ("seconds", pa.float64())]
+                       + [(f"score_{s}", pa.float64()) for s in scorers]
                        + [("score_errors", pa.string()), ("negative_prompt", pa.string()), ("error", pa.string())])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)

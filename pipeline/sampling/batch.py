@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
-from pipeline.config import SamplerConfig, validate_sampler
-from pipeline.models import sdxl as S
+from pipeline.config import SamplerConfig
+from pipeline.config_checks import validate_sampler
+from pipeline.models import diffusion as S
 from pipeline.sampling import guidance
+from pipeline.sampling.attend_excite import AttendExcite, check_resolution, map_store, row_subjects
 from pipeline.sampling.chains import Conditions, NoisePredictor, answer_chain, cnp_chain, fresh_scheduler, guided_chain
 from pipeline.sampling.methods import METHODS, Outcome
 from pipeline.seeding import initial_noise
@@ -30,6 +32,7 @@ class SampleRequest:
     prompt: str
     seed: int
     negative_prompt: str | None = None  # per-row negative (np, human DNP)
+    subjects: list[str] | None = None  # Attend-and-Excite's subject words (else the run-wide ones)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class BatchTimings:
     decode_s: float = 0.0
     caption_s: float = 0.0
     evals: int = 0  # UNet evals for the whole batch
+    ae_evals: int = 0  # Attend-and-Excite's gradient passes for the whole batch
     calls: int = 0  # batched UNet calls
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -61,7 +65,7 @@ class Batch:
     chain from each sample's own initial noise; `decode`, `caption` and `encode` are timed here.
     """
 
-    def __init__(self, m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig, captioner: Captioner | None,
+    def __init__(self, m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig, captioner: Captioner | None,
                  on_step: Callable[[int, torch.Tensor], None] | None, t: BatchTimings):
         self.m, self.reqs, self.s, self.g = m, reqs, s, s.guidance_scale
         self.captioner, self.on_step, self.t = captioner, on_step, t
@@ -69,6 +73,8 @@ class Batch:
         self.null = S.null_conditions(m, len(reqs), s.height, s.width)
         self.predict = NoisePredictor(S.unet_fn(m), m.prediction_type)
         self.template = m.make_scheduler(s.scheduler)
+        self.ae = attend_excite(m, reqs, s, self.prompt) if s.attend_excite.enabled else None
+        self.alter = self.ae.alter if self.ae else None  # only ever given to the output chain
 
     def start(self):
         """A fresh scheduler and the batch's initial latents [B, C, h, w] (float32, × init σ)."""
@@ -78,10 +84,12 @@ class Batch:
         z0 = initial_noise([r.seed for r in self.reqs], shape)
         return sched, z0.to(self.m.device) * sched.init_noise_sigma
 
-    def guided(self, c_u: Conditions, c_c: Conditions, g: float, on_step: bool = True) -> torch.Tensor:
-        """A full chain with ε̂ = ε_u + g·(ε_c − ε_u) -> final latents."""
+    def guided(self, c_u: Conditions, c_c: Conditions, g: float, main: bool = True) -> torch.Tensor:
+        """A full chain with ε̂ = ε_u + g·(ε_c − ε_u) -> final latents. `main`: the output's chain (it
+        reports progress and A&E alters it), not DNP's DNS chain."""
         sched, z = self.start()
-        return guided_chain(self.predict, sched, z, c_u, c_c, g, self.on_step if on_step else None)
+        return guided_chain(self.predict, sched, z, c_u, c_c, g, self.on_step if main else None,
+                            self.alter if main else None)
 
     def answer(self, g_dns: float) -> tuple[torch.Tensor, list[int]]:
         """The ANSWER chain -> (final latents, K_i per step)."""
@@ -89,12 +97,12 @@ class Batch:
         sched, z = self.start()
         ks = guidance.answer_schedule(a.schedule, a.k, [float(t) for t in sched.timesteps])
         z = answer_chain(self.predict, sched, z, self.null, self.prompt, self.g, g_dns, ks, a.negative,
-                         a.normalize, self.on_step)
+                         a.normalize, self.on_step, self.alter)
         return z, ks
 
     def cnp(self, g_dns: float, negative_at: Callable[[torch.Tensor], Conditions]) -> torch.Tensor:
         sched, z = self.start()
-        return cnp_chain(self.predict, sched, z, self.null, self.prompt, self.g, g_dns, negative_at)
+        return cnp_chain(self.predict, sched, z, self.null, self.prompt, self.g, g_dns, negative_at, self.alter)
 
     def encode(self, negatives: list[str | None]) -> Conditions:
         """Per-sample negative conditions; None or "" is ∅."""
@@ -113,7 +121,21 @@ class Batch:
         return captions
 
 
-def generate_batch(m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig,
+def attend_excite(m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig, prompt: Conditions) -> AttendExcite:
+    """The batch's Attend-and-Excite: each request's subject token positions (its own words, else the
+    run-wide ones) and the UNet's cross-attention maps at the configured or default resolution."""
+    ae = s.attend_excite
+    indices = []
+    for r in reqs:
+        _, found, error = row_subjects(m.tokenizer, r.prompt, r.subjects, ae.subjects)
+        if error:
+            raise ValueError(f"{error} ({r.prompt!r})")
+        indices.append(found)
+    res = check_resolution(m, s)
+    return AttendExcite(ae, s.steps, S.unet_fn(m, grad=True), map_store(m.unet), prompt, indices, res)
+
+
+def generate_batch(m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig,
                    captioner: Captioner | None = None,
                    on_step: Callable[[int, torch.Tensor], None] | None = None,
                    ) -> tuple[list[Generated], BatchTimings]:
@@ -135,6 +157,7 @@ def generate_batch(m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig,
     t.sample_s = time.perf_counter() - t0 - t.decode_s - t.caption_s
     images = out.images if out.images is not None else b.decode(out.latents)
     t.evals, t.calls = b.predict.evals, b.predict.calls
+    t.ae_evals = sum(b.ae.evals) if b.ae else 0
 
     n = len(reqs)
     per_image = b.predict.evals // n
@@ -144,7 +167,7 @@ def generate_batch(m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig,
     params = method.params(s)
     base = {"method": s.method, "guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler,
             "width": s.width, "height": s.height, "model": m.info, "dtype": m.info.get("dtype"),
-            "unet_evals": per_image}
+            "unet_evals": per_image, "ae_evals": 0}
     negatives = out.negatives or [None] * n
     results = []
     for i, r in enumerate(reqs):
@@ -153,6 +176,9 @@ def generate_batch(m: S.SDXL, reqs: list[SampleRequest], s: SamplerConfig,
             meta[s.method] = {**params, **(out.method_meta[i] if out.method_meta else {})}
         for name, values in out.extra.items():
             meta[name] = values[i]
+        if b.ae is not None:  # gradient passes: each a forward and a backward of one conditional row
+            meta["ae_evals"] = b.ae.evals[i]
+            meta["attend_excite"] = {"subjects": list(r.subjects or s.attend_excite.subjects), **b.ae.record(i)}
         neg = out.negative_images[i] if out.negative_images is not None else None
         results.append(Generated(images[i], out.latents[i].float().cpu(), meta, neg))
     return results, t

@@ -19,16 +19,26 @@ from pipeline.sampling import guidance
 
 @dataclass
 class Conditions:
-    """SDXL's conditioning for a batch, one row per sample."""
+    """A batch's text conditioning, one row per sample (SD 1.x/2.x: embeds only)."""
 
-    embeds: torch.Tensor  # [B, L, D] penultimate hidden states of both text encoders, concatenated
-    pooled: torch.Tensor  # [B, P] pooled output of text encoder 2
-    time_ids: torch.Tensor  # [B, 6] (orig h, orig w, crop top, crop left, target h, target w)
+    embeds: torch.Tensor  # [B, L, D] SDXL: both encoders' penultimate states, concatenated; SD: last state
+    pooled: torch.Tensor | None = None  # [B, P] SDXL: pooled output of text encoder 2
+    time_ids: torch.Tensor | None = None  # [B, 6] SDXL: (orig h, orig w, crop top, crop left, target h, w)
 
     @staticmethod
     def cat(*conds: Conditions) -> Conditions:
-        return Conditions(torch.cat([c.embeds for c in conds]), torch.cat([c.pooled for c in conds]),
-                          torch.cat([c.time_ids for c in conds]))
+        def join(name):
+            parts = [getattr(c, name) for c in conds]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return Conditions(join("embeds"), join("pooled"), join("time_ids"))
+
+    def select(self, rows: list[int]) -> Conditions:
+        """The conditions of some rows, in that order."""
+        def pick(t):
+            return None if t is None else t[rows]
+
+        return Conditions(self.embeds[rows], pick(self.pooled), pick(self.time_ids))
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -137,14 +147,21 @@ def scheduler_step(scheduler, eps: torch.Tensor, j: int, z: torch.Tensor) -> tor
     return scheduler.step(eps, t, z, return_dict=False)[0]
 
 
+Alter = Callable[["Grid", int, torch.Tensor], torch.Tensor]  # (grid, i, z_i) -> new z_i before step i
+
+
 def guided_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_u: Conditions,
-                 c_c: Conditions, g: float, on_step: Callable | None = None) -> torch.Tensor:
+                 c_c: Conditions, g: float, on_step: Callable | None = None, alter: Alter | None = None
+                 ) -> torch.Tensor:
     """A full sampling run with ε̂ = ε_u + g·(ε_c − ε_u): cfg (u=∅, c=p), np (u=n, c=p), dns (u=p, c=∅).
 
     z: [B, C, h, w] initial latents already scaled by init_noise_sigma; returns final latents.
+    `alter` (Attend-and-Excite) may move z_i before each step; the rule stays the method's.
     """
     grid = Grid.from_scheduler(scheduler)
     for j in range(len(grid)):
+        if alter is not None:
+            z = alter(grid, j, z)
         eps_u, eps_c = predict.pair(grid, z, j, c_u, c_c)
         z = scheduler_step(scheduler, guidance.cfg(eps_u, eps_c, g), j, z)
         if on_step is not None:
@@ -154,13 +171,16 @@ def guided_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_u: Condi
 
 def answer_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Conditions,
                  c_p: Conditions, g: float, g_dns: float, ks: list[int], negative: str = "A",
-                 norm: str = "sample", on_step: Callable | None = None) -> torch.Tensor:
+                 norm: str = "sample", on_step: Callable | None = None, alter: Alter | None = None) -> torch.Tensor:
     """ANSWER (Desai & Vasconcelos, ICCV 2025): CFG whose negative is a K_i-step DNS mini-chain's ε.
 
-    ks: K_i per main step (guidance.answer_schedule); 0 makes that step exactly CFG.
+    ks: K_i per main step (guidance.answer_schedule); 0 makes that step exactly CFG. `alter` moves
+    z_i before the step, so the mini-chain starts from the altered z_i and is itself never altered.
     """
     grid = Grid.from_scheduler(scheduler)
     for i in range(len(grid)):
+        if alter is not None:
+            z = alter(grid, i, z)
         eps_null, eps_p = predict.pair(grid, z, i, c_null, c_p)
         if ks[i] == 0:
             eps_neg = eps_null  # exactly CFG at this step
@@ -188,14 +208,18 @@ def answer_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Co
 
 
 def cnp_chain(predict: NoisePredictor, scheduler, z: torch.Tensor, c_null: Conditions, c_p: Conditions,
-              g: float, g_dns: float, negative_at: Callable[[torch.Tensor], Conditions]) -> torch.Tensor:
+              g: float, g_dns: float, negative_at: Callable[[torch.Tensor], Conditions],
+              alter: Alter | None = None) -> torch.Tensor:
     """Complete DNP (Desai & Vasconcelos, ECCV 2024 baseline): a fresh DNS negative at every step.
 
     At step i a full DNS chain runs from z_i over steps i..N−1 (pure ODE steps), its result is
     handed to `negative_at(z⁻_final)` (decode + caption + encode), and the step is NP with it.
+    `alter` moves z_i first; the DNS chains are never altered.
     """
     grid = Grid.from_scheduler(scheduler)
     for i in range(len(grid)):
+        if alter is not None:
+            z = alter(grid, i, z)
         z_neg = z
         for j in range(i, len(grid)):
             eps_u, eps_c = predict.pair(grid, z_neg, j, c_null, c_p)

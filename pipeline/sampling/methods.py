@@ -48,6 +48,8 @@ class Method:
     run: Callable[[Batch], Outcome]  # the chain function
     needs_captioner: Callable[[Any], bool] = lambda s: False
     needs_negatives: Callable[[Any], bool] = lambda s: False  # a negative per input row (a column)
+    # whether Attend-and-Excite may alter the chain whose latents are the output (never a DNS chain)
+    attend_excite: Callable[[Any], bool] = lambda s: True
 
 
 # ------------------------------------------------------------------ chain functions
@@ -73,7 +75,7 @@ def run_dnp(b: Batch) -> Outcome:
     if s.dnp.mode == "human":
         negatives = [r.negative_prompt for r in b.reqs]
         return Outcome(b.guided(b.encode(negatives), b.prompt, b.g), negatives=negatives)
-    z_dns = b.guided(b.prompt, b.null, g_dns(s, s.dnp), on_step=False)
+    z_dns = b.guided(b.prompt, b.null, g_dns(s, s.dnp), main=False)
     x_neg = b.decode(z_dns)
     negatives = b.caption(x_neg)
     if s.dnp.mode == "dns_only":  # the DNS images and their captions are the output
@@ -115,6 +117,26 @@ def answer_evals(s: Any, ks: list[int]) -> int:
     return 2 * s.steps + 2 * sum(ks) - fewer * sum(1 for k in ks if k > 0)
 
 
+# FLOPs of one A&E pass (forward + backward to the latent only; the weights are frozen) over one UNet
+# eval, by torch's FLOP counter on the published UNets: SD 1.5 at 512² 1.726 / 0.803 TFLOP = 2.15,
+# SDXL at 1024² 14.22 / 6.76 = 2.10.
+AE_PASS_EVALS = 2.15
+
+
+def attend_excite_evals(s: Any) -> tuple[int, int]:
+    """Attend-and-Excite's gradient passes per image, (fewest, most): one at each altered step and each
+    refinement step, and at most max_refinement_steps more at each refinement step. A pass is a forward
+    and a backward of one conditional row (AE_PASS_EVALS UNet evals). Any method's cost adds this when
+    A&E is enabled."""
+    ae = s.attend_excite
+    if not ae.enabled:
+        return 0, 0
+    altered = min(s.steps, ae.max_iter_to_alter)
+    refine = {i for i in ae.refine_steps if 0 <= i < s.steps}
+    fewest = altered + sum(1 for i in refine if i >= altered)
+    return fewest, fewest + ae.max_refinement_steps * len(refine)
+
+
 def answer_params(s: Any) -> dict:
     a = s.answer
     return {"k": a.k, "schedule": a.schedule, "negative": a.negative, "normalize": a.normalize,
@@ -129,12 +151,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            evals=lambda s, ks: 2 * s.steps, params=lambda s: {}, run=run_np),
     Method("dns", "diffusion-negative sampling: the least compliant image (ECCV 2024)",
            "ε_p + g·(ε_∅ − ε_p)", "2N",
-           evals=lambda s, ks: 2 * s.steps, params=lambda s: {}, run=run_dns),
+           evals=lambda s, ks: 2 * s.steps, params=lambda s: {}, run=run_dns, attend_excite=lambda s: False),
     Method("dnp", "diffusion-negative prompting: DNS chain → caption n* → NP with n* (ECCV 2024)",
            "DNS chain → x⁻ → n* = caption(x⁻) → ε_n* + g·(ε_p − ε_n*)", "4N (auto), 2N (dns_only, human)",
            evals=lambda s, ks: 2 * s.steps if s.dnp.mode in ("dns_only", "human") else 4 * s.steps,
            params=lambda s: {"mode": s.dnp.mode, "g_dns": g_dns(s, s.dnp)}, run=run_dnp,
-           needs_captioner=lambda s: s.dnp.mode != "human", needs_negatives=lambda s: s.dnp.mode == "human"),
+           needs_captioner=lambda s: s.dnp.mode != "human", needs_negatives=lambda s: s.dnp.mode == "human",
+           attend_excite=lambda s: s.dnp.mode != "dns_only"),
     Method("cnp", "complete DNP: a full DNS chain and caption at every step (ECCV 2024 baseline)",
            "at step i: DNS chain from z_i → caption n*_i → ε_n*_i + g·(ε_p − ε_n*_i)", "2N + N(N+1)",
            evals=lambda s, ks: 2 * s.steps + s.steps * (s.steps + 1),

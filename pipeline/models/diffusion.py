@@ -1,12 +1,17 @@
-"""SDXL through diffusers: load (hub id, local dir or "tiny"), encode prompts, UNet adapter, decode.
+"""Stable Diffusion models through diffusers: load, encode prompts, the UNet adapter, decode.
 
-Loading is always `from_pretrained` with safetensors only; "tiny" is first built into a local
-directory by pipeline.models.tiny and then loaded through the very same call.
+Three families share everything below except prompt encoding and the UNet's added conditions:
+SDXL (two CLIP encoders, penultimate layer, pooled embeds and size ids), SD 1.x and SD 2.x (one
+CLIP encoder, its final layer; SD 2.x's 768 model predicts v, which the NoisePredictor converts).
+The family is read from the model's own files (pipeline/models/family.py), never from a flag.
+
+Loading is always `from_pretrained` with safetensors only; the tiny ids ("tiny" for SDXL,
+"tiny-sd15", "tiny-sd2v") are first built into a local directory by pipeline.models.tiny and then
+loaded through the very same call.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +20,11 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs, resolve_device
+from pipeline.models.family import PIPELINES, family_of
 from pipeline.models.provenance import loaded_from
 from pipeline.placement import cpu_dtype_error
 from pipeline.sampling.chains import Conditions
 
-log = logging.getLogger(__name__)
 
 def make_scheduler(scheduler_config: dict, name: str):
     """A fresh Euler or DDIM scheduler from a model's scheduler config, predicting ε.
@@ -40,17 +45,20 @@ def make_scheduler(scheduler_config: dict, name: str):
 
 
 def resolve_model_path(model_id: str, cache_dir: str | None) -> str:
-    if model_id == "tiny":
-        from pipeline.models.tiny import tiny_sdxl
+    """A tiny id -> the directory it is built in; anything else (hub id, local dir) as given."""
+    from pipeline.models.tiny import TINY_MODELS
 
-        return str(tiny_sdxl(cache_dir))
+    if model_id in TINY_MODELS:
+        return str(TINY_MODELS[model_id](cache_dir))
     return model_id
 
 
 @dataclass
-class SDXL:
-    """The loaded components and what they are, for provenance."""
+class Diffusion:
+    """The loaded components, the family and what they are, for provenance.
+    `text_encoder_2`/`tokenizer_2` are SDXL's second encoder (None for SD 1.x/2.x)."""
 
+    family: str  # sdxl | sd1 | sd2
     unet: Any
     vae: Any
     text_encoder: Any
@@ -78,10 +86,12 @@ class SDXL:
         return make_scheduler(self.scheduler_config, name)
 
 
-def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
-    """Load SDXL components as users run it: `from_pretrained(id_or_dir, safetensors only)`."""
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusion:
+    """Load a model as users run it: `from_pretrained(id_or_dir, safetensors only)` of the pipeline
+    class its model_index.json names."""
     quiet_libraries()  # first: importing the pipeline already warns (transformers' image processors)
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    import diffusers
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
@@ -97,7 +107,12 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
         vae_kw = {"revision": cfg.vae_revision} if cfg.vae_revision else {}
         kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, use_safetensors=True, **vae_kw,
                                                   **dtype_kwargs("diffusers", dtype))
-    pipe = StableDiffusionXLPipeline.from_pretrained(path, **kw)
+    index = DiffusionPipeline.load_config(path, **({"revision": cfg.revision} if cfg.revision else {}))
+    family_of(index.get("_class_name"), {})  # an unsupported pipeline fails here, before any weights load
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    if PIPELINES[index["_class_name"]] == "sd":  # the safety checker is a model of its own: not loaded
+        kw.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipeline_class.from_pretrained(path, **kw)
     loaded = loaded_from("model", cfg.id, path, cfg.revision, "model_index.json")
     if cfg.vae_id:
         vae = loaded_from("model.vae", cfg.vae_id, cfg.vae_id, cfg.vae_revision, "config.json")
@@ -105,14 +120,17 @@ def load_sdxl(cfg: ModelConfig, device: torch.device | None = None) -> SDXL:
     return from_pipeline(pipe, cfg, device, loaded)
 
 
-def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, loaded: dict[str, Any] | None = None) -> SDXL:
-    """Wrap the components of a StableDiffusionXLPipeline (loaded or built in memory). `loaded`: what
-    load_sdxl found it loaded (pipeline/models/provenance.py), recorded in place of the config's pins."""
+def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, loaded: dict[str, Any] | None = None) -> Diffusion:
+    """Wrap the components of a Stable Diffusion (XL) pipeline (loaded or built in memory). `loaded`:
+    what load_model found it loaded (pipeline/models/provenance.py), recorded in place of the pins."""
     dtype = DTYPES[cfg.dtype]
+    family = family_of(type(pipe).__name__, pipe.unet.config)
+    encoder_2 = getattr(pipe, "text_encoder_2", None)
     vae = pipe.vae
-    # SDXL's VAE overflows in fp16: decode in float32 unless an fp16-safe VAE was configured.
+    # SDXL's VAE overflows in fp16: decode in float32 unless an fp16-safe VAE was configured. SD 1.x/2.x's
+    # VAE decodes in fp16 (as their pipeline does), although its config leaves force_upcast at True.
     upcast = cfg.upcast_vae == "always" or (
-        cfg.upcast_vae == "auto" and dtype == torch.float16 and not cfg.vae_id
+        cfg.upcast_vae == "auto" and dtype == torch.float16 and not cfg.vae_id and family == "sdxl"
         and getattr(vae.config, "force_upcast", True))
     vae_dtype = torch.float32 if upcast else dtype
     unet = _to(pipe.unet, device, dtype)
@@ -123,15 +141,16 @@ def from_pipeline(pipe, cfg: ModelConfig, device: torch.device, loaded: dict[str
     if cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     unet.eval().requires_grad_(False)
-    model = SDXL(
-        unet=unet, vae=_to(vae, device, vae_dtype).eval().requires_grad_(False),
+    model = Diffusion(
+        family=family, unet=unet, vae=_to(vae, device, vae_dtype).eval().requires_grad_(False),
         text_encoder=_to(pipe.text_encoder, device, dtype).eval().requires_grad_(False),
-        text_encoder_2=_to(pipe.text_encoder_2, device, dtype).eval().requires_grad_(False),
-        tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2,
+        text_encoder_2=None if encoder_2 is None else _to(encoder_2, device, dtype).eval().requires_grad_(False),
+        tokenizer=pipe.tokenizer, tokenizer_2=getattr(pipe, "tokenizer_2", None),
         scheduler_config=dict(pipe.scheduler.config), device=device, dtype=dtype, vae_dtype=vae_dtype,
-        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+        # SDXL's ∅ is zeros (its config says so); SD 1.x/2.x encode "" as their pipelines do
+        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", family == "sdxl")),
         vae_slice=cfg.vae_slice,
-        info={"id": cfg.id, "revision": cfg.revision, "variant": cfg.variant, "dtype": cfg.dtype,
+        info={"id": cfg.id, "family": family, "revision": cfg.revision, "variant": cfg.variant, "dtype": cfg.dtype,
               "vae_id": cfg.vae_id, "vae_revision": cfg.vae_revision,
               "vae_dtype": str(vae_dtype).replace("torch.", ""), **(loaded or {})})
     if cfg.compile:
@@ -147,8 +166,15 @@ def _to(module, device: torch.device, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def encode_prompts(m: SDXL, prompts: list[str], height: int, width: int) -> Conditions:
-    """SDXL text conditioning for each prompt: [B, 77, D1+D2], pooled [B, P], time ids [B, 6]."""
+def encode_prompts(m: Diffusion, prompts: list[str], height: int, width: int) -> Conditions:
+    """Text conditioning per prompt. SDXL: [B, 77, D1+D2], pooled [B, P], time ids [B, 6];
+    SD 1.x/2.x: the encoder's last hidden state [B, 77, D], as StableDiffusionPipeline builds it."""
+    if m.family != "sdxl":
+        tok = m.tokenizer
+        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt")
+        mask = enc.attention_mask.to(m.device) if getattr(m.text_encoder.config, "use_attention_mask", False) else None
+        return Conditions(m.text_encoder(enc.input_ids.to(m.device), attention_mask=mask)[0].to(m.dtype))
     hidden = []
     pooled = None
     for tok, enc in ((m.tokenizer, m.text_encoder), (m.tokenizer_2, m.text_encoder_2)):
@@ -161,60 +187,65 @@ def encode_prompts(m: SDXL, prompts: list[str], height: int, width: int) -> Cond
     return Conditions(embeds, pooled.to(m.dtype), time_ids(m, len(prompts), height, width))
 
 
-def time_ids(m: SDXL, n: int, height: int, width: int) -> torch.Tensor:
+def time_ids(m: Diffusion, n: int, height: int, width: int) -> torch.Tensor:
     # (original size, crop top-left, target size), as StableDiffusionXLPipeline builds them.
     ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=m.dtype, device=m.device)
     return ids.repeat(n, 1)
 
 
 @torch.no_grad()
-def null_conditions(m: SDXL, n: int, height: int, width: int) -> Conditions:
-    """∅: SDXL's zero embedding when force_zeros_for_empty_prompt, else the encoded ""."""
-    if not m.force_zeros_for_empty_prompt:
+def null_conditions(m: Diffusion, n: int, height: int, width: int) -> Conditions:
+    """∅: SDXL's zero embedding when force_zeros_for_empty_prompt, else the encoded "" (SD 1.x/2.x)."""
+    if not m.force_zeros_for_empty_prompt or m.family != "sdxl":
         return encode_prompts(m, [""] * n, height, width)
     c = encode_prompts(m, [""], height, width)  # only for shapes
     return Conditions(torch.zeros_like(c.embeds).repeat(n, 1, 1), torch.zeros_like(c.pooled).repeat(n, 1),
                       time_ids(m, n, height, width))
 
 
-def encode_negatives(m: SDXL, negatives: list[str | None], height: int, width: int) -> Conditions:
+def encode_negatives(m: Diffusion, negatives: list[str | None], height: int, width: int) -> Conditions:
     """Per-sample negative conditions; None or "" is ∅ (so np with no negative is exactly cfg)."""
     null = null_conditions(m, len(negatives), height, width)
     idx = [i for i, n in enumerate(negatives) if n]
     if not idx:
         return null
     enc = encode_prompts(m, [negatives[i] for i in idx], height, width)
-    null.embeds[idx], null.pooled[idx] = enc.embeds, enc.pooled
+    null.embeds[idx] = enc.embeds
+    if null.pooled is not None:
+        null.pooled[idx] = enc.pooled
     return null
 
 
-def unet_fn(m: SDXL):
+def unet_fn(m: Diffusion, grad: bool = False):
     """The raw UNet call the NoisePredictor wraps: (x_in [M,C,h,w], t, Conditions) -> [M,C,h,w].
+    `grad`: Attend-and-Excite's passes, which differentiate through the (uncompiled) UNet.
 
     A compiled UNet meets many row counts (2B for pairs, B for ANSWER's variant B, remainders and
     halves after an out-of-memory split): the row dimension is marked dynamic so that one graph
     serves them all, and a 1-row call runs as 2 rows (dynamo specialises size 1: one more graph).
     """
 
-    @torch.no_grad()
+    unet = getattr(m.unet, "_orig_mod", m.unet) if grad else m.unet
+    compiled = m.compiled and not grad
+
     def call(x_in: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         rows = x_in.shape[0]
-        args = [x_in.to(m.dtype), cond.embeds, cond.pooled, cond.time_ids]
-        if m.compiled:
+        args = [x_in.to(m.dtype), cond.embeds] + ([cond.pooled, cond.time_ids] if m.family == "sdxl" else [])
+        if compiled:
             if rows == 1:
                 args = [torch.cat([a, a]) for a in args]
             for a in args:
                 torch._dynamo.mark_dynamic(a, 0)
-        x, embeds, pooled, time_ids = args
-        out = m.unet(x, t, encoder_hidden_states=embeds,
-                     added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)[0]
+        added = {"text_embeds": args[2], "time_ids": args[3]} if m.family == "sdxl" else None
+        with torch.set_grad_enabled(grad):
+            out = unet(args[0], t, encoder_hidden_states=args[1], added_cond_kwargs=added, return_dict=False)[0]
         return out[:rows]
 
     return call
 
 
 @torch.no_grad()
-def decode(m: SDXL, latents: torch.Tensor) -> torch.Tensor:
+def decode(m: Diffusion, latents: torch.Tensor) -> torch.Tensor:
     """Latents [B, 4, h, w] -> images uint8 [B, H, W, 3] on CPU, `m.vae_slice` images per VAE call:
     at 1024² the decode, not the UNet, is the memory peak, and it comes after all the chains."""
     out = []
