@@ -19,7 +19,7 @@ DEMO_PROMPTS = "configs/prompts/demo.parquet"  # configs/default.yaml's input.pa
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("png", "jpg", "webp")
-SCORERS = ("clip", "pickscore", "aesthetic")
+SCORERS = ("clip", "pickscore", "aesthetic", "toy_judge")
 MAX_IMAGE_SIDE = 16384  # px; far beyond any SDXL resolution, so a typo fails here, not in every batch
 SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
 REDACTED = "***"
@@ -143,7 +143,7 @@ class SamplerConfig:
 
 @dataclass
 class CaptionerConfig:
-    id: str = "tiny"  # BLIP-2 hub id, local dir, or "tiny"
+    id: str = "tiny"  # BLIP-2 hub id, local dir, "tiny", or "toy" (the toy world's describer)
     revision: Optional[str] = None
     dtype: str = "float32"
     workers: int = 0  # 0: caption inside the sampler worker; >0: a pool of captioner actors

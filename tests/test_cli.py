@@ -52,7 +52,7 @@ def test_synthgen_lists_its_commands_and_each_answers_help():
     p = subprocess.run([synthgen(), "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     listed = [line.split()[0] for line in p.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()]
-    assert listed == ["generate", "export-pairs", "evaluate", "render", "card", "benchmark", "standins"]
+    assert listed == ["generate", "export-pairs", "evaluate", "render", "card", "benchmark", "standins", "toy"]
     for name in listed:
         h = subprocess.run([synthgen(), name, "--help"], capture_output=True, text=True, timeout=120)
         assert h.returncode == 0 and h.stdout.startswith(f"usage: synthgen {name}"), h.stderr[-2000:]

@@ -1,7 +1,7 @@
 """`synthgen`: one console command over the same entry points as jobs/*.py.
 
     synthgen generate [--config FILE ...] [key=value ...]   # no arguments: the demo on a local Ray
-    synthgen export-pairs | evaluate | render | card | benchmark ...
+    synthgen export-pairs | evaluate | render | card | benchmark | standins | toy ...
     synthgen <command> --help
 
 Each subcommand hands its arguments to its pipeline/cli module unchanged, so `synthgen X ...` and
@@ -22,6 +22,7 @@ COMMANDS = {
     "card": "(re)write the dataset card of an output",
     "benchmark": "measure the sampler, the driver and the source",
     "standins": "write full-size random-weight stand-ins of the SDXL preset's models (no download)",
+    "toy": "the toy world: train its model (model.id=toy), compare the methods with its judge",
 }
 
 
@@ -41,6 +42,8 @@ def command(name: str) -> Callable[..., int]:
         from pipeline.cli.benchmark import main
     elif name == "standins":
         from pipeline.cli.standins import main
+    elif name == "toy":
+        from pipeline.cli.toy import main
     else:
         raise KeyError(name)
     return main

@@ -126,11 +126,10 @@ def model_dir(cfg: Config):
     """The model's local directory (the tiny stand-in is built there), or None for a hub id."""
     from pathlib import Path
 
-    from pipeline.models.tiny import TINY_MODELS
+    from pipeline.models.diffusion import resolve_model_path
 
-    if cfg.model.id in TINY_MODELS:
-        return TINY_MODELS[cfg.model.id](cfg.model.cache_dir)
-    return Path(cfg.model.id) if Path(cfg.model.id).is_dir() else None
+    path = Path(resolve_model_path(cfg.model.id, cfg.model.cache_dir))  # builds a tiny id's directory
+    return path if path.is_dir() else None
 
 
 class Architecture:
@@ -229,7 +228,7 @@ class Architecture:
         weights = {"unet": self.params["unet"] * nbytes, "text_encoders": self.params["text_encoders"] * nbytes,
                    "vae": self.params["vae"] * DTYPE_BYTES[str(self.vae_dtype).removeprefix("torch.")]}
         captioner = 0
-        if needs_captioner(cfg):
+        if needs_captioner(cfg) and cfg.captioner.id != "toy":  # the toy describer is code, not weights
             blip = A.meta_transformers("blip2", A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0])
             captioner = A.params(blip) * DTYPE_BYTES[cfg.captioner.dtype]
             if cfg.captioner.workers == 0:

@@ -1,4 +1,6 @@
-"""BLIP-2 captioning for DNP/CNP: batched, greedy, bounded new tokens.
+"""BLIP-2 captioning for DNP/CNP: batched, greedy, bounded new tokens; or, with `captioner.id=toy`,
+the toy world's rule-based describer (pipeline/toy/judge.py: the papers' human-DNP setting with a
+perfect describer).
 
 The caption of the DNS image x⁻ becomes the negative prompt n* (methods.md, "DNP").
 """
@@ -17,11 +19,18 @@ from pipeline.placement import cpu_dtype_error
 class Captioner:
     """`captioner(images) -> captions`; images are PIL images or uint8 [H, W, 3] arrays."""
 
+    describe = None  # the toy describer when captioner.id=toy (then no model is loaded)
+
     def __init__(self, cfg: CaptionerConfig, device: torch.device | str | None = None):
+        self.cfg = cfg
+        if cfg.id == "toy":
+            from pipeline.toy.judge import describe
+
+            self.describe, self.info = describe, {"id": "toy", "describer": "pipeline/toy/judge.py describe()"}
+            return
         quiet_libraries()
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu" and (error := cpu_dtype_error("captioner.dtype", cfg.dtype)):
             raise ValueError(error)
@@ -41,6 +50,8 @@ class Captioner:
 
     @torch.no_grad()
     def __call__(self, images: list) -> list[str]:
+        if self.describe is not None:
+            return [self.describe(im) for im in images]
         captions: list[str] = []
         for start in range(0, len(images), self.cfg.batch_size):
             chunk = images[start:start + self.cfg.batch_size]

@@ -45,11 +45,16 @@ def make_scheduler(scheduler_config: dict, name: str):
 
 
 def resolve_model_path(model_id: str, cache_dir: str | None) -> str:
-    """A tiny id -> the directory it is built in; anything else (hub id, local dir) as given."""
+    """A tiny id -> the directory it is built in; `toy` -> the trained toy model (pipeline/toy); anything
+    else (hub id, local dir) as given."""
     from pipeline.models.tiny import TINY_MODELS
 
     if model_id in TINY_MODELS:
         return str(TINY_MODELS[model_id](cache_dir))
+    if model_id == "toy":
+        from pipeline.toy.weights import trained
+
+        return str(trained())
     return model_id
 
 

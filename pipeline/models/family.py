@@ -39,6 +39,10 @@ def model_family(model_id: str, revision: str | None = None) -> str:
     model_index.json and unet/config.json (local cache, bundled copy, then a download)."""
     if model_id in TINY_FAMILIES:
         return TINY_FAMILIES[model_id]
+    if model_id == "toy":  # the trained toy model: an SD 1.x pipeline (pipeline/toy/model.py)
+        from pipeline.toy.weights import trained
+
+        model_id = str(trained())
     if Path(model_id).is_dir():
         root = Path(model_id)
         index = _read(root / "model_index.json")

@@ -12,6 +12,9 @@ Scorers (the names are the keys of `scores`; values are raw, never clamped or re
 - `pickscore`: PickScore v1 (`yuvalkirstain/PickScore_v1`, processor from
   `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`), `logit_scale.exp() * cos(image_embeds, text_embeds)`,
   as in the PickScore reference code.
+- `toy_judge`: for images of the toy world (`model.id=toy`), the compliance score of the programmatic
+  judge (pipeline/toy/judge.py): 1 when every object, colour, shape, count and relation of the
+  prompt is right; a prompt outside the world's grammar is a per-sample error.
 - `aesthetic`: the LAION improved aesthetic predictor v2 (`sac+logos+ava1-l14-linearMSE`) MLP on
   the L2-normalised CLIP ViT-L/14 image embedding. It reuses the image embeddings of `clip`'s
   model: one CLIP-L image forward per batch serves both.
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 
 from pipeline import faults
-from pipeline.config import ScoringConfig
+from pipeline.config import SCORERS, ScoringConfig
 from pipeline.models.device import DTYPES, resolve_device
 from pipeline.models.provenance import hub_commit_from_path
 from pipeline.scoring.aesthetic import AestheticHead, load_aesthetic_head, resolve_aesthetic_head, sha256_file
@@ -192,7 +195,21 @@ class Scorers:
             text_name = "clip" if model is self.clip else "pickscore"
             if text_name in self.names:
                 self._text_scores(model, text_name, done, prompts, scores, errors)
+        if "toy_judge" in self.names:
+            self._toy_judge(prompts, pil, scores, errors)
         return [SampleScores(s, e) for s, e in zip(scores, errors)]
+
+    @staticmethod
+    def _toy_judge(prompts, pil, scores, errors) -> None:
+        from pipeline.toy.judge import compliance
+
+        for i, image in enumerate(pil):
+            if image is None:
+                continue
+            try:
+                scores[i]["toy_judge"] = float(compliance(prompts[i], image)["score"])
+            except Exception as e:  # e.g. a prompt outside the toy world's grammar: this sample only
+                errors[i]["toy_judge"] = _error(e)
 
     def _aesthetic(self, done, scores, errors) -> None:
         x = torch.stack([e for _, e in done]).float()
@@ -234,9 +251,9 @@ def load_scorers(cfg: ScoringConfig, device: torch.device | str | None = None,
     device = resolve_device(device)
     dtype = DTYPES[cfg.dtype] if device.type == "cuda" else torch.float32
     names = list(dict.fromkeys(cfg.scorers))
-    unknown = [s for s in names if s not in ("clip", "pickscore", "aesthetic")]
+    unknown = [s for s in names if s not in SCORERS]
     if unknown:
-        raise ValueError(f"unknown scorers {unknown}; choose from clip, pickscore, aesthetic")
+        raise ValueError(f"unknown scorers {unknown}; choose from {', '.join(SCORERS)}")
     info: dict[str, Any] = {"scorers": names, "image": dict(SCORED_IMAGE), "device": str(device),
                             "dtype": str(dtype).removeprefix("torch."), "batch_size": cfg.batch_size}
     clip = pickscore = head = None
@@ -253,6 +270,8 @@ def load_scorers(cfg: ScoringConfig, device: torch.device | str | None = None,
         scale = float(pickscore.model.logit_scale.detach().float().exp())
         info["pickscore"] = dict(pickscore.info, logit_scale_exp=scale,
                                  value="logit_scale.exp() * cos(image_embeds, text_embeds)")
+    if "toy_judge" in names:
+        info["toy_judge"] = {"value": "compliance score of pipeline/toy/judge.py (1 = everything the prompt asks)"}
     if "aesthetic" in names:
         if cfg.aesthetic_head == "tiny":
             from pipeline.scoring.tiny import tiny_aesthetic_head

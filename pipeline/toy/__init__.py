@@ -1,0 +1,1 @@
+"""The toy world (issue 16): synthetic compositional images, their grammar, a programmatic judge and describer."""

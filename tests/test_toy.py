@@ -1,0 +1,158 @@
+"""The toy world's model, scorer, describer and comparison (pipeline/toy): a model trained for a few
+steps in the test goes through the normal loading path and the job's seams; the shipped model
+(`model.id=toy`) does better than chance. The world and the judge themselves: tests/test_toy_world.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import CaptionerConfig, ModelConfig, SamplerConfig, ScoringConfig
+from pipeline.models import diffusion as S
+from pipeline.sampling.batch import SampleRequest, generate_batch
+from pipeline.toy import judge, world
+from pipeline.toy import model as M
+
+
+def test_every_grammar_word_is_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+
+    M.write_tokenizer(tmp_path)
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path))
+    assert all(len(tok(w, add_special_tokens=False).input_ids) == 1 for w in M.WORDS)
+    ids = tok("a red circle left of a blue square").input_ids
+    assert len(ids) == 2 + 8 and tok.decode(ids, skip_special_tokens=True) == "a red circle left of a blue square"
+    assert len(tok("a zebra", add_special_tokens=False).input_ids) > 2  # other words fall back to bytes
+
+
+MICRO = M.ToyConfig(vae_steps=3, unet_steps=3, dataset=64, vae_batch=4, unet_batch=4)
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory):
+    """A toy model trained for a few steps: the whole train -> save path."""
+    out = tmp_path_factory.mktemp("toy") / "model"
+    record = M.train(out, MICRO)
+    assert [s for s, _ in record["unet"]][-1] == 2
+    assert json.loads((out / "training.json").read_text()) == json.loads(json.dumps(record))
+    return out
+
+
+@pytest.fixture(scope="module")
+def micro(micro_dir):
+    return S.load_model(ModelConfig(id=str(micro_dir)))
+
+
+def test_training_is_reproducible_from_its_seed(micro_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    again = M.train(tmp_path / "again", MICRO)
+    first = json.loads((micro_dir / "training.json").read_text())
+    again = json.loads(json.dumps(again))
+    assert again["unet"] == first["unet"] and again["vae"] == first["vae"]
+    a, b = (load_file(d / "unet" / "diffusion_pytorch_model.safetensors") for d in (micro_dir, tmp_path / "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_training_data_speaks_the_describer_s_words():
+    data = M.training_data(600, 0)
+    caps = [c for _, c in data]
+    assert any(c == "an empty image" for c in caps) and any(", " in c and " and " in c for c in caps)
+    for image, c in data:
+        assert world.parse(c).canonical() == world.parse(judge.describe(image)).canonical()
+        assert not any(pair in world.HELDOUT for pair in world.parse(c).wants())
+
+
+def test_the_trained_toy_model_loads_as_an_sd1_pipeline_and_feeds_the_judge_and_the_describer(micro):
+    from pipeline.models.captioner import Captioner
+    from pipeline.scoring.scorers import load_scorers
+
+    assert micro.family == "sd1" and micro.vae_scale_factor == 4
+    x = torch.from_numpy(world.render(world.sample(np.random.default_rng(0), "train"))).permute(2, 0, 1)[None]
+    with torch.no_grad():  # the scaling factor gives world images' latents unit variance
+        z = micro.vae.encode(x.float() / 127.5 - 1).latent_dist.mean * micro.vae.config.scaling_factor
+    assert 0.3 < float(z.std()) < 3
+    reqs = [SampleRequest("a red circle left of a blue square", 1), SampleRequest("two green triangles", 2)]
+    s = SamplerConfig(method="dnp", steps=2, height=64, width=64)
+    gens, _ = generate_batch(micro, reqs, s, Captioner(CaptionerConfig(id="toy")))
+    for g in gens:
+        world.parse(g.metadata["negative_prompt"])  # the describer's caption is in the grammar
+        assert g.image.shape == (64, 64, 3)
+    scorers = load_scorers(ScoringConfig(scorers=["toy_judge"]), "cpu")
+    (scores, errors), (_, bad) = scorers.score([gens[0].image.numpy()] * 2, [reqs[0].prompt, "a zebra"])
+    assert scores["toy_judge"] == judge.compliance(reqs[0].prompt, gens[0].image.numpy())["score"] and not errors
+    assert "not '<a|number> <colour> <shape>'" in bad["toy_judge"]
+
+
+def test_the_comparison_writes_every_row(micro, tmp_path, monkeypatch):
+    from pipeline.toy import compare
+
+    monkeypatch.setattr(compare, "CNP_SUBSET", 2)
+    monkeypatch.setattr(S, "load_model", lambda cfg, device=None: micro)
+    md = compare.compare(tmp_path, n=3, steps=4, batch_size=3)
+    names = [v for v, _ in compare.variants(SamplerConfig())] + [
+        "cfg, seen combinations", "chance, held-out prompts (random world image)",
+        "chance, seen combinations (random world image)"]
+    assert all(f"| {n} |" in md for n in names)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    by = {v["variant"]: v for v in summary["variants"]}
+    matched = next(v for k, v in by.items() if k.endswith(f"(= {compare.MATCHED}'s evals)"))
+    assert matched["unet_evals_per_image"] == by[compare.MATCHED]["unet_evals_per_image"] > 8
+    assert by["cnp"]["n"] == 2 and by["dns"]["n"] == 3 and by["np"]["win_vs_cfg"]["n"] == 3
+    assert by["cfg"]["unet_evals_per_image"] == 8 and "win_vs_cfg" not in by["cfg, seen combinations"]
+
+
+def test_a_dnp_job_with_the_toy_describer_and_judge(micro_dir, tmp_path):
+    """ShardWorker (no Ray) with model.id=<a toy model>, captioner.id=toy, scoring.scorers=[toy_judge]:
+    every sample carries the judge's score and a describer caption as its DNP negative."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_config
+    from pipeline.data.source import plan_shards
+    from pipeline.worker import ShardWorker
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a red circle left of a blue square", "two green triangles"]}), path)
+    cfg = load_config(overrides=[f"input.path={path}", f"output.path={tmp_path / 'out'}", f"model.id={micro_dir}",
+                                 "captioner.id=toy", "sampler.method=dnp", "scoring.scorers=[toy_judge]",
+                                 "sampler.steps=2", "sampler.height=64", "sampler.width=64"])
+    w = ShardWorker(cfg)
+    for spec in plan_shards(cfg.input, cfg.output.shard_size):
+        w.run(spec)
+    import tarfile
+
+    with tarfile.open(tmp_path / "out" / "shards" / "000000.tar") as tf:
+        metas = [json.loads(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".json")]
+    assert len(metas) == 2 and all(0 <= m["scores"]["toy_judge"] <= 1 for m in metas)
+    assert all(world.parse(m["negative_prompt"]) for m in metas) and metas[0]["model"]["family"] == "sd1"
+
+
+def test_the_shipped_toy_model_does_better_than_chance():
+    """40 prompts of seen combinations at 20 steps: the trained model's exact compliance beats what the
+    judge gives a random world image on the same prompts."""
+    from pipeline.toy import compare
+
+    m = S.load_model(ModelConfig(id="toy"))
+    texts = compare.prompts(40, "train", 1)
+    rows = compare.run_variant(m, None, SamplerConfig(steps=20, height=64, width=64), {"method": "cfg"},
+                               texts, list(range(40)), 40)
+    model_rate = sum(r["exact"] for r in rows) / 40
+    chance_rate = sum(r["exact"] for r in compare.chance(texts, 1)) / 40
+    assert model_rate > chance_rate + 0.2, (model_rate, chance_rate)
+
+
+def test_dry_run_plans_a_toy_dnp_run(tmp_path):
+    """--dry-run with model.id=toy and the toy describer: the family and the architecture come from the
+    shipped model's files; the describer has no weights to count."""
+    from pipeline.config import load_config
+    from pipeline.driver.dryrun import dry_run
+
+    plan = dry_run(load_config(overrides=["model.id=toy", "captioner.id=toy", "sampler.method=dnp",
+                                          "sampler.steps=20", f"output.path={tmp_path}"]))
+    assert plan["unet_evals_per_image"] == {"dnp": 80} and plan["unet_flops_per_eval"] > 0
+    assert "captioner" not in plan["memory_gb"]["sampler_weights"]
+    assert all(src.startswith("toy: local") for src in plan["config_sources"].values())
