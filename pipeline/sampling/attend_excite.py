@@ -184,13 +184,15 @@ def map_store(unet: Any) -> MapStore:
 class AttendExcite:
     """A&E for one batch: `alter(grid, i, z)` is called before main step i and returns the new z_i.
 
-    indices[b]: sample b's subject token positions ([] leaves it alone). unet: a grad-enabled raw UNet
+    subjects[b], indices[b]: sample b's subject words and their token positions ([] leaves it alone).
+    unet: a grad-enabled raw UNet
     call (x_in, t, Conditions) -> output; cond: the prompts' conditions (the conditional branch).
     """
 
     def __init__(self, settings: Any, steps: int, unet: Callable, store: MapStore, cond: Conditions,
-                 indices: list[list[int]], resolution: tuple[int, int]):
-        self.s, self.unet, self.store, self.cond, self.indices = settings, unet, store, cond, indices
+                 subjects: list[list[str]], indices: list[list[int]], resolution: tuple[int, int]):
+        self.s, self.unet, self.store, self.cond = settings, unet, store, cond
+        self.subjects, self.indices = subjects, indices
         self.hw = resolution
         self.alpha = step_sizes(steps, settings.scale_factor, tuple(settings.scale_range))
         self.thresholds = dict(zip(settings.refine_steps, settings.refine_thresholds))
@@ -256,9 +258,9 @@ class AttendExcite:
     def record(self, b: int) -> dict[str, Any]:
         """What sample b's metadata says about its A&E: the settings used and the losses seen."""
         s = self.s
-        return {"token_indices": self.indices[b], "max_iter_to_alter": s.max_iter_to_alter,
-                "refine_steps": list(s.refine_steps), "refine_thresholds": list(s.refine_thresholds),
+        return {"subjects": self.subjects[b], "token_indices": self.indices[b],
+                "max_iter_to_alter": s.max_iter_to_alter, "refine_steps": list(s.refine_steps),
+                "refine_thresholds": list(s.refine_thresholds), "max_refinement_steps": s.max_refinement_steps,
                 "scale_factor": s.scale_factor, "scale_range": list(s.scale_range),
-                "max_refinement_steps": s.max_refinement_steps, "smoothing": {"kernel_size": s.kernel_size,
-                                                                               "sigma": s.sigma},
+                "smoothing": {"kernel_size": s.kernel_size, "sigma": s.sigma},
                 "attention_res": list(self.hw), "losses": self.losses[b]}

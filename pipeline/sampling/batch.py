@@ -125,14 +125,15 @@ def attend_excite(m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig, p
     """The batch's Attend-and-Excite: each request's subject token positions (its own words, else the
     run-wide ones) and the UNet's cross-attention maps at the configured or default resolution."""
     ae = s.attend_excite
-    indices = []
+    subjects, indices = [], []
     for r in reqs:
-        _, found, error = row_subjects(m.tokenizer, r.prompt, r.subjects, ae.subjects)
+        words, found, error = row_subjects(m.tokenizer, r.prompt, r.subjects, ae.subjects)
         if error:
             raise ValueError(f"{error} ({r.prompt!r})")
+        subjects.append(words)
         indices.append(found)
     res = check_resolution(m, s)
-    return AttendExcite(ae, s.steps, S.unet_fn(m, grad=True), map_store(m.unet), prompt, indices, res)
+    return AttendExcite(ae, s.steps, S.unet_fn(m, grad=True), map_store(m.unet), prompt, subjects, indices, res)
 
 
 def generate_batch(m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig,
@@ -178,7 +179,7 @@ def generate_batch(m: S.Diffusion, reqs: list[SampleRequest], s: SamplerConfig,
             meta[name] = values[i]
         if b.ae is not None:  # gradient passes: each a forward and a backward of one conditional row
             meta["ae_evals"] = b.ae.evals[i]
-            meta["attend_excite"] = {"subjects": list(r.subjects or s.attend_excite.subjects), **b.ae.record(i)}
+            meta["attend_excite"] = b.ae.record(i)
         neg = out.negative_images[i] if out.negative_images is not None else None
         results.append(Generated(images[i], out.latents[i].float().cpu(), meta, neg))
     return results, t
