@@ -20,7 +20,7 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.logs import quiet_libraries
 from pipeline.models.device import DTYPES, dtype_kwargs, resolve_device
-from pipeline.models.family import PIPELINES, family_of
+from pipeline.models.family import family_of
 from pipeline.models.provenance import loaded_from
 from pipeline.placement import cpu_dtype_error
 from pipeline.sampling.chains import Conditions
@@ -113,9 +113,10 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
         kw["vae"] = AutoencoderKL.from_pretrained(cfg.vae_id, use_safetensors=True, **vae_kw,
                                                   **dtype_kwargs("diffusers", dtype))
     index = DiffusionPipeline.load_config(path, **({"revision": cfg.revision} if cfg.revision else {}))
-    family_of(index.get("_class_name"), {})  # an unsupported pipeline fails here, before any weights load
+    # An unsupported pipeline fails here, before any weights load; SD 1.x and 2.x differ only in the UNet.
+    xl = family_of(index.get("_class_name"), {}) == "sdxl"
     pipeline_class = getattr(diffusers, index["_class_name"])
-    if PIPELINES[index["_class_name"]] == "sd":  # the safety checker is a model of its own: not loaded
+    if not xl:  # the safety checker is a model of its own: not loaded
         kw.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = pipeline_class.from_pretrained(path, **kw)
     loaded = loaded_from("model", cfg.id, path, cfg.revision, "model_index.json")
