@@ -8,7 +8,7 @@ import dataclasses
 import math
 from typing import Any
 
-from pipeline.config import (
+from pipeline.config_schema import (
     DTYPES,
     IMAGE_FORMATS,
     MAX_IMAGE_SIDE,
