@@ -168,4 +168,6 @@ def validate(cfg: Config) -> Config:
     _positive("logging.stall_warning_s", cfg.logging.stall_warning_s, allow_zero=True)
     if not 0 < cfg.plan.mfu <= 1:
         raise ConfigError(f"plan.mfu={cfg.plan.mfu} must be in (0, 1]: a fraction of the GPU's peak FLOP/s")
+    _positive("plan.threads", cfg.plan.threads)
+    _positive("plan.id_memory_mb", cfg.plan.id_memory_mb)
     return cfg

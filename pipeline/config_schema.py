@@ -201,6 +201,12 @@ class PlanConfig:
     # `--dry-run`'s GPU hours assume this model-FLOPs utilisation of each GPU's dense fp16/bf16 peak:
     # stated, not measured (no GPU benchmark has run yet); cautious for a UNet at 1024² with SDPA.
     mfu: float = 0.35
+    # Planning the input (pipeline/data/source.py): files scanned at once; driver memory for the
+    # duplicate-id check of input.id_column, beyond which ids spill to hash-partitioned files in
+    # spill_dir (default: the system's temp dir), removed when the plan is made.
+    threads: int = 4
+    id_memory_mb: int = 64
+    spill_dir: Optional[str] = None
 
 
 @dataclass

@@ -31,6 +31,13 @@ class ShardSpec:
     # Rows (absolute row numbers in `path`) rejected at planning time, e.g. duplicate ids
     # seen earlier in the input: ((row, reason), ...). Planning owns cross-shard checks.
     planned_rejections: tuple[tuple[int, str], ...] = ()
+    # Where the shard's bytes lie (line formats, Arrow IPC), found by the plan's one pass over the
+    # file: (header start, header stop, first byte, the row starting there, stop byte); None: read
+    # the file from its start (Parquet reads its row groups).
+    span: tuple[int, int, int, int, int] | None = None
+    # The file as planned: its size and ETag (S3) or mtime (local); a reader finding another refuses.
+    file_size: int | None = None
+    file_version: str = ""
 
     @property
     def num_rows(self) -> int:

@@ -86,17 +86,34 @@ def test_diffusers_pipeline_gives_our_cfg_result(tiny_cache, tmp_path):
 
 # ------------------------------------------------------------------ driver
 def test_driver_dispatches_every_shard_once_and_reports_peak_memory(tmp_path):
-    rc, rep, out = run(tmp_path, "driver", *DRIVER)
+    rc, rep, out = run(tmp_path, "driver", *DRIVER, "--driver-file-rows", "1000", "--driver-id-memory-mb", "0.05")
     d = rep["driver"]
-    assert rc == 0 and [r["prompts"] for r in d["results"]] == [1500, 3000]
+    assert rc == 0 and [(r["prompts"], r["id_column"]) for r in d["results"]] == [
+        (1500, False), (1500, True), (3000, False), (3000, True)]
     for r in d["results"]:
-        shards = -(-r["prompts"] // 100)
-        assert r["shards"] == r["submitted"] == r["completed"] == shards
-        assert r["planned_rejections"] == r["prompts"] // 1000  # write_prompts repeats every 1000th id
+        shards = -(-r["prompts"] // 100)  # files of 1000 rows, shards of 100
+        assert r["files"] == -(-r["prompts"] // 1000) and r["shards"] == r["submitted"] == r["completed"] == shards
+        # write_prompts repeats every 1000th id, across files too
+        assert r["planned_rejections"] == (r["prompts"] // 1000 if r["id_column"] else 0)
         assert r["rows_done"] == r["prompts"]
         assert 0 < r["base_mb"] <= r["peak_mb"] and r["plan_peak_mb"] <= r["peak_mb"]
+        assert (r["spill_bytes"] > 0) == r["id_column"]  # the ids outgrew a 0.05 MB budget: spilled
     assert d["peak_mb_max"] == max(r["peak_mb"] for r in d["results"])
     assert "peak_mb" in out
+
+
+@pytest.mark.s3
+def test_source_late_shards_read_their_own_bytes_locally_and_on_s3(tmp_path):
+    rc, rep, out = run(tmp_path, "source", "--rows", "2000", "--shard-size", "500", "--late-rows", "3000",
+                       "--late-shard-size", "100", "--late-repeats", "2", "--late-s3", "moto")
+    s = rep["source"]
+    assert rc == 0 and s["results"][0]["rows"] == 2000
+    assert [(r["format"], r["where"]) for r in s["late"]] == [("jsonl", "local"), ("jsonl", "s3"), ("csv", "local"),
+                                                             ("csv", "s3")]
+    for r in s["late"]:
+        assert r["rows"] == 3000 and r["shards"] == 30
+        assert r["bytes_ratio"] <= 1.5 and r["bytes_last"] * 10 < r["before_bytes_last"]
+        assert r["cpu_first_ms"] > 0 and r["cpu_last_ms"] > 0
 
 
 def test_json_report_round_trips_with_command_and_machine(tmp_path):

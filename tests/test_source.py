@@ -343,12 +343,14 @@ def test_arrow_ipc_files_and_streams_decode_only_the_asked_columns(tmp_path):
         w.write_table(table, max_chunksize=2)
     for name in ("f.arrow", "s.arrow"):
         cfg = InputConfig(path=str(tmp_path / name), extra_columns=[])
-        assert [i.prompt for i in read_all(plan_shards(cfg, 2), cfg).values()] == ["p0", "p1", "p2"], name
-        from pipeline.data.formats import ARROW
+        specs = plan_shards(cfg, 2)
+        assert [i.prompt for i in read_all(specs, cfg).values()] == ["p0", "p1", "p2"], name
+        assert all(s.span is not None for s in specs), name  # each shard reads its own record batches
         from pipeline.data.storage import filesystem_for
+        from pipeline.data.tables import arrow_batches
 
         fs, p = filesystem_for(str(tmp_path / name))
-        with ARROW.batches(fs, p, cfg, ["prompt"]) as batches:
+        with arrow_batches(fs, p, cfg, ["prompt"]) as (_, batches):
             assert {tuple(b.schema.names) for b in batches} == {("prompt",)}, name
 
 

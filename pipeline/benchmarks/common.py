@@ -32,25 +32,30 @@ WORDS = ("red blue small large ancient glowing quiet cat dog castle river forest
          "portrait watercolor photo render sketch at dawn in fog under neon light").split()
 
 
-def write_prompts(path: str, rows: int, row_group_size: int) -> None:
-    """`rows` prompts of 8-16 words, unique ids except every 1000th row (repeats the previous row's id)."""
+def write_prompts(path: str, rows: int, row_group_size: int, first: int = 0) -> None:
+    """`rows` prompts of 8-16 words, unique ids except every 1000th row (repeats the previous row's id);
+    `first`: the number of the first row (ids and seeds go on across files).
+    Built with Arrow compute (no Python per row): 100 M rows take minutes, not an hour."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(first)
     schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64())])
+    vocab = pa.array(WORDS)
     with pq.ParquetWriter(path, schema) as w:
-        for start in range(0, rows, row_group_size):
-            n = min(row_group_size, rows - start)
+        for start in range(first, first + rows, row_group_size):
+            n = min(row_group_size, first + rows - start)
             idx = np.arange(start, start + n)
-            ids = [f"id-{i - 1 if i % 1000 == 999 else i}" for i in idx.tolist()]
+            ids = pc.binary_join_element_wise("id-", pc.cast(pa.array(np.where(idx % 1000 == 999, idx - 1, idx)),
+                                                             pa.string()), "")
             words = rng.integers(0, len(WORDS), size=(n, 16))
             lengths = rng.integers(8, 17, size=n)
-            prompts = [" ".join(WORDS[j] for j in ws[:k]) for ws, k in zip(words.tolist(), lengths.tolist())]
+            cols = [vocab.take(pa.array(words[:, j], mask=j >= lengths)) for j in range(16)]
+            prompts = pc.binary_join_element_wise(*cols, " ", null_handling="skip")
             w.write_table(pa.table({"id": ids, "prompt": prompts, "seed": idx}, schema=schema),
                           row_group_size=row_group_size)
-
 
 
 def print_rows(title: str, rows: list[dict], cols: list[str]) -> None:

@@ -1,8 +1,10 @@
-"""driver: planning (pipeline.data.source.plan_shards + the job's plan digest) and dispatch bookkeeping
+"""driver: planning (pipeline.data.source.plan_input + the job's plan digest) and dispatch bookkeeping
 (pipeline.driver.executor.Executor constructed for real: one ShardState per shard in its ShardBook;
 every shard submitted through Executor._fill to stand-in actor handles and completed through
-Executor._done with a ShardStats, which the driver keeps), each size in a fresh process: time
-and peak RSS. Ray is not started: only the ray.get/ray.wait of the real loop are left out.
+Executor._done with a ShardStats, which the driver keeps), each size in a fresh process, without
+and with input.id_column: time and peak RSS, and the duplicate-id check's spill. The input of each
+size is Parquet files of at most --driver-file-rows rows (100 M rows: 100 files). Ray is not started:
+only the ray.get/ray.wait of the real loop are left out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 
@@ -48,10 +51,11 @@ def simulate_dispatch(d) -> int:
     return submitted
 
 
-def measure_driver(path: str, shard_size: int, workers: int, in_flight: int) -> dict:
+def measure_driver(path: str, shard_size: int, workers: int, in_flight: int, id_column: bool,
+                   threads: int, id_memory_mb: float) -> dict:
     """Plan + dispatch bookkeeping of one input; runs in a fresh process so the peak RSS is its own."""
     from pipeline.config import Config, InputConfig, RayConfig
-    from pipeline.data.source import plan_shards
+    from pipeline.data.source import PlanLimits, plan_input
     from pipeline.driver.executor import Executor
     from pipeline.driver.localray import RayContext
     from pipeline.driver.plan import plan_digest
@@ -59,7 +63,9 @@ def measure_driver(path: str, shard_size: int, workers: int, in_flight: int) -> 
 
     base = _peak_mb()
     t0, c0 = time.perf_counter(), time.process_time()
-    specs = plan_shards(InputConfig(path=path, id_column="id", seed_column="seed"), shard_size)
+    cfg = InputConfig(path=path, id_column="id" if id_column else None, seed_column="seed")
+    plan = plan_input(cfg, shard_size, PlanLimits(threads=threads, id_memory_mb=id_memory_mb))
+    specs = plan.specs
     digest = plan_digest(specs)  # prepare() does this too: part of planning
     t1, c1 = time.perf_counter(), time.process_time()
     plan_peak = _peak_mb()
@@ -71,33 +77,46 @@ def measure_driver(path: str, shard_size: int, workers: int, in_flight: int) -> 
     submitted = simulate_dispatch(d)
     t2, c2 = time.perf_counter(), time.process_time()
     peak = _peak_mb()
-    return {"prompts": rows, "shards": len(specs), "planned_rejections": sum(len(s.planned_rejections) for s in specs),
+    return {"prompts": rows, "files": plan.files, "id_column": id_column, "shards": len(specs),
+            "planned_rejections": sum(len(s.planned_rejections) for s in specs),
             "submitted": submitted, "completed": len(d.book.done), "rows_done": d.progress.rows_done,
             "plan_s": round(t1 - t0, 3), "plan_cpu_s": round(c1 - c0, 3), "dispatch_s": round(t2 - t1, 3),
             "dispatch_cpu_s": round(c2 - c1, 3), "base_mb": round(base, 1), "plan_peak_mb": round(plan_peak, 1),
             "dispatch_delta_mb": round(peak - dispatch_base, 1) if dispatch_base else None,
-            "peak_mb": round(max(plan_peak, peak), 1), "plan_digest": digest[:12]}
+            "peak_mb": round(max(plan_peak, peak), 1), "spill_mb": round(plan.spill_bytes / 2**20, 1),
+            "spill_bytes": plan.spill_bytes,
+            "id_peak_mb": round(plan.id_peak_bytes / 2**20, 1), "plan_digest": digest[:12]}
 
 
 def bench_driver(args: argparse.Namespace) -> dict:
     results = []
-    with tempfile.TemporaryDirectory(prefix="synthgen-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="synthgen-bench-", dir=args.driver_dir) as tmp:
         ctx = multiprocessing.get_context("spawn")
         for n in args.driver_prompts:
-            path = os.path.join(tmp, f"prompts-{n}.parquet")
-            write_prompts(path, n, min(n, 100_000))
-            with ctx.Pool(1) as pool:  # fresh process per size: its own peak RSS
-                results.append(pool.apply(measure_driver, (path, args.driver_shard_size, args.driver_workers,
-                                                           args.driver_in_flight)))
+            folder = os.path.join(tmp, f"prompts-{n}")
+            os.makedirs(folder)
+            per_file = min(n, args.driver_file_rows)
+            for k, start in enumerate(range(0, n, per_file)):  # files of at most --driver-file-rows rows
+                write_prompts(os.path.join(folder, f"part-{k:05d}.parquet"), min(per_file, n - start),
+                              min(per_file, 100_000), first=start)
+            for id_column in (False, True):
+                with ctx.Pool(1) as pool:  # fresh process per size: its own peak RSS
+                    results.append(pool.apply(measure_driver, (
+                        folder, args.driver_shard_size, args.driver_workers, args.driver_in_flight, id_column,
+                        args.driver_plan_threads, args.driver_id_memory_mb)))
+                print_rows("", results[-1:], COLUMNS)
+            shutil.rmtree(folder)
     print_rows(f"driver: planning + dispatch bookkeeping (shard size {args.driver_shard_size}, "
-               f"{args.driver_workers} simulated workers; target peak < 300 MB and flat)", results,
-               ["prompts", "shards", "plan_s", "plan_cpu_s", "dispatch_s", "dispatch_cpu_s", "base_mb",
-                "plan_peak_mb", "dispatch_delta_mb", "peak_mb"])
+               f"{args.driver_workers} simulated workers, {args.driver_plan_threads} planning threads; "
+               "target peak <= 300 MB and flat)", results, COLUMNS)
     peaks = [r["peak_mb"] for r in results]
     return {"params": {"shard_size": args.driver_shard_size, "workers": args.driver_workers,
-                       "max_in_flight_per_worker": args.driver_in_flight, "id_column": True,
+                       "max_in_flight_per_worker": args.driver_in_flight, "file_rows": args.driver_file_rows,
+                       "plan_threads": args.driver_plan_threads, "id_memory_mb": args.driver_id_memory_mb,
                        "ray": "not started: Executor._fill/_done driven directly"},
             "results": results, "peak_mb_max": max(peaks), "peak_growth_mb": round(peaks[-1] - peaks[0], 1),
             "target_mb": 300}
 
 
+COLUMNS = ["prompts", "files", "id_column", "shards", "plan_s", "plan_cpu_s", "dispatch_s", "base_mb",
+           "plan_peak_mb", "dispatch_delta_mb", "peak_mb", "spill_mb", "id_peak_mb"]

@@ -80,6 +80,10 @@ def add_driver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--driver-shard-size", type=int, default=1000, help="configs/sdxl.yaml's output.shard_size")
     p.add_argument("--driver-workers", type=int, default=8)
     p.add_argument("--driver-in-flight", type=int, default=2, help="ray.max_in_flight_per_worker")
+    p.add_argument("--driver-file-rows", type=int, default=1_000_000, help="rows per input file (100 M: 100 files)")
+    p.add_argument("--driver-plan-threads", type=int, default=2, help="plan.threads")
+    p.add_argument("--driver-id-memory-mb", type=float, default=64, help="plan.id_memory_mb")
+    p.add_argument("--driver-dir", default=None, help="where the input files are written (default: the temp dir)")
 
 
 def add_gpu_args(p: argparse.ArgumentParser) -> None:
@@ -99,6 +103,11 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--row-group-size", type=int, default=100_000)
+    p.add_argument("--late-rows", type=int, default=10_000_000,
+                   help="JSON Lines and CSV rows for the first-vs-last shard figures (0: skip)")
+    p.add_argument("--late-shard-size", type=int, default=1000)
+    p.add_argument("--late-repeats", type=int, default=5, help="reads of each shard (median CPU)")
+    p.add_argument("--late-s3", default="moto", help="moto (a server started here), an endpoint URL, or none")
     p.set_defaults(run=bench_source)
     p = sub.add_parser("rehearsal", help="the SDXL preset on full-size stand-ins (synthgen standins DIR), CPU bf16")
     p.add_argument("--standins", required=True, help="the directory `synthgen standins` wrote")

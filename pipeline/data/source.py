@@ -1,16 +1,18 @@
 """Prompt input: plan shards from Parquet, CSV/TSV, JSON Lines, Arrow (a Hugging Face dataset saved
 with `save_to_disk`) or .txt files, local or s3://, then stream one shard.
 
-`plan_shards` reads Parquet metadata only (the other formats are streamed once to count their
-rows), plus, when input.id_column is set, one streaming pass over the id column to find duplicate
-ids (an int64 hash per row in a numpy array, ~17 bytes per row at peak, then an exact second look
-at the few ids whose hashes repeat). A shard is a row range of one file; files in sorted order (a
-saved dataset's in its own order); shard ids consecutive from 0, so the same input and config give
-the same plan on any machine.
+`plan_input` scans the files in parallel (plan.threads; pyarrow and numpy release the GIL), one pass
+each (pipeline/data/formats.py): Parquet's footers; the other formats streamed once to count their
+rows and record where every shard's bytes lie. When input.id_column is set the same pass hands the
+ids to pipeline/data/ids.py, which finds every duplicate in bounded driver memory (plan.id_memory_mb,
+then spill files). A long plan logs its progress. A shard is a row range of one file, with its
+bytes, its planned rejections and the file's size and ETag/mtime; files in sorted order (a saved
+dataset's in its own order); shard ids consecutive from 0, so the same input and config give the
+same plan on any machine.
 
-`read_shard` streams the record batches of the row groups a shard overlaps (Parquet), or the file
-from its start up to the shard's last row (the other formats), and turns every row into exactly
-one PromptRecord or RowOutcome(REJECTED, reason), in row order.
+`read_shard` checks the file is the one planned, reads the shard's own bytes (line formats, Arrow)
+or row groups (Parquet), and turns every row into exactly one PromptRecord or RowOutcome(REJECTED,
+reason), in row order: O(shard) wherever the shard lies in its file.
 
 How each format is read: pipeline/data/formats.py. Which rows are rejected, and why: pipeline/data/validate.py.
 """
@@ -18,21 +20,27 @@ How each format is read: pipeline/data/formats.py. Which rows are rejected, and 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import logging
 import posixpath
 import re
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from pipeline.config import InputConfig
-from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, column_values, file_uri, format_of, suffix
+from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, file_uri, format_of, suffix
+from pipeline.data.ids import IdIndex, split_pos
+from pipeline.data.reading import Scan
 from pipeline.data.storage import filesystem_for, normalize_path
-from pipeline.data.validate import RowValidator, id_str, short
+from pipeline.data.validate import RowValidator, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
+log = logging.getLogger(__name__)
 _MAGIC = re.compile(r"[*?\[]")
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
 HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # written by datasets' save_to_disk
@@ -42,38 +50,156 @@ DIRECTORY_SUFFIXES = tuple(s for s in FORMATS if s not in (".txt", ".json"))
 
 
 # -- planning ------------------------------------------------------------------------------------
-def plan_shards(cfg: InputConfig, shard_size: int) -> list[ShardSpec]:
+@dataclass(frozen=True)
+class PlanLimits:
+    """How planning may use the driver (config: plan.threads, plan.id_memory_mb, plan.spill_dir)."""
+
+    threads: int = 4
+    id_memory_mb: float = 64
+    spill_dir: str | None = None
+    progress_s: float = 30.0  # a plan running longer logs its progress this often
+
+
+@dataclass
+class InputPlan:
+    """The shards, and what making them cost."""
+
+    specs: list[ShardSpec]
+    files: int
+    rows: int
+    seconds: float
+    bytes_scanned: int = 0  # read by the line formats' and Arrow's one pass (Parquet: footers only)
+    ids: int = 0  # non-null ids checked for duplicates
+    duplicates: int = 0
+    spill_bytes: int = 0  # the most disk the duplicate-id check's spill files held (removed since)
+    id_partitions: int = 0
+    id_peak_bytes: int = 0  # the most memory the duplicate-id check held at once
+
+    def figures(self) -> dict[str, Any]:
+        keys = ("files", "rows", "seconds", "bytes_scanned", "ids", "duplicates", "spill_bytes", "id_partitions",
+                "id_peak_bytes")
+        return {k: getattr(self, k) for k in keys} | {"shards": len(self.specs)}
+
+
+def plan_shards(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = None) -> list[ShardSpec]:
     """Split the input into row ranges of at most `shard_size` rows, one file per shard."""
+    return plan_input(cfg, shard_size, limits).specs
+
+
+def plan_input(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = None) -> InputPlan:
+    """plan_shards, with what the plan cost (time, bytes read, ids, spill)."""
     if not 0 < shard_size < 10**6:
         raise ValueError(f"shard_size={shard_size} must be in 1..999999 (6-digit sample index)")
-    fs, files = list_input_files(cfg)
-    counts = [_count_rows(fs, f, cfg) for f in files]
-    if sum(counts) == 0:
-        raise InputError(f"input.path={cfg.path!r} has no rows ({len(files)} file(s), all empty)")
-    rejections = _duplicate_ids(fs, files, counts, cfg) if cfg.id_column else {}
+    limits = limits or PlanLimits()
+    t0 = time.monotonic()
+    fs, files, infos = list_input_files(cfg)
+    progress = _Progress(len(files), limits.progress_s)
+    with IdIndex(int(limits.id_memory_mb * 2**20), limits.spill_dir) if cfg.id_column else _nothing() as index:
+        scans = _scan_all(fs, files, infos, cfg, shard_size, index, progress, limits.threads)
+        counts = [scan.rows for scan, _ in scans]
+        if sum(counts) == 0:
+            raise InputError(f"input.path={cfg.path!r} has no rows ({len(files)} file(s), all empty)")
+        rejections = _duplicates(index, files, cfg) if index is not None else {}
     specs: list[ShardSpec] = []
-    for i, (f, n) in enumerate(zip(files, counts)):
+    for i, (f, (scan, (size, version))) in enumerate(zip(files, scans)):
         rejected = sorted(rejections.get(i, {}).items())
         rows = [r for r, _ in rejected]
-        for start in range(0, n, shard_size):
-            stop = min(start + shard_size, n)
+        uri = file_uri(f, cfg)
+        for k, start in enumerate(range(0, scan.rows, shard_size)):
+            stop = min(start + shard_size, scan.rows)
             planned = tuple(rejected[bisect.bisect_left(rows, start):bisect.bisect_left(rows, stop)])
-            specs.append(ShardSpec(len(specs), file_uri(f, cfg), start, stop, planned))
-    return specs
+            span = scan.spans[k] if scan.spans is not None else None
+            specs.append(ShardSpec(len(specs), uri, start, stop, planned, span, size, version))
+    plan = InputPlan(specs, len(files), sum(counts), round(time.monotonic() - t0, 3), progress.bytes,
+                     index.ids if index is not None else 0, sum(len(r) for r in rejections.values()),
+                     *((index.spilled_bytes, index.partitions, index.peak_bytes) if index is not None else ()))
+    progress.done(plan)
+    return plan
 
 
-def list_input_files(cfg: InputConfig) -> tuple[Any, list[str]]:
-    """(filesystem, file paths) for a file, a glob, a Hugging Face dataset saved with `save_to_disk`
-    (its Arrow files, in its own order) or a directory (its data files of every known format but
-    .txt, sorted; hidden and `_`-prefixed files skipped)."""
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+class _Progress:
+    """Files and bytes scanned so far, from every planning thread; logged on long plans."""
+
+    def __init__(self, files: int, every_s: float):
+        self.files, self.every_s, self.lock = files, every_s, threading.Lock()
+        self.t0 = time.monotonic()
+        self.done_files = self.rows = self.bytes = 0
+        self.logged = False
+
+    def read(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+    def file_done(self, rows: int) -> None:
+        with self.lock:
+            self.done_files += 1
+            self.rows += rows
+
+    def log(self) -> None:
+        self.logged = True
+        log.info("planning the input: %d/%d files, %s rows, %.2f GB read, %.0f s", self.done_files, self.files,
+                 f"{self.rows:,}", self.bytes / 1e9, time.monotonic() - self.t0)
+
+    def done(self, plan: InputPlan) -> None:
+        if self.logged or plan.seconds >= self.every_s:
+            log.info("planned the input: %d files, %s rows, %d shards in %.0f s (%s ids checked, %d duplicate(s), "
+                     "%.0f MB spilled)", plan.files, f"{plan.rows:,}", len(plan.specs), plan.seconds,
+                     f"{plan.ids:,}", plan.duplicates, plan.spill_bytes / 1e6)
+
+
+def _scan_all(fs: Any, files: list[str], infos: dict[str, dict], cfg: InputConfig, shard_size: int,
+              index: IdIndex | None, progress: _Progress, threads: int) -> list[tuple[Scan, tuple[int, str]]]:
+    """Every file's scan and identity, in file order; `threads` files at a time."""
+    def one(i: int) -> tuple[Scan, tuple[int, str]]:
+        identity = _identity(infos.get(files[i]) or fs.info(files[i]))
+        ids = (lambda row, arr: index.add(i, row, arr)) if index is not None else None
+        scan = _scan(fs, files[i], cfg, shard_size, ids, progress.read)
+        progress.file_done(scan.rows)
+        return scan, identity
+
+    if threads <= 1 or len(files) == 1:
+        return [one(i) for i in range(len(files))]
+    with ThreadPoolExecutor(min(threads, len(files)), thread_name_prefix="plan") as pool:
+        futures = [pool.submit(one, i) for i in range(len(files))]
+        while True:
+            done, pending = wait(futures, timeout=max(progress.every_s, 0.05), return_when=FIRST_EXCEPTION)
+            if not pending or any(f.exception() for f in done):
+                break
+            progress.log()
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()  # the first failing file's error
+        return [f.result() for f in futures]
+
+
+def _identity(info: dict) -> tuple[int, str]:
+    """(size, version) of a listed file: its ETag on S3, its modification time locally."""
+    etag = info.get("ETag") or info.get("etag")
+    version = f"etag:{str(etag).strip(chr(34))}" if etag else f"mtime:{info.get('mtime', info.get('LastModified'))}"
+    return int(info.get("size") or 0), version
+
+
+def list_input_files(cfg: InputConfig) -> tuple[Any, list[str], dict[str, dict]]:
+    """(filesystem, file paths, {path: listing info} where the listing gave it) for a file, a glob, a
+    Hugging Face dataset saved with `save_to_disk` (its Arrow files, in its own order) or a
+    directory (its data files of every known format but .txt, sorted; hidden and `_`-prefixed files
+    skipped)."""
     fs, base = filesystem_for(cfg.path, cfg.s3)
+    infos: dict[str, dict] = {}
     try:
         if _MAGIC.search(base):
-            found = fs.glob(base, detail=True)
-            files = sorted(p for p, info in found.items() if info.get("type") == "file")
+            infos = {p: info for p, info in fs.glob(base, detail=True).items() if info.get("type") == "file"}
+            files = sorted(infos)
             hint = "the glob matched no files"
         elif fs.isdir(base):
-            files, hint = _directory_files(fs, base, cfg)
+            files, hint, infos = _directory_files(fs, base, cfg)
         elif fs.isfile(base):
             files, hint = [base], ""
         else:
@@ -86,32 +212,35 @@ def list_input_files(cfg: InputConfig) -> tuple[Any, list[str]]:
         raise InputError(f"input.path={cfg.path!r} matched nothing ({hint}); give a Parquet, CSV, TSV, JSON Lines, "
                          ".txt or Arrow file, a directory of them, a Hugging Face dataset saved with "
                          "save_to_disk, or a glob")
-    return fs, files
+    if len(files) >= 1 << 23:
+        raise InputError(f"input.path={cfg.path!r} holds {len(files):,} files; merge them into fewer than 8,388,608")
+    return fs, files, infos
 
 
-def _directory_files(fs: Any, base: str, cfg: InputConfig) -> tuple[list[str], str]:
+def _directory_files(fs: Any, base: str, cfg: InputConfig) -> tuple[list[str], str, dict[str, dict]]:
     if fs.isfile(f"{base}/{HF_STATE}"):  # Dataset.save_to_disk: state.json lists the Arrow files
         with fs.open(f"{base}/{HF_STATE}", "rb") as f:
             state = json.load(f)
         try:
-            return [f"{base}/{d['filename']}" for d in state["_data_files"]], "the dataset lists no data files"
+            files = [f"{base}/{d['filename']}" for d in state["_data_files"]]
         except (KeyError, TypeError) as e:
             raise InputError(f"{file_uri(base, cfg)}/{HF_STATE} has no list of _data_files ({e!r}); "
                              "is this a dataset saved with Dataset.save_to_disk?") from e
+        return files, "the dataset lists no data files", {}
     if fs.isfile(f"{base}/{HF_DICT}"):  # DatasetDict.save_to_disk: one dataset per split
         with fs.open(f"{base}/{HF_DICT}", "rb") as f:
             splits = json.load(f).get("splits", [])
         raise InputError(f"input.path={cfg.path!r} is a Hugging Face DatasetDict with splits "
                          f"{', '.join(splits) or '(none)'}; pick one: input.path={cfg.path.rstrip('/')}/<split>")
     found = fs.find(base, detail=True)
-    files = sorted(p for p, info in found.items() if info.get("type") == "file"
-                   and suffix(p) in DIRECTORY_SUFFIXES and not _hidden(posixpath.relpath(p, base)))
-    return files, f"the directory holds no {', '.join('*' + s for s in DIRECTORY_SUFFIXES)} files"
+    infos = {p: info for p, info in found.items() if info.get("type") == "file"
+             and suffix(p) in DIRECTORY_SUFFIXES and not _hidden(posixpath.relpath(p, base))}
+    return sorted(infos), f"the directory holds no {', '.join('*' + s for s in DIRECTORY_SUFFIXES)} files", infos
 
 
 def column_names(cfg: InputConfig) -> list[str]:
     """The columns of the first input file (a .txt file has one: input.prompt_column)."""
-    fs, files = list_input_files(cfg)
+    fs, files, _ = list_input_files(cfg)
     return format_of(files[0]).columns(fs, files[0], cfg)
 
 
@@ -120,7 +249,7 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
+def _scan(fs: Any, path: str, cfg: InputConfig, shard_size: int, ids: Any, read: Any) -> Scan:
     fmt = format_of(path)
     if fmt is TEXT:
         for key in ("id_column", "negative_column", "seed_column", "subjects_column", "extra_columns"):
@@ -130,10 +259,10 @@ def _count_rows(fs: Any, path: str, cfg: InputConfig) -> int:
     else:
         names = fmt.columns(fs, path, cfg)
         if not names:  # an empty JSON Lines file: no columns, no rows
-            return 0
+            return Scan(0, [])
         _check_columns(path, cfg, names, " in its first MiB (where JSON Lines columns are found)" if fmt is JSONL
                        else "")
-    return fmt.count(fs, path, cfg)
+    return fmt.scan(fs, path, cfg, shard_size, ids, read)
 
 
 def _check_columns(path: str, cfg: InputConfig, names: list[str], where: str = "") -> None:
@@ -152,65 +281,15 @@ def _columns(cfg: InputConfig) -> list[tuple[str, str]]:
     return out + [("extra_columns", c) for c in cfg.extra_columns]
 
 
-def _duplicate_ids(fs: Any, files: list[str], counts: list[int],
-                   cfg: InputConfig) -> dict[int, dict[int, str]]:
-    """{file index: {row: reason}} for every later occurrence of an id.
-
-    Pass 1 hashes every id into one int64 array (Python's str hash: fast and consistent within
-    this process, which is all the comparison needs). Only ids whose hash occurs twice are read
-    again (pass 2) and compared exactly, so a hash collision never rejects a row.
-    """
-    hashes = np.empty(sum(counts), dtype=np.int64)
-    nulls = np.zeros(sum(counts), dtype=bool)
-    for pos, ids in _scan_ids(fs, files, counts, cfg):
-        hashes[pos:pos + len(ids)] = [hash(s) if s is not None else 0 for s in ids]
-        nulls[pos:pos + len(ids)] = [s is None for s in ids]
-    hashes = hashes[~nulls]
-    del nulls
-    hashes.sort()  # in place: peak memory stays ~17 bytes per row
-    suspects = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    del hashes
-    if not len(suspects):
-        return {}
-    offsets = np.cumsum([0] + counts)
-    first: dict[str, int] = {}
+def _duplicates(index: IdIndex, files: list[str], cfg: InputConfig) -> dict[int, dict[int, str]]:
+    """{file index: {row: reason}} for every later occurrence of an id (the first one is kept)."""
     out: dict[int, dict[int, str]] = {}
-    for pos, ids in _scan_ids(fs, files, counts, cfg):
-        hit = np.isin(np.array([hash(s) if s is not None else 0 for s in ids], dtype=np.int64), suspects)
-        for j in np.flatnonzero(hit):
-            s = ids[j]
-            if s is None:
-                continue
-            g = pos + int(j)
-            if s not in first:
-                first[s] = g
-                continue
-            fi = int(np.searchsorted(offsets, first[s], side="right")) - 1
-            i = int(np.searchsorted(offsets, g, side="right")) - 1
-            where = f"{_stable_name(file_uri(files[fi], cfg), cfg.path)}:{first[s] - offsets[fi]}"
-            out.setdefault(i, {})[g - int(offsets[i])] = f"duplicate id {short(s)} (first seen at {where})"
+    for pos, first, ident in index.duplicates():
+        (i, row), (fi, frow) = split_pos(pos), split_pos(first)
+        where = f"{_stable_name(file_uri(files[fi], cfg), cfg.path)}:{frow}"
+        s = ident.decode("utf-8", "surrogatepass")
+        out.setdefault(i, {})[row] = f"duplicate id {short(s)} (first seen at {where})"
     return out
-
-
-def _scan_ids(fs: Any, files: list[str], counts: list[int],
-              cfg: InputConfig) -> Iterator[tuple[int, list]]:
-    """(global row position, [id as str or None, ...]) over all files, streaming."""
-    pos = end = 0
-    for f, n in zip(files, counts):
-        end += n
-        for batch in _id_batches(fs, f, cfg):
-            ids = [id_str(v) for v in column_values(batch.column(0), "id")]
-            if pos + len(ids) > end:
-                break
-            yield pos, ids
-            pos += len(ids)
-        if pos != end:
-            raise InputError(f"{file_uri(f, cfg)} changed while planning (row count); plan again")
-
-
-def _id_batches(fs: Any, path: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
-    with format_of(path).batches(fs, path, cfg, [cfg.id_column]) as batches:
-        yield from batches
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -220,6 +299,8 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be > 0")
     fs, path = filesystem_for(spec.path, cfg.s3)
+    if spec.file_size is not None:
+        _check_unchanged(fs, path, spec)
     check = RowValidator(spec, cfg, tokenizer, _stable_name(spec.path, cfg.path))
     read = max(batch_size, _READ_BATCH)
     chunks = format_of(path).chunks(fs, path, spec, cfg, read)
@@ -238,6 +319,18 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
                          "the file changed after planning (plan again)")
     if buf:
         yield buf
+
+
+def _check_unchanged(fs: Any, path: str, spec: ShardSpec) -> None:
+    """The file must be the one planned: its bytes are where the plan found them."""
+    try:
+        size, version = _identity(fs.info(path))
+    except FileNotFoundError:
+        raise InputError(f"{spec.path} no longer exists; it was planned with {spec.file_size} bytes") from None
+    if (size, version) != (spec.file_size, spec.file_version):
+        raise InputError(f"{spec.path} changed after planning (size {spec.file_size} -> {size}, "
+                         f"{spec.file_version} -> {version}); restore it, or plan again: a resume refuses a "
+                         "changed input (output.new_run=true starts over)")
 
 
 def _stable_name(uri: str, input_path: str) -> str:

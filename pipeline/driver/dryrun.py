@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.data.source import plan_shards, read_shard
+from pipeline.data.source import plan_input, read_shard
+from pipeline.driver.plan import plan_limits
 from pipeline.placement import placement_errors
 from pipeline.records import PromptRecord
 from pipeline.sampling.methods import AE_PASS_EVALS, METHODS, attend_excite_evals, needs_captioner, run_methods
@@ -35,7 +36,9 @@ def dry_run(cfg: Config) -> dict[str, Any]:
 
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
-    specs = plan_shards(cfg.input, cfg.output.shard_size)
+    plan = plan_input(cfg.input, cfg.output.shard_size, plan_limits(cfg))
+    plan_figures = {**plan.figures(), "driver_peak_mb": peak_rss_mb()}
+    specs = plan.specs
     rows = sum(s.num_rows for s in specs)
     rejected = 0
     for spec in specs:
@@ -51,6 +54,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"] + images * arch["vae_flops"])
     arch["memory"]["host"] = host_fit(cfg, arch["memory"])
     return {
+        "plan": plan_figures,
         "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
         "unet_evals": unet_evals, "ae_evals_per_image": {"min": ae_lo, "max": ae_hi},
@@ -63,6 +67,17 @@ def dry_run(cfg: Config) -> dict[str, Any]:
                        "SDXL sizes); the token-length check of each prompt; Attend-and-Excite's refinement "
                        "passes beyond the minimum (ae_evals_per_image.max bounds them)",
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def host_fit(cfg: Config, memory: dict[str, Any]) -> dict[str, Any] | None:
@@ -293,7 +308,11 @@ def format_plan(p: dict[str, Any]) -> str:
                 return f"{x / scale:,.2f} {unit}"
         return f"{x / 1e6:,.2f} MFLOP"
 
+    pl = p["plan"]
     lines = [
+        f"input: {pl['files']} file(s) planned in {pl['seconds']:.1f} s, driver peak {pl['driver_peak_mb']:.0f} MB"
+        + (f"; {pl['ids']:,} ids checked, {pl['duplicates']:,} duplicate(s), "
+           f"{pl['spill_bytes'] / 1e6:.0f} MB spilled" if pl["ids"] else ""),
         f"plan: {p['shards']} shard(s), {p['rows']} row(s), {p['rejected_rows']} rejected, {p['samples']} sample(s), "
         f"{p['images']} image(s) at {p['size'][0]}x{p['size'][1]} ({', '.join(p['methods'])} x {p['candidates']})",
         f"  UNet evals {p['unet_evals']:,} ({', '.join(f'{k} {v}/image' for k, v in per_image.items())})"

@@ -37,7 +37,7 @@ from pipeline.data.layout import (
     SUMMARY_FILE,
     committed_shards,
 )
-from pipeline.data.source import plan_shards
+from pipeline.data.source import PlanLimits, plan_input
 from pipeline.data.storage import Location, is_s3, open_location
 from pipeline.models.family import model_family
 from pipeline.placement import placement_errors
@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 #    samples record what was loaded (commit / local_config_sha256), not unapplied pins (2026-11-30)
 # 4: the model family (sdxl/sd1/sd2, from the model's files) is part of the fingerprint and of every
 #    sample's metadata, with ae_evals; config keys sampler.attend_excite.*, input.subjects_column (2026-11-30)
-FINGERPRINT_VERSION = 4
+# 5: the plan digest covers each input file's size and ETag (S3) or mtime (local): shards read their
+#    rows at byte offsets recorded in the plan, so an input changed since the plan is refused (2026-12-04)
+FINGERPRINT_VERSION = 5
 # Dotted keys (or whole sections) that do not change what the dataset contains; see the docstring.
 FINGERPRINT_EXCLUDE = (
     "ray", "logging", "plan", "output.path", "output.new_run", "output.s3", "input.s3", "output.license", "output.tags",
@@ -128,13 +130,21 @@ def fingerprint(cfg: Config, family: str) -> str:
 
 
 def plan_digest(specs: list[ShardSpec]) -> str:
-    """The plan without where the input happens to be mounted: relative file names and row ranges."""
-    paths = [s.path.split("://", 1)[-1] for s in specs]
-    files = sorted(set(paths))
+    """The plan without where the input happens to be mounted: relative file names, each file's size
+    and ETag/mtime, row ranges and planned rejections (streamed into the hash: no copy of the plan)."""
+    files = sorted({s.path.split("://", 1)[-1] for s in specs})
     root = posixpath.dirname(files[0]) if len(files) == 1 else posixpath.commonpath(files)
-    rows = [[posixpath.relpath(p, root), s.shard_id, s.row_start, s.row_stop,
-             [list(r) for r in s.planned_rejections]] for p, s in zip(paths, specs)]
-    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode("utf-8")).hexdigest()
+    h = hashlib.sha256()
+    for s in specs:
+        rel = posixpath.relpath(s.path.split("://", 1)[-1], root)
+        row = [rel, s.file_size, s.file_version, s.shard_id, s.row_start, s.row_stop,
+               [list(r) for r in s.planned_rejections]]
+        h.update(json.dumps(row, separators=(",", ":")).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def plan_limits(cfg: Config) -> PlanLimits:
+    return PlanLimits(threads=cfg.plan.threads, id_memory_mb=cfg.plan.id_memory_mb, spill_dir=cfg.plan.spill_dir)
 
 
 def prepare(given: Config) -> Prepared:
@@ -142,7 +152,7 @@ def prepare(given: Config) -> Prepared:
     cfg = resolve_paths(given)
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
-    specs = plan_shards(cfg.input, cfg.output.shard_size)
+    specs = plan_input(cfg.input, cfg.output.shard_size, plan_limits(cfg)).specs
     try:
         loc = open_location(cfg.output.path, cfg.output.s3)
     except ValueError as e:
@@ -200,8 +210,8 @@ def check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | No
             problem = ("was written with a different config (" + "; ".join(diffs[:10])
                        + (f"; ... {len(diffs) - 10} more" if len(diffs) > 10 else "") + ")")
         else:
-            problem = ("was written from different input data (the shard plan changed: files, row "
-                       "counts or duplicate ids under input.path)")
+            problem = ("was written from different input data (the shard plan changed: the files under "
+                       "input.path, their sizes or modification times (ETags on S3), row counts or duplicate ids)")
     if not given.output.new_run:
         raise RunRefused(
             f"output.path={loc.url} {problem}. Resume with the same config and input, choose another "
