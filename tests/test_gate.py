@@ -323,6 +323,20 @@ def test_on_fail_best_keeps_the_best_try_marked_not_passed(gated, toy, prompts_f
         assert metas[key]["seed"] == g["attempts"][g["chosen"] - 1]["seed"]
 
 
+def test_preference_groups_are_gated_per_candidate(toy, prompts_file, tmp_path):
+    run_inproc(toy, prompts_file, tmp_path / "groups", "preference.candidates=2", "preference.scorer=toy_judge")
+    metas, files, side = read_out(tmp_path / "groups")
+    assert metas and all(len(m["candidates"]) == 2 for m in metas.values())
+    for key, m in metas.items():  # every candidate passed, on its own tries and seeds
+        assert all(c["gate"]["passed"] and c["scores"]["toy_judge"] >= 0.5 for c in m["candidates"])
+        assert [c["gate"]["attempts"][0]["seed"] for c in m["candidates"]] == [
+            row_seed(0, m["prompt_id"], c, None) for c in (0, 1)]
+        assert set(files[key]) == {"0.png", "1.png", "txt"}
+    dropped = [r for r in side.values() if r["status"] == "rejected"]
+    assert dropped and all("of the group's 2) passed" in r["error"] for r in dropped)
+    assert all(len(json.loads(r["gate"])["candidates"]) == 2 for r in dropped)
+
+
 def test_the_cascade_uses_the_escalated_method_only_after_the_first_try(toy, prompts_file, tmp_path):
     from pipeline.sampling.methods import METHODS
 
