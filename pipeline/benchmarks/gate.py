@@ -72,18 +72,7 @@ ORDER = ("cfg, no gate", "cfg, gate, tries 8", "cascade, tries 4", "cfg best-of"
 # ------------------------------------------------------------------ prompts
 def captions() -> list[str]:
     """Every distinct held-out caption of the world, sorted."""
-    out = set()
-    for colour, shape in world.HELDOUT:
-        out.add(world.text(world.Spec("single", (world.Item(colour, shape),))))
-        out.update(world.text(world.Spec("count", (world.Item(colour, shape, n),))) for n in
-                   range(1, world.MAX_COUNT + 1))
-    held = [p for p in world.PAIRS if p in world.HELDOUT]
-    for a in world.PAIRS:
-        for b in world.PAIRS:
-            if a != b and (a in held or b in held):
-                out.update(world.text(world.Spec("relation", (world.Item(*a), world.Item(*b)), r))
-                           for r in world.RELATIONS)
-    return sorted(out)
+    return world.heldout_captions()
 
 
 def kind(caption: str) -> str:

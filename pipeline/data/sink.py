@@ -20,6 +20,8 @@ On an exception inside the block the temp files are deleted and nothing is publi
   index.json records each tar's size and sha256 so such a mix-up is detectable.
 - Reruns give byte-identical tars: fixed mtime/owner/mode, entries sorted, images encoded from
   the same pixels with the same settings.
+- `gated=True` (the quality gate is on) adds the sidecar column `gate`: each row's tries as JSON,
+  for dropped rows too.
 """
 
 from __future__ import annotations
