@@ -410,9 +410,17 @@ def test_the_card_shows_acceptance_per_try_and_the_cost_per_kept_sample(gated):
     assert f"| `{RULE}` | {f['rule_failures'][RULE]} |" in text
 
 
-def test_dry_run_prints_the_worst_case_and_the_expected_cost(prompts_file, tmp_path):
+def test_dry_run_prints_the_worst_case_and_the_expected_cost(prompts_file, tmp_path, monkeypatch):
+    from pipeline.config import to_yaml
+    from pipeline.driver import dryrun
     from pipeline.driver.dryrun import dry_run, format_plan
 
+    def in_process(cfg):  # the model description of the child process, here (torch is loaded already)
+        path = tmp_path / "cfg.yaml"
+        path.write_text(to_yaml(cfg))
+        return json.loads(json.dumps(dryrun._describe(str(path))))
+
+    monkeypatch.setattr(dryrun, "architecture_figures", in_process)
     cfg = load_config(overrides=gate_args(prompts_file, tmp_path / "o", "gate.tries=4", "gate.expected_pass_rate=0.5",
                                           "gate.escalate=[{method: answer, answer: {k: 1}}]"))
     plan = dry_run(cfg)
