@@ -307,6 +307,53 @@ def test_a_gated_run_is_byte_identical_rerun_resumed_and_after_a_failed_attempt(
     assert shard_bytes(resumed) == shard_bytes(out)
 
 
+def test_with_the_gate_off_a_run_is_as_before_and_its_first_tries_are_the_gated_runs(gated, toy, prompts_file,
+                                                                                      tmp_path):
+    """gate.rules=[]: no `gate` in samples, sidecars or stats; each sample is the gated run's try 1 (the same
+    seed, the same image where try 1 passed: up to float rounding, as batches hold other rows' tries)."""
+    import numpy as np
+    from PIL import Image
+
+    def pixels(png):
+        return np.asarray(Image.open(io.BytesIO(png)), dtype=float)
+
+    out, _ = gated
+    gated_metas, gated_files, _ = read_out(out)
+    stats = run_inproc(toy, prompts_file, tmp_path / "off", "gate.rules=[]", "gate.tries=1")
+    metas, files, side = read_out(tmp_path / "off")
+    assert len(metas) == len(side) == len(PROMPTS) and {r["status"] for r in side.values()} == {"ok"}
+    assert all("gate" not in m for m in metas.values()) and all("gate" not in r for r in side.values())
+    assert all("gate" not in st.extra for st in stats)
+    first = {k: m for k, m in gated_metas.items() if m["gate"]["tries"] == 1}
+    assert first and all(metas[k]["seed"] == m["seed"] for k, m in first.items())
+    assert all(np.abs(pixels(files[k]["png"]) - pixels(gated_files[k]["png"])).max() <= 2 for k in first)
+    assert all(metas[k]["seed"] == row_seed(0, metas[k]["prompt_id"], 0, None) for k in metas)
+
+
+def test_the_fingerprint_holds_the_gate_only_when_on_and_never_the_expected_pass_rate(prompts_file, tmp_path):
+    """gate.expected_pass_rate plans a --dry-run, so a resume with another one goes on; the gate's keys count
+    only when gate.rules is set, so outputs written before the gate existed resume as before."""
+    from pipeline.driver.plan import RunRefused, fingerprint_config, prepare
+
+    def cfg(out, *extra):
+        return load_config(overrides=gate_args(prompts_file, out, *extra))
+
+    off = fingerprint_config(load_config(overrides=gate_args(prompts_file, tmp_path / "o")[:-2]
+                                         + ["gate.expected_pass_rate=0.3"]))
+    assert not [k for k in off if k.startswith("gate")]
+    on = fingerprint_config(cfg(tmp_path / "o"))
+    assert on["gate.rules"] == [RULE] and on["gate.tries"] == TRIES and "gate.expected_pass_rate" not in on
+    assert {k: v for k, v in on.items() if not k.startswith("gate")} == off
+    out = tmp_path / "resume"
+    prepare(cfg(out, "gate.expected_pass_rate=0.2"))
+    prepare(cfg(out, "gate.expected_pass_rate=0.9"))  # a planning hint: the same dataset
+    prepare(cfg(out))
+    for other, key in (("gate.tries=5", "gate.tries"), ("gate.on_fail=best", "gate.on_fail"),
+                       ("gate.rules=[toy_judge >= 0.75]", "gate.rules")):
+        with pytest.raises(RunRefused, match=f"{key}: "):
+            prepare(cfg(out, other))
+
+
 def test_on_fail_best_keeps_the_best_try_marked_not_passed(gated, toy, prompts_file, tmp_path):
     out, _ = gated
     _, _, dropped_side = read_out(out)
@@ -410,17 +457,9 @@ def test_the_card_shows_acceptance_per_try_and_the_cost_per_kept_sample(gated):
     assert f"| `{RULE}` | {f['rule_failures'][RULE]} |" in text
 
 
-def test_dry_run_prints_the_worst_case_and_the_expected_cost(prompts_file, tmp_path, monkeypatch):
-    from pipeline.config import to_yaml
-    from pipeline.driver import dryrun
+def test_dry_run_prints_the_worst_case_and_the_expected_cost(prompts_file, tmp_path):
     from pipeline.driver.dryrun import dry_run, format_plan
 
-    def in_process(cfg):  # the model description of the child process, here (torch is loaded already)
-        path = tmp_path / "cfg.yaml"
-        path.write_text(to_yaml(cfg))
-        return json.loads(json.dumps(dryrun._describe(str(path))))
-
-    monkeypatch.setattr(dryrun, "architecture_figures", in_process)
     cfg = load_config(overrides=gate_args(prompts_file, tmp_path / "o", "gate.tries=4", "gate.expected_pass_rate=0.5",
                                           "gate.escalate=[{method: answer, answer: {k: 1}}]"))
     plan = dry_run(cfg)
