@@ -6,7 +6,7 @@ pipeline/config_checks.py checks their values. Everyone imports them from `pipel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -172,6 +172,23 @@ class PreferenceConfig:
 
 
 @dataclass
+class GateConfig:
+    """The quality gate (pipeline/gate): a sample that fails a rule is sampled again, up to `tries`."""
+
+    # Conditions on per-sample scores, all of which must hold: "<scorer> <op> <number>", op one of
+    # >= > <= < (e.g. "toy_judge >= 1", "clip >= 0.26"); each scorer must be in scoring.scorers. []: off.
+    rules: list[str] = field(default_factory=list)
+    tries: int = 1  # samples per row at most (not ray.max_attempts, which counts shard attempts)
+    # Sampler overrides for the tries after the first: entry i for try i + 2, the last one repeating,
+    # e.g. [{method: answer, answer: {k: 1}}]: spend the costly method only where the cheap one failed.
+    escalate: list[dict[str, Any]] = field(default_factory=list)
+    on_fail: str = "drop"  # drop (a rejection with reason gate) | best (the best try, gate.passed=false)
+    keep_rejected: bool = False  # keep the failed tries' images beside the accepted one (export-pairs)
+    # --dry-run only: the expected fraction of samples that pass, for the expected cost
+    expected_pass_rate: Optional[float] = None
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = None  # None: the running cluster if any, else a local one
     num_workers: int = 1
@@ -213,6 +230,7 @@ class Config:
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)

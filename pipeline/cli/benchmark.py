@@ -4,6 +4,7 @@ JSON with --json.
     python jobs/benchmark.py all --json report.json      # evals, efficiency, diffusers, driver, gpu
     python jobs/benchmark.py source | evals | efficiency | diffusers | driver | gpu  [options, see --help]
     python jobs/benchmark.py rehearsal --standins DIR     # configs/sdxl.yaml on full-size stand-ins, CPU
+    python jobs/benchmark.py gate --out DIR [--budget-s S] # the quality gate on the toy world, in pieces
 
 Every report carries the command, the machine (platform, CPUs, load average at start and end,
 torch version and threads, GPU or none, date). Exit status 1 when an eval count differs from its
@@ -35,6 +36,12 @@ def bench_rehearsal(args: argparse.Namespace) -> dict:
     rows = rehearsal.run(Path(args.standins).resolve(), Path(args.out).resolve(), args.runs)
     print(rehearsal.table(rows))
     return {"runs": rows, **({"error": "a run failed"} if any(r["exit_code"] for r in rows) else {})}
+
+
+def bench_gate(args: argparse.Namespace) -> dict:
+    from pipeline.benchmarks.gate import bench_gate as run
+
+    return run(args)
 
 
 def bench_all(args: argparse.Namespace) -> dict:
@@ -105,6 +112,13 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/rehearsal")
     p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp (default: all)")
     p.set_defaults(run=bench_rehearsal)
+    p = sub.add_parser("gate", help="the quality gate on the toy world through real jobs (in pieces: --budget-s)")
+    p.add_argument("--out", default="outputs/gate-bench", help="jobs' outputs, summary.json and table.md")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="start a job only when it should end within this many seconds of the start")
+    p.add_argument("--only", nargs="*", help="run only the rows whose name contains one of these")
+    p.add_argument("--table", action="store_true", help="run nothing: the tables of the jobs done so far")
+    p.set_defaults(run=bench_gate)
     parts = {"evals": ("UNet evals per image vs the formulas", [add_evals_args]),
              "efficiency": ("Ray job images/s over the bare sampler loop's", [add_efficiency_args]),
              "diffusers": ("our CFG vs StableDiffusionXLPipeline", [add_diffusers_args]),

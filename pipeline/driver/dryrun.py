@@ -17,9 +17,18 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.data.source import plan_shards, read_shard
+from pipeline.gate import figures as gate_figures
+from pipeline.gate.escalate import sampler_index
 from pipeline.placement import placement_errors
 from pipeline.records import PromptRecord
-from pipeline.sampling.methods import AE_PASS_EVALS, METHODS, attend_excite_evals, needs_captioner, run_methods
+from pipeline.sampling.methods import (
+    AE_PASS_EVALS,
+    METHODS,
+    attend_excite_evals,
+    needs_captioner,
+    run_methods,
+    run_samplers,
+)
 
 GB = 1e9
 HEADROOM = 0.9  # of a GPU's memory usable by tensors (the CUDA context, cuDNN workspaces, fragmentation)
@@ -50,19 +59,60 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     ae_lo, ae_hi = attend_excite_evals(cfg.sampler)
     total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"] + images * arch["vae_flops"])
     arch["memory"]["host"] = host_fit(cfg, arch["memory"])
+    gate = gate_plan(cfg, samples, arch) if cfg.gate.rules else None
     return {
         "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
         "unet_evals": unet_evals, "ae_evals_per_image": {"min": ae_lo, "max": ae_hi},
         "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
-        "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "config_sources": arch["sources"],
-        "memory_gb": arch["memory"],
+        "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "steps": cfg.sampler.steps,
+        "config_sources": arch["sources"],
+        "memory_gb": arch["memory"], "gate": gate,
         "gpu_hours": {"mfu": cfg.plan.mfu, **{name: round(total / (peak * 1e12 * cfg.plan.mfu) / 3600, 3)
                                               for name, _, peak in GPUS}},
         "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
                        "SDXL sizes); the token-length check of each prompt; Attend-and-Excite's refinement "
                        "passes beyond the minimum (ae_evals_per_image.max bounds them)",
     }
+
+
+def gate_plan(cfg: Config, samples: int, arch: dict[str, Any]) -> dict[str, Any]:
+    """The quality gate's cost (pipeline/gate): the worst case, every image at gate.tries, and with
+    gate.expected_pass_rate p the expected one (each try passing independently with probability p).
+    Evals count Attend-and-Excite's fewest gradient passes at AE_PASS_EVALS each; `cost_per_kept` is
+    in cfg's 2N evals per image."""
+    g = cfg.gate
+    images = samples * cfg.preference.candidates  # per method: the images one try of every row makes
+    per_try, worst, expected = {}, {"images": 0, "unet_evals": 0, "evals": 0.0}, {"evals": 0.0, "images": 0.0}
+    kept = 1.0
+    for m, samplers in run_samplers(cfg).items():
+        tries = [samplers[sampler_index(t, len(g.escalate))] for t in range(1, g.tries + 1)]
+        unet = [METHODS[s.method].evals(s, arch["try_ks"][m][sampler_index(t, len(g.escalate))])
+                for t, s in enumerate(tries, 1)]
+        evals = [u + AE_PASS_EVALS * attend_excite_evals(s)[0] for u, s in zip(unet, tries)]
+        per_try[m] = [{"method": s.method, "unet_evals": u, "ae_evals": list(attend_excite_evals(s))}
+                      for s, u in zip(tries, unet)]
+        worst["images"] += images * g.tries
+        worst["unet_evals"] += images * sum(unet)
+        worst["evals"] += images * sum(evals)
+        e = gate_figures.expected(evals, g.tries, g.expected_pass_rate, g.on_fail)
+        if g.expected_pass_rate is not None:
+            expected["evals"] += images * e["expected_evals"]
+            expected["images"] += images * e["expected_tries"]
+            kept *= e["kept_fraction"] ** cfg.preference.candidates  # a row is kept when all its images are
+    worst["total_flops"] = int(worst["evals"] * arch["unet_flops"] + worst["images"] * arch["vae_flops"])
+    out = {"rules": list(g.rules), "tries": g.tries, "on_fail": g.on_fail, "per_try": per_try, "worst_case": worst,
+           "expected": None}
+    if g.expected_pass_rate is not None:
+        unit = 2 * cfg.sampler.steps
+        kept_samples = samples * kept
+        expected.update({
+            "pass_rate": g.expected_pass_rate, "kept_samples": kept_samples,
+            "total_flops": int(expected["evals"] * arch["unet_flops"] + expected["images"] * arch["vae_flops"]),
+            "evals_per_kept": expected["evals"] / kept_samples if kept_samples else None,
+            "cost_per_kept": expected["evals"] / kept_samples / unit if kept_samples else None})
+        out["expected"] = expected
+    return out
 
 
 def host_fit(cfg: Config, memory: dict[str, Any]) -> dict[str, Any] | None:
@@ -108,21 +158,24 @@ def architecture_figures(cfg: Config, child: bool | None = None) -> dict[str, An
 def describe(cfg: Config) -> dict[str, Any]:
     """The figures architecture_figures returns, computed in this process."""
     arch = Architecture(cfg)
-    return {"answer_ks": answer_ks(cfg), "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
+    try_ks = {m: [answer_ks(cfg, s) for s in ss] for m, ss in run_samplers(cfg).items()}
+    return {"answer_ks": answer_ks(cfg), "try_ks": try_ks, "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
             "sources": arch.sources, "memory": arch.memory()}
 
 
-def answer_ks(cfg: Config) -> list[int]:
-    """ANSWER's K_i per main step, from the model's own scheduler (as the sampler computes them)."""
+def answer_ks(cfg: Config, s: Any = None) -> list[int]:
+    """ANSWER's K_i per main step of sampler `s` (default cfg.sampler), from the model's own scheduler
+    (as the sampler computes them)."""
     from pipeline.models.architectures import component_config
     from pipeline.models.diffusion import make_scheduler
     from pipeline.sampling import guidance
     from pipeline.sampling.chains import fresh_scheduler
 
+    s = s or cfg.sampler
     config, _ = component_config(cfg.model.id, "scheduler", model_dir(cfg))
-    scheduler = fresh_scheduler(make_scheduler(config, cfg.sampler.scheduler), cfg.sampler.steps)
+    scheduler = fresh_scheduler(make_scheduler(config, s.scheduler), s.steps)
     timesteps = [float(t) for t in scheduler.timesteps]
-    return guidance.answer_schedule(cfg.sampler.answer.schedule, cfg.sampler.answer.k, timesteps)
+    return guidance.answer_schedule(s.answer.schedule, s.answer.k, timesteps)
 
 
 def model_dir(cfg: Config):
@@ -312,6 +365,24 @@ def format_plan(p: dict[str, Any]) -> str:
         g = m["gpus"][name]
         lines.append(f"  {name:<10} {'yes' if g['fits'] else 'no':<5} {g['largest_batch_size']:>13}  "
                      f"{p['gpu_hours'][name]:>10,.2f}")
+    gate = p.get("gate")
+    if gate:
+        w = gate["worst_case"]
+        per = "; ".join(f"{m}: " + ", ".join(f"{t['method']} {t['unet_evals']}" for t in ts)
+                        for m, ts in gate["per_try"].items())
+        lines.append(f"  gate ({' and '.join(gate['rules'])}, on_fail={gate['on_fail']}): UNet evals per image of "
+                     f"tries 1..{gate['tries']}: {per}")
+        lines.append(f"  gate worst case (every image at gate.tries={gate['tries']}): {w['images']:,} images, "
+                     f"{w['unet_evals']:,} UNet evals, total {flops(w['total_flops'])}")
+        e = gate["expected"]
+        if e:
+            lines.append(f"  gate expected at gate.expected_pass_rate={e['pass_rate']}: {e['images']:,.0f} images, "
+                         f"{e['kept_samples']:,.0f} samples kept, {e['evals']:,.0f} evals, total "
+                         f"{flops(e['total_flops'])}; per kept sample {e['evals_per_kept']:,.1f} evals "
+                         f"({e['cost_per_kept']:.2f}x cfg's {2 * p['steps']} evals per image)")
+        else:
+            lines.append("  gate expected cost: set gate.expected_pass_rate (the share of images you expect to "
+                         "pass) to see it")
     if host:
         lines.append(f"  on this machine's CPUs: the actors need {host['needed_gb']} GB of its {host['memory_gb']} GB"
                      + ("" if host["fits"] else " -- they do NOT fit: the run would page and stall; use fewer "

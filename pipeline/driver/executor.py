@@ -149,7 +149,7 @@ class Executor:
             return
         # only an answer about an attempt still running there (not one of a shard's earlier attempts)
         if now and any((t.spec.shard_id, t.attempt) == (now["shard"], now.get("attempt")) for t in slot.live):
-            self.progress.update(slot.name, now["shard"], now["rows"], now["samples"])
+            self.progress.update(slot.name, now["shard"], now["rows"], now["samples"], now.get("tries"))
 
     def _due_probes(self, now: float) -> None:
         due = [s for t, s in self.delayed if t <= now]

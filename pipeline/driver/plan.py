@@ -8,7 +8,9 @@ with a matching fingerprint new_run changes nothing (the shards would come out i
 do not change the dataset are left out of the fingerprint (FINGERPRINT_EXCLUDE): where the output
 goes and its card's license and tags, credentials and endpoints, Ray resources and timeouts, logging,
 and execution choices that change images by float rounding at most: batch sizes, VAE slices, device,
-attention kernel, compile, channels_last. Samples are seeded per sample, never per batch or worker,
+attention kernel, compile, channels_last; and the gate's expected pass rate (`--dry-run` only). The
+`gate` section counts only when the gate is on (gate.rules), so outputs written before it existed
+resume as before. Samples are seeded per sample, never per batch or worker,
 so a resume may use another batch size or worker count. Committed shards are skipped; a finished
 output is not sampled again.
 """
@@ -58,7 +60,7 @@ FINGERPRINT_EXCLUDE = (
     "model.vae_slice",
     "sampler.batch_size", "sampler.min_batch_size",
     "captioner.workers", "captioner.gpus_per_worker", "captioner.batch_size", "captioner.timeout_s",
-    "scoring.batch_size",
+    "scoring.batch_size", "gate.expected_pass_rate",
 )
 
 
@@ -116,8 +118,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def fingerprint_config(cfg: Config) -> dict[str, Any]:
     """The keys of the config (as given) that define the dataset, flattened and sorted."""
     flat = _flatten(to_dict(cfg, redact=True))
+    off = ("gate",) if not cfg.gate.rules else ()  # an output without a gate: as before the gate existed
     return {k: v for k, v in sorted(flat.items())
-            if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE)}
+            if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE + off)}
 
 
 def fingerprint(cfg: Config, family: str) -> str:
