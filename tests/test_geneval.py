@@ -533,3 +533,28 @@ def test_the_plan_counts_the_judges_weights_flops_and_memory(tmp_path, tiny_cach
     assert plan["judge_flops_per_image"] == arch.judge_flops
     assert plan["total_flops"] == pytest.approx(plan["images"] * (per_image + plan["vae_flops_per_decode"]
                                                                   + arch.judge_flops), rel=1e-9)
+
+
+def test_the_detector_refuses_pickled_weights_and_remote_code(tmp_path, tiny_cache):
+    """A detector directory holding a pickle instead of model.safetensors, whose config names code of its
+    own: refused (safetensors only, no remote code), and nothing is unpickled or run."""
+    import pickle
+    import shutil
+
+    from test_hostile import _Payload
+
+    from pipeline.scoring.geneval import load_detector
+    from pipeline.scoring.tiny import tiny_mask2former
+
+    marker = tmp_path / "PWNED"
+    hostile = tmp_path / "detector"
+    shutil.copytree(tiny_mask2former(), hostile)
+    (hostile / "model.safetensors").unlink()
+    (hostile / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    config = json.loads((hostile / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+    (hostile / "config.json").write_text(json.dumps(config))
+    (hostile / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        load_detector(str(hostile), None, torch.device("cpu"))
+    assert not marker.exists()

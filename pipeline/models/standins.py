@@ -165,8 +165,7 @@ def write_mask2former(root: Path) -> Path:
     """facebook/mask2former-swin-small-coco-instance: the model (float32, as published) with COCO's 80
     labels, and its image processor."""
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-
-    from pipeline.scoring.geneval import processor_class
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
     out = directory(root, A.MASK2FORMER)
     if not (out / "config.json").exists():
@@ -174,7 +173,7 @@ def write_mask2former(root: Path) -> Path:
         model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**A.BUNDLED[A.MASK2FORMER][""]))
         model.save_pretrained(str(out), safe_serialization=True)
         del model
-    processor_class()().save_pretrained(str(out))
+    Mask2FormerImageProcessorPil().save_pretrained(str(out))
     return out
 
 

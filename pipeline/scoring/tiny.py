@@ -105,8 +105,7 @@ def mask2former_config(**sizes):
 
 def _build_mask2former(path: Path) -> None:
     from transformers import Mask2FormerForUniversalSegmentation
-
-    from pipeline.scoring.geneval import processor_class
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
     torch.manual_seed(23)
     config = mask2former_config(
@@ -114,7 +113,7 @@ def _build_mask2former(path: Path) -> None:
         feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32, encoder_layers=1,
         decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=MASK2FORMER_QUERIES)
     Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(str(path), safe_serialization=True)
-    processor_class()().save_pretrained(str(path))
+    Mask2FormerImageProcessorPil().save_pretrained(str(path))
 
 
 def tiny_mask2former(cache_dir: str | None = None) -> Path:
