@@ -10,6 +10,7 @@ import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,51 +381,70 @@ def bench_detector(tiny_cache, tmp_path_factory) -> str:
     return str(out)
 
 
-# GenEval rows as a Parquet user stores them: nested values as JSON text (ids for the job's sample keys)
-ROWS = [
-    ("a photo of a bench", "single_object", [{"class": "bench", "count": 1}], None, 1.0),
-    ("a photo of a cow", "single_object", [{"class": "cow", "count": 1}], None, 0.0),
-    ("a photo of eight benches", "counting", [{"class": "bench", "count": 8}], [{"class": "bench", "count": 9}], 1.0),
-    ("a photo of two benches", "counting", [{"class": "bench", "count": 2}], [{"class": "bench", "count": 3}], 0.0),
-    ("a photo of a bench and a cow", "two_object", [{"class": "bench", "count": 1}, {"class": "cow", "count": 1}],
-     None, 0.0),
-    ("a photo of a bench right of a bench", "position",
-     [{"class": "bench", "count": 1}, {"class": "bench", "count": 1, "position": ["right of", 0]}], None, 0.0),
-    ("a photo of a red bench", "colors", [{"class": "bench", "count": 1, "color": "red"}], None, None),
-    ("a photo of a red bench and a blue cow", "color_attr",
-     [{"class": "bench", "count": 1, "color": "red"}, {"class": "cow", "count": 1, "color": "blue"}], None, 0.0),
-]
+GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+needs_geneval = pytest.mark.skipif(not GENEVAL.is_file(), reason="GenEval's evaluation_metadata.jsonl is not "
+                                   "next to the repository (../shared/data/geneval)")
+# Lines of GenEval's file (1-based) and the verdict the bench detector must get on each: it sees 8
+# benches, each the whole image.
+REAL = {1: 1.0,    # single_object: a bench
+        2: 0.0,    # single_object: a cow
+        81: 0.0,   # two_object: a bench and a sports ball
+        256: 0.0,  # counting: three benches (exclude 4: the 8 benches fail it)
+        354: 0.0,  # position: a dog right of a teddy bear (the mixed list ["right of", 0])
+        408: 0.0,  # position: a donut right of a bench
+        353: 0.0,  # colors: a red cake
+        474: 0.0}  # color_attr
+# one hand-written line: a counting prompt the 8 benches satisfy
+EIGHT = {"tag": "counting", "include": [{"class": "bench", "count": 8}], "exclude": [{"class": "bench", "count": 9}],
+         "prompt": "a photo of eight benches"}
 
 
-def write_rows(path, rows=ROWS):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"id": [f"g{i}" for i in range(len(rows))], "prompt": [r[0] for r in rows],
-                             "tag": [r[1] for r in rows], "include": [json.dumps(r[2]) for r in rows],
-                             "exclude": [json.dumps(r[3]) if r[3] else None for r in rows]}), path)
-    return path
-
-
-def expected(prompt: str, seen: dict) -> float:
-    """The verdict each row must get from the bench detector (the colour one: red where CLIP said red)."""
-    wanted = next(r[4] for r in ROWS if r[0] == prompt)
-    return wanted if wanted is not None else float(seen["objects"]["bench"][0]["color"] == "red")
+def real_lines(path: Path, lines, extra: list[dict] = ()) -> tuple[Path, dict[str, float]]:
+    """A JSON Lines file of the given lines of GenEval's file, verbatim (plus `extra` objects), and the
+    expected verdict per prompt."""
+    text = GENEVAL.read_text().splitlines()
+    chosen = [text[i - 1] for i in lines] + [json.dumps(e) for e in extra]
+    path.write_text("\n".join(chosen) + "\n")
+    wanted = {json.loads(text[i - 1])["prompt"]: REAL[i] for i in lines}
+    wanted.update({e["prompt"]: 1.0 for e in extra})
+    return path, wanted
 
 
+@needs_geneval
+def test_every_row_of_genevals_file_reaches_the_judge_as_a_request():
+    """The job's source reads GenEval's file as it is (input.extra_columns=[tag,include,exclude]) and
+    every one of its 553 rows is a valid request: 6 tasks, counting rows with their exclude."""
+    from collections import Counter
+
+    from pipeline.config import InputConfig
+    from pipeline.report.evaluation import read_prompts
+    from pipeline.scoring.geneval import request_of
+
+    prompts, info = read_prompts(InputConfig(path=str(GENEVAL), extra_columns=["tag", "include", "exclude"]))
+    assert len(prompts) == 553 and info["rejected"] == 0
+    requests = [request_of(p.extra) for p in prompts]
+    assert Counter(r.tag for r in requests) == {"position": 100, "color_attr": 100, "two_object": 99, "colors": 94,
+                                                "single_object": 80, "counting": 80}
+    assert all(r.exclude for r in requests if r.tag == "counting")
+    assert requests[353].include[1].position == ("right of", 0)  # line 354: the mixed list
+    assert len({p.prompt_id for p in prompts}) == 553
+
+
+@needs_geneval
 @pytest.mark.ray
-def test_a_job_judges_geneval_rows_and_records_what_it_saw(ray_local, bench_detector, tmp_path):
-    """The real job on the suite's Ray (one tiny-SDXL actor, 32x32, 1 step): the rows' tag/include/
-    exclude reach the scorer through input.extra_columns, each sample gets its verdict as scores.geneval
-    and what the judge saw as score_details.geneval."""
+def test_a_job_judges_genevals_rows_and_records_what_it_saw(ray_local, bench_detector, tmp_path):
+    """The real job on the suite's Ray (one tiny-SDXL actor, 32x32, 1 step) on lines of GenEval's own
+    file: their tag/include/exclude reach the scorer through input.extra_columns, each sample gets its
+    verdict as scores.geneval and what the judge saw as score_details.geneval."""
     import tarfile
 
     from test_generate import make_cfg
 
     from pipeline.driver.job import run_job
 
+    inp, wanted = real_lines(tmp_path / "geneval.jsonl", [1, 2, 256, 354])
     out = tmp_path / "out"
-    cfg = make_cfg(write_rows(tmp_path / "geneval.parquet", ROWS[:4]), out, "ray.num_workers=1", "sampler.steps=1",
+    cfg = make_cfg(inp, out, "input.id_column=null", "ray.num_workers=1", "sampler.steps=1",
                    "scoring.scorers=[geneval]", f"scoring.geneval_detector_id={bench_detector}",
                    "input.extra_columns=[tag,include,exclude]")
     res = run_job(cfg)
@@ -434,37 +454,39 @@ def test_a_job_judges_geneval_rows_and_records_what_it_saw(ray_local, bench_dete
         with tarfile.open(tar) as tf:
             metas.update({m["prompt"]: m for m in (json.loads(tf.extractfile(x).read())
                                                    for x in tf.getmembers() if x.name.endswith(".json"))})
-    assert set(metas) == {r[0] for r in ROWS[:4]}
+    assert set(metas) == set(wanted)
     for prompt, meta in metas.items():
         seen = meta["score_details"]["geneval"]
-        assert meta["scores"]["geneval"] == expected(prompt, seen), seen["reason"]
+        assert meta["scores"]["geneval"] == wanted[prompt], seen["reason"]
         assert meta["extra"]["tag"] == seen["tag"] and seen["counts"] == {"bench": 8}
         assert seen["objects"]["bench"][0]["box"] == [0, 0, 32, 32]
-    assert metas["a photo of two benches"]["score_details"]["geneval"]["reason"] == "expected bench<3, found 8"
+    assert metas["a photo of three benchs"]["score_details"]["geneval"]["reason"] == "expected bench<4, found 8"
+    assert metas["a photo of a dog right of a teddy bear"]["extra"]["include"][1]["position"] == ["right of", 0]
 
 
+@needs_geneval
 def test_the_benchmark_writes_genevals_table_for_two_methods(bench_detector, tmp_path):
-    """`evaluate --benchmark geneval` on the tiny SDXL with the bench detector: 2 images per prompt, two
-    methods; the six-task table, its intervals and GenEval's results files agree with the verdicts."""
+    """`evaluate --benchmark geneval` on lines of GenEval's file (every task) with the tiny SDXL and the
+    bench detector, 2 images per prompt, two methods: the six-task table, its intervals and GenEval's
+    results files agree with the per-image verdicts."""
     import pyarrow.parquet as pq
 
     from pipeline.cli.evaluate import main as evaluate_main
     from pipeline.report import stats
 
+    inp, wanted = real_lines(tmp_path / "g.jsonl", list(REAL), [EIGHT])
+    tag = {json.loads(line)["prompt"]: json.loads(line)["tag"] for line in inp.read_text().splitlines()}
     out = tmp_path / "out"
-    rc = evaluate_main(["--benchmark", "geneval", "--prompts", str(write_rows(tmp_path / "g.parquet")),
-                        "--methods", "cfg,dns", "--images-per-prompt", "2", "--out", str(out),
-                        "--id-column", "id", "sampler.steps=1", "sampler.height=32", "sampler.width=32",
-                        "sampler.batch_size=4", f"scoring.geneval_detector_id={bench_detector}"])
+    rc = evaluate_main(["--benchmark", "geneval", "--prompts", str(inp), "--methods", "cfg,dns",
+                        "--images-per-prompt", "2", "--out", str(out), "sampler.steps=1", "sampler.height=32",
+                        "sampler.width=32", "sampler.batch_size=4", f"scoring.geneval_detector_id={bench_detector}"])
     assert rc == 0
     rows = pq.read_table(out / "results.parquet").to_pylist()
-    assert len(rows) == len(ROWS) * 2 * 2 and {r["candidate"] for r in rows} == {0, 1}
+    assert len(rows) == len(wanted) * 2 * 2 and {r["candidate"] for r in rows} == {0, 1}
     for r in rows:
-        seen = json.loads(r["score_details"])["geneval"]
-        assert r["score_geneval"] == expected(r["prompt"], seen)
+        assert r["score_geneval"] == wanted[r["prompt"]], json.loads(r["score_details"])["geneval"]["reason"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images_per_prompt"] == 2 and summary["scorers"] == ["geneval"]
-    tag = {r[0]: r[1] for r in ROWS}
     for m in ("cfg", "dns"):
         table = summary["geneval"][m]
         mine = [r for r in rows if r["method"] == m]
@@ -478,14 +500,15 @@ def test_the_benchmark_writes_genevals_table_for_two_methods(bench_detector, tmp
             assert (t["ci_low"], t["ci_high"]) == (ci["ci_low"], ci["ci_high"])
         assert table["overall"] == pytest.approx(np.mean([t["score"] for t in table["tasks"].values()]))
         assert table["tasks"]["single_object"]["score"] == 0.5 and table["tasks"]["counting"]["score"] == 0.5
+        ses = [t["se"] for t in table["tasks"].values()]
+        assert table["overall_ci_low"] is None if None in ses else table["overall_ci_low"] < table["overall"]
         lines = [json.loads(x) for x in (out / "geneval" / f"{m}.jsonl").read_text().splitlines()]
         assert len(lines) == len(mine) and {x["tag"] for x in lines} == set(R.TASKS)
         assert sum(x["correct"] for x in lines) == sum(r["score_geneval"] for r in mine)
-        assert all(json.loads(x["metadata"])["include"] for x in lines)  # decoded, as GenEval's own file has it
+        assert all(json.loads(x["metadata"])["include"] for x in lines)  # as GenEval's own results have it
     md = (out / "summary.md").read_text()
     assert "## GenEval" in md and "| Stable Diffusion XL | 0.55 | 0.98 | 0.74 | 0.39 | 0.85 | 0.15 | 0.23 |" in md
-    overall = summary["geneval"]["cfg"]["overall"]
-    assert f"| `cfg` | {overall:.2f}" in md
+    assert f"| `cfg` | {summary['geneval']['cfg']['overall']:.2f}" in md
 
 
 # ================================================================== planning: the judge at full size
