@@ -149,6 +149,18 @@ def test_position_without_its_target_and_every_pair_must_hold():
         "expected dog right of target, found  target",)
 
 
+def test_a_failed_colour_skips_the_position_check():
+    """GenEval checks a clause's position only when its colour passed: a blue dog left of the teddy, asked
+    to be a red dog right of it, gets the colour reason alone (and no target for a later clause)."""
+    r = req("position", [{"class": "teddy bear", "count": 1},
+                         {"class": "dog", "count": 1, "color": "red", "position": ["right of", 0]}])
+    dog = Detection("dog", 0.6, (-200, 0, -100, 100))
+    v = R.judge(objects(TEDDY, dog), r, lambda name, found: ["blue"] * len(found))
+    assert v == R.Verdict(False, ("expected red dog>=1, found 0 red; and 1 blue",))
+    assert R.judge(objects(TEDDY, dog), r, lambda name, found: ["red"] * len(found)).reasons == (
+        "expected dog right of target, found left of target",)
+
+
 # ================================================================== the row's metadata
 def test_metadata_as_decoded_json_or_as_json_text():
     include = [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}]
@@ -185,10 +197,10 @@ class Obj:
     rect: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels (multiples of 16: exact on the mask grid)
 
 
-def set_outputs(scene: list[Obj], out):
-    """The detector's outputs for one image holding `scene`: query q predicts scene[q] (class logits
-    giving it `prob`; mask logits +20 inside its rectangle, -20 outside); the other queries predict
-    no object."""
+def set_outputs(scene: list[Obj], out, size=(SIZE, SIZE)):
+    """The detector's outputs for one image of `size` (width, height) holding `scene`: query q predicts
+    scene[q] (class logits giving it `prob`; mask logits +20 inside its rectangle, -20 outside); the
+    other queries predict no object."""
     from transformers.models.mask2former.modeling_mask2former import Mask2FormerForUniversalSegmentationOutput
 
     b, q, h, w = out.masks_queries_logits.shape
@@ -199,23 +211,24 @@ def set_outputs(scene: list[Obj], out):
     for k, o in enumerate(scene):
         logits[:, k, -1] = 0.0
         logits[:, k, o.coco] = math.log((classes - 1) * o.prob / (1 - o.prob))  # softmax gives o.prob
-        x0, y0, x1, y1 = (round(v * w / SIZE) for v in o.rect)
+        x0, x1 = (round(v * w / size[0]) for v in o.rect[::2])
+        y0, y1 = (round(v * h / size[1]) for v in o.rect[1::2])
         masks[:, k, y0:y1, x0:x1] = 20.0
     return Mask2FormerForUniversalSegmentationOutput(class_queries_logits=logits, masks_queries_logits=masks)
 
 
 @contextmanager
-def detector_sees(model, scene: list[Obj]):
+def detector_sees(model, scene: list[Obj], size=(SIZE, SIZE)):
     """Replace the model's outputs (a forward hook at its output seam) for the duration."""
-    handle = model.register_forward_hook(lambda module, args, out: set_outputs(scene, out))
+    handle = model.register_forward_hook(lambda module, args, out: set_outputs(scene, out, size))
     try:
         yield
     finally:
         handle.remove()
 
 
-def paint(scene: list[Obj], fills: list[tuple[int, int, int]]) -> np.ndarray:
-    image = np.full((SIZE, SIZE, 3), 200, dtype=np.uint8)
+def paint(scene: list[Obj], fills: list[tuple[int, int, int]], size=(SIZE, SIZE)) -> np.ndarray:
+    image = np.full((size[1], size[0], 3), 200, dtype=np.uint8)
     for o, fill in zip(scene, fills):
         x0, y0, x1, y1 = o.rect
         image[y0:y1, x0:x1] = fill
@@ -232,7 +245,7 @@ def judge_scorers(tiny_cache):
 
 def verdict(scorers, image, scene, tag, include, exclude=None):
     extra = {"tag": tag, "include": include, "exclude": exclude}
-    with detector_sees(scorers.geneval.detector.model, scene):
+    with detector_sees(scorers.geneval.detector.model, scene, (image.shape[1], image.shape[0])):
         ((scores, errors),) = result = scorers.score([image], ["p"], [extra])
     assert errors == {}, errors
     return scores["geneval"], result[0].details["geneval"]
@@ -273,6 +286,18 @@ def test_detections_come_from_the_real_post_processing_with_boxes_from_masks(jud
         assert found["box"] == pytest.approx(o.rect, abs=1)
         assert found["score"] == pytest.approx(o.prob, abs=0.02)  # class probability x mean mask probability
 
+
+def test_a_landscape_image_maps_the_detectors_grid_back_onto_the_image(judge_scorers):
+    """A 64 x 48 image (SDXL's 1216 x 832 is landscape too) reaches the detector resized to 1088 x 800
+    (shorter side 800, the longer one rounded to a multiple of 32, not padded): objects at the image's
+    left and right edges come back with boxes on those edges, and their relation is GenEval's."""
+    scene = [Obj(16, 0.95, (0, 0, 16, 16)), Obj(13, 0.95, (48, 16, 64, 48))]  # a dog; a bench
+    image = paint(scene, [(90, 60, 30)] * 2, size=(64, 48))
+    score, seen = verdict(judge_scorers, image, scene, "position",
+                          [{"class": "dog", "count": 1}, {"class": "bench", "count": 1, "position": ["right of", 0]}])
+    assert score == 1.0, seen["reason"]
+    assert seen["objects"]["dog"][0]["box"] == pytest.approx([0, 0, 16, 16], abs=1)
+    assert seen["objects"]["bench"][0]["box"] == pytest.approx([48, 16, 64, 48], abs=1)
 
 @pytest.mark.parametrize("task, scene, include, exclude, wanted", [
     ("single_object", [Obj(13, 0.99, (16, 16, 48, 48))], [{"class": "bench", "count": 1}], None, 1.0),

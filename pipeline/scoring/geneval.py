@@ -9,8 +9,10 @@ Detector: `Mask2FormerForUniversalSegmentation` (`facebook/mask2former-swin-smal
 the Swin-S Mask2Former GenEval runs, here with the weights transformers publishes instead of
 mmdetection's checkpoint), loaded with `from_pretrained(id, revision, safetensors only)` (never
 remote code), in float32. Its input is resized as GenEval's mmdetection test pipeline resizes it
-(shorter side 800, longer at most 1333, padded to a multiple of 32), whatever size the checkpoint's
-own processor config names. Its output goes through the image processor's own
+(shorter side 800, longer at most 1333), whatever size the checkpoint's own processor config names;
+transformers' processor then rounds each side up to a multiple of 32 by resizing, where mmdetection
+pads (square images, GenEval's, need neither; other shapes are stretched by under 4 %). Its output
+goes through the image processor's own
 `post_process_instance_segmentation` (top-100 (query, class) pairs, score = class probability x
 mean mask probability, masks at the image's size) with binary maps per instance; each instance's box
 is its mask's extent (x0, y0, x1 + 1, y1 + 1, as mmdetection's mask2bbox), and its class is GenEval's
