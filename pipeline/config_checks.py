@@ -29,6 +29,8 @@ from pipeline.sampling.methods import (
     run_methods,
 )
 
+GENEVAL_COLUMNS = ("tag", "include", "exclude")  # the row data the geneval scorer judges by
+
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
@@ -179,6 +181,10 @@ def validate(cfg: Config) -> Config:
         _choice(f"scoring.scorers[{i}]", name, SCORERS)
     _choice("scoring.dtype", cfg.scoring.dtype, DTYPES)
     _positive("scoring.batch_size", cfg.scoring.batch_size)
+    missing = [c for c in GENEVAL_COLUMNS if c not in cfg.input.extra_columns]
+    if "geneval" in cfg.scoring.scorers and missing:
+        raise ConfigError(f"scoring.scorers has geneval, which reads each row's GenEval metadata: add "
+                          f"{', '.join(missing)} to input.extra_columns (input.extra_columns=[tag,include,exclude])")
     _positive("preference.candidates", cfg.preference.candidates)
     ae = cfg.sampler.attend_excite
     if ae.enabled and not (ae.subjects or cfg.input.subjects_column):

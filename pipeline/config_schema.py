@@ -11,7 +11,7 @@ from typing import Any, Optional
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("png", "jpg", "webp")
-SCORERS = ("clip", "pickscore", "aesthetic", "toy_judge")
+SCORERS = ("clip", "pickscore", "aesthetic", "toy_judge", "geneval")
 MAX_IMAGE_SIDE = 16384  # px; far beyond any SDXL resolution, so a typo fails here, not in every batch
 SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
 REDACTED = "***"
@@ -158,6 +158,10 @@ class ScoringConfig:
     pickscore_processor_revision: Optional[str] = None
     aesthetic_head: str = "tiny"  # .safetensors file (local or hub "org/repo/file.safetensors")
     aesthetic_head_revision: Optional[str] = None  # for a hub aesthetic_head
+    # `geneval`: GenEval's judge (pipeline/scoring/geneval.py): this COCO instance Mask2Former, and clip_id's
+    # CLIP ViT-L/14 for colours; rows need GenEval's tag/include/exclude in input.extra_columns
+    geneval_detector_id: str = "tiny"  # facebook/mask2former-swin-small-coco-instance
+    geneval_detector_revision: Optional[str] = None
     batch_size: int = 16
     dtype: str = "float32"
 

@@ -326,11 +326,16 @@ class ShardWorker:
         ok = [i for i in sorted(results) if not isinstance(results[i], str)]
         if not ok:
             return
-        scored = self.scorers.score([results[i].image.numpy() for i in ok], [jobs[i].record.prompt for i in ok])
-        for i, (scores, errors) in zip(ok, scored):
+        # every scorer gets the row's data (input.extra_columns) beside its prompt; judges such as geneval read it
+        scored = self.scorers.score([results[i].image.numpy() for i in ok], [jobs[i].record.prompt for i in ok],
+                                    [jobs[i].record.extra for i in ok])
+        for i, result in zip(ok, scored):
+            scores, errors = result
             results[i].metadata["scores"] = scores
             if errors:
                 results[i].metadata["score_errors"] = errors
+            if result.details:  # what a judge saw, e.g. geneval's objects, boxes and colours
+                results[i].metadata["score_details"] = result.details
 
     def _sample(self, r: PromptRecord, jobs: list[_Job], gens: list[Generated]) -> Sample:
         from PIL import Image

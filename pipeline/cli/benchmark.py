@@ -110,7 +110,7 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p = sub.add_parser("rehearsal", help="the SDXL preset on full-size stand-ins (synthgen standins DIR), CPU bf16")
     p.add_argument("--standins", required=True, help="the directory `synthgen standins` wrote")
     p.add_argument("--out", default="outputs/rehearsal")
-    p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp (default: all)")
+    p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp preference geneval (default: all)")
     p.set_defaults(run=bench_rehearsal)
     p = sub.add_parser("gate", help="the quality gate on the toy world through real jobs (in pieces: --budget-s)")
     p.add_argument("--out", default="outputs/gate-bench", help="jobs' outputs, summary.json and table.md")

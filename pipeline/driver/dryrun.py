@@ -8,7 +8,9 @@ UNet evals come from each method's record (pipeline/sampling/methods.py) with AN
 model's own scheduler. FLOPs are counted by torch's FLOP counter on a forward pass of the configured
 architecture on the meta device at the configured size (pipeline/models/architectures.py); memory
 is the weights at their dtypes plus the activation peak of that pass (a live-tensor tracker,
-attention taken as fused). GPU hours assume `plan.mfu` of each GPU's dense fp16/bf16 peak.
+attention taken as fused). The `geneval` judge's detector (Mask2Former, float32, at GenEval's
+800-pixel input) is counted the same way: its weights, its FLOPs per image and its activation peak
+for the images the worker scores at once. GPU hours assume `plan.mfu` of each GPU's dense fp16/bf16 peak.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     images = samples * len(methods) * cfg.preference.candidates
     unet_evals = samples * cfg.preference.candidates * sum(per_image.values())
     ae_lo, ae_hi = attend_excite_evals(cfg.sampler)
-    total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"] + images * arch["vae_flops"])
+    total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"]
+                + images * (arch["vae_flops"] + arch["judge_flops"]))
     arch["memory"]["host"] = host_fit(cfg, arch["memory"])
     gate = gate_plan(cfg, samples, arch) if cfg.gate.rules else None
     return {
@@ -65,13 +68,15 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
         "unet_evals": unet_evals, "ae_evals_per_image": {"min": ae_lo, "max": ae_hi},
         "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
+        "judge_flops_per_image": arch["judge_flops"],
         "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "steps": cfg.sampler.steps,
         "config_sources": arch["sources"],
         "memory_gb": arch["memory"], "gate": gate,
         "gpu_hours": {"mfu": cfg.plan.mfu, **{name: round(total / (peak * 1e12 * cfg.plan.mfu) / 3600, 3)
                                               for name, _, peak in GPUS}},
-        "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
-                       "SDXL sizes); the token-length check of each prompt; Attend-and-Excite's refinement "
+        "not_counted": "text encoders, captioning and the CLIP scorers' FLOPs (small beside the UNet and VAE at "
+                       "SDXL sizes; the geneval detector's are counted, its CLIP colour crops are not); the "
+                       "token-length check of each prompt; Attend-and-Excite's refinement "
                        "passes beyond the minimum (ae_evals_per_image.max bounds them)",
     }
 
@@ -100,7 +105,8 @@ def gate_plan(cfg: Config, samples: int, arch: dict[str, Any]) -> dict[str, Any]
             expected["evals"] += images * e["expected_evals"]
             expected["images"] += images * e["expected_tries"]
             kept *= e["kept_fraction"] ** cfg.preference.candidates  # a row is kept when all its images are
-    worst["total_flops"] = int(worst["evals"] * arch["unet_flops"] + worst["images"] * arch["vae_flops"])
+    per_image = arch["vae_flops"] + arch["judge_flops"]  # every try is decoded and judged
+    worst["total_flops"] = int(worst["evals"] * arch["unet_flops"] + worst["images"] * per_image)
     out = {"rules": list(g.rules), "tries": g.tries, "on_fail": g.on_fail, "per_try": per_try, "worst_case": worst,
            "expected": None}
     if g.expected_pass_rate is not None:
@@ -108,7 +114,7 @@ def gate_plan(cfg: Config, samples: int, arch: dict[str, Any]) -> dict[str, Any]
         kept_samples = samples * kept
         expected.update({
             "pass_rate": g.expected_pass_rate, "kept_samples": kept_samples,
-            "total_flops": int(expected["evals"] * arch["unet_flops"] + expected["images"] * arch["vae_flops"]),
+            "total_flops": int(expected["evals"] * arch["unet_flops"] + expected["images"] * per_image),
             "evals_per_kept": expected["evals"] / kept_samples if kept_samples else None,
             "cost_per_kept": expected["evals"] / kept_samples / unit if kept_samples else None})
         out["expected"] = expected
@@ -160,7 +166,7 @@ def describe(cfg: Config) -> dict[str, Any]:
     arch = Architecture(cfg)
     try_ks = {m: [answer_ks(cfg, s) for s in ss] for m, ss in run_samplers(cfg).items()}
     return {"answer_ks": answer_ks(cfg), "try_ks": try_ks, "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
-            "sources": arch.sources, "memory": arch.memory()}
+            "judge_flops": arch.judge_flops, "sources": arch.sources, "memory": arch.memory()}
 
 
 def answer_ks(cfg: Config, s: Any = None) -> list[int]:
@@ -222,6 +228,11 @@ class Architecture:
                        "text_encoders": sum(A.params(m) for m in text)}
         self.unet_flops = self._flops(lambda: self._unet_forward(1))
         self.vae_flops = self._flops(lambda: self._vae_decode(1))
+        self.judge, self.judge_flops = None, 0
+        if "geneval" in cfg.scoring.scorers:  # the judge's detector runs in the sampler actor, once per image
+            self.judge = A.meta_transformers("mask2former", self._config(
+                cfg.scoring.geneval_detector_id, "", _tiny_detector(cfg), "geneval_detector"))
+            self.judge_flops = self._flops(lambda: self._judge_forward(1))
 
     def _config(self, model_id: str, component: str, local: Any, label: str | None = None) -> dict:
         from pipeline.models.architectures import component_config
@@ -247,6 +258,20 @@ class Architecture:
             out = self.unet(x, torch.empty(batch, device="meta"), encoder_hidden_states=ctx, added_cond_kwargs=added)
             if grad:
                 out.sample.sum().backward()
+
+    def _judge_forward(self, batch: int) -> None:
+        """The geneval detector on `batch` images as its processor sizes them (pipeline/scoring/geneval.py)."""
+        import math
+
+        import torch
+
+        from pipeline.scoring.geneval import DETECTOR_SIZE
+
+        h, w = self.cfg.sampler.height, self.cfg.sampler.width
+        scale = min(DETECTOR_SIZE["shortest_edge"] / min(h, w), DETECTOR_SIZE["longest_edge"] / max(h, w))
+        size = [math.ceil(round(v * scale) / 32) * 32 for v in (h, w)]  # padded to a multiple of 32
+        with torch.no_grad():
+            self.judge(pixel_values=torch.empty(batch, 3, *size, device="meta"))
 
     def _vae_decode(self, batch: int) -> None:
         import torch
@@ -290,12 +315,20 @@ class Architecture:
             if cfg.captioner.workers == 0:
                 weights["captioner"] = captioner
         for name in cfg.scoring.scorers:  # the scorers load in the sampler actor
-            if name in ("clip", "pickscore") and f"scorer_{name}" not in weights:
-                model_id = cfg.scoring.clip_id if name == "clip" else cfg.scoring.pickscore_id
-                clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, name))[0])
+            model = "pickscore" if name == "pickscore" else "clip"  # geneval's colours: clip's CLIP, shared
+            if name in ("clip", "pickscore", "geneval") and f"scorer_{model}" not in weights:
+                model_id = cfg.scoring.clip_id if model == "clip" else cfg.scoring.pickscore_id
+                clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, model))[0])
                 # the scorers compute in float32 on CPU whatever scoring.dtype says (pipeline/scoring)
                 on_gpu = cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu"
-                weights[f"scorer_{name}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
+                weights[f"scorer_{model}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
+        judge_act = 0
+        if self.judge is not None:  # float32 everywhere; detection batches: the images of one score call
+            weights["scorer_geneval_detector"] = A.params(self.judge) * 4
+            per_call = min(cfg.scoring.batch_size,
+                           cfg.sampler.batch_size * len(run_methods(cfg)) * cfg.preference.candidates)
+            j1, j2 = (self._peak(lambda b=b: self._judge_forward(b)) for b in (1, 2))
+            judge_act = j1 + (j2 - j1) * (per_call - 1)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
         # Attend-and-Excite's passes (one row a sample) keep activations for their backward.
         calls = [lambda b: self._unet_forward(2 * b)]
@@ -306,18 +339,19 @@ class Architecture:
         unet_act = one + per_sample * (cfg.sampler.batch_size - 1)
         vae_act = self._peak(lambda: self._vae_decode(cfg.model.vae_slice))
         fixed = sum(weights.values())
-        sampler = fixed + max(unet_act, vae_act)
+        sampler = fixed + max(unet_act, vae_act, judge_act)
         fits = {}
         for name, mem, _ in GPUS:
             usable = mem * GB * HEADROOM
             room = usable - fixed - (one - per_sample)
             largest = int(room // per_sample) if per_sample > 0 else 0
-            if vae_act + fixed > usable:
+            if max(vae_act, judge_act) + fixed > usable:
                 largest = 0
             fits[name] = {"fits": sampler <= usable, "largest_batch_size": max(largest, 0)}
         return {"sampler_actor": round(sampler / GB, 2),
                 "sampler_weights": {k: round(v / GB, 3) for k, v in weights.items()},
                 "unet_activations": round(unet_act / GB, 3), "vae_activations": round(vae_act / GB, 3),
+                "judge_activations": round(judge_act / GB, 3),
                 "captioner_actor": round(captioner / GB, 2) if cfg.captioner.workers and captioner else None,
                 "gpus": fits}
 
@@ -339,6 +373,14 @@ def _tiny_scorer(cfg: Config, name: str):
     return (tiny.tiny_clip if name == "clip" else tiny.tiny_pickscore)()  # where the worker's scorers build them
 
 
+def _tiny_detector(cfg: Config):
+    if cfg.scoring.geneval_detector_id != "tiny":
+        return None
+    from pipeline.scoring.tiny import tiny_mask2former
+
+    return tiny_mask2former()  # where the worker's geneval scorer builds it
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as a few lines for the terminal."""
     m, per_image = p["memory_gb"], p["unet_evals_per_image"]
@@ -354,9 +396,12 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{p['images']} image(s) at {p['size'][0]}x{p['size'][1]} ({', '.join(p['methods'])} x {p['candidates']})",
         f"  UNet evals {p['unet_evals']:,} ({', '.join(f'{k} {v}/image' for k, v in per_image.items())})"
         f"; {flops(p['unet_flops_per_eval'])}/eval, VAE decode {flops(p['vae_flops_per_decode'])}/image; "
-        f"total {flops(p['total_flops'])}",
+        f"total {flops(p['total_flops'])}"
+        + (f" (incl. the geneval detector, {flops(p['judge_flops_per_image'])}/image)" if p["judge_flops_per_image"]
+           else ""),
         f"  memory per sampler actor {m['sampler_actor']} GB (weights {sum(m['sampler_weights'].values()):.2f}, "
-        f"activations UNet {m['unet_activations']} / VAE {m['vae_activations']})"
+        f"activations UNet {m['unet_activations']} / VAE {m['vae_activations']}"
+        + (f" / geneval detector {m['judge_activations']}" if m.get("judge_activations") else "") + ")"
         + (f"; per captioner actor {m['captioner_actor']} GB" if m["captioner_actor"] else ""),
         "  GPU        fits  largest batch  GPU hours at MFU " + f"{p['gpu_hours']['mfu']:.2f}",
     ]
