@@ -456,24 +456,26 @@ def test_every_row_of_genevals_file_reaches_the_judge_as_a_request():
 
 
 @needs_geneval
-@pytest.mark.ray
-def test_a_job_judges_genevals_rows_and_records_what_it_saw(ray_local, bench_detector, tmp_path):
-    """The real job on the suite's Ray (one tiny-SDXL actor, 32x32, 1 step) on lines of GenEval's own
-    file: their tag/include/exclude reach the scorer through input.extra_columns, each sample gets its
-    verdict as scores.geneval and what the judge saw as score_details.geneval."""
+def test_a_job_judges_genevals_rows_and_records_what_it_saw(bench_detector, tmp_path):
+    """The job's plan and worker (in process: the seam is the row data reaching the scorer, which Ray
+    does not carry; tests/test_gate.py runs a judged job on Ray) with the tiny SDXL, 32x32, 1 step on
+    lines of GenEval's own file: their tag/include/exclude reach the scorer through
+    input.extra_columns, each sample gets its verdict as scores.geneval and what the judge saw as
+    score_details.geneval."""
     import tarfile
 
-    from test_generate import make_cfg
+    from test_generate import make_cfg, run_in_process
 
-    from pipeline.driver.job import run_job
+    from pipeline.data.layout import committed_shards
+    from pipeline.data.storage import open_location
 
     inp, wanted = real_lines(tmp_path / "geneval.jsonl", [1, 2, 256, 354])
     out = tmp_path / "out"
-    cfg = make_cfg(inp, out, "input.id_column=null", "ray.num_workers=1", "sampler.steps=1",
+    cfg = make_cfg(inp, out, "input.id_column=null", "sampler.steps=1",
                    "scoring.scorers=[geneval]", f"scoring.geneval_detector_id={bench_detector}",
                    "input.extra_columns=[tag,include,exclude]")
-    res = run_job(cfg)
-    assert res.exit_code == 0, res.summary
+    run_in_process(cfg)
+    assert committed_shards(open_location(str(out))) == {0, 1}
     metas = {}
     for tar in sorted((out / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:

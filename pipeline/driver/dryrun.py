@@ -194,6 +194,23 @@ def model_dir(cfg: Config):
     return path if path.is_dir() else None
 
 
+# Meta-device models, and what they measure, are pure functions of (config, dtype, input shape): a
+# process that describes several configs (the evaluation, a notebook, the tests) builds and runs each once.
+_MEASURED: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, compute):
+    if key not in _MEASURED:
+        _MEASURED[key] = compute()
+    return _MEASURED[key]
+
+
+def _config_key(config: dict) -> str:
+    import json
+
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 class Architecture:
     """The configured models on the meta device: FLOPs, parameters and activation peaks."""
 
@@ -217,22 +234,25 @@ class Architecture:
             cfg.model.upcast_vae == "auto" and cfg.model.dtype == "float16" and not cfg.model.vae_id
             and family == "sdxl" and vae_cfg.get("force_upcast", True))
         self.vae_dtype = torch.float32 if upcast else self.dtype
-        self.unet = A.meta_unet(unet_cfg, self.dtype)
-        self.vae = A.meta_vae(vae_cfg, self.vae_dtype)
         self.scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-        text = [A.meta_transformers("clip_text", self._config(cfg.model.id, "text_encoder", local))]
+        self._ids = {"unet": (_config_key(unet_cfg), str(self.dtype)),
+                     "vae": (_config_key(vae_cfg), str(self.vae_dtype))}
+        self.unet = _cached(("model", "unet", *self._ids["unet"]), lambda: A.meta_unet(unet_cfg, self.dtype))
+        self.vae = _cached(("model", "vae", *self._ids["vae"]), lambda: A.meta_vae(vae_cfg, self.vae_dtype))
+        text = [("clip_text", self._config(cfg.model.id, "text_encoder", local))]
         if family == "sdxl":  # SDXL's second encoder
-            text.append(A.meta_transformers("clip_text_projection",
-                                            self._config(cfg.model.id, "text_encoder_2", local)))
+            text.append(("clip_text_projection", self._config(cfg.model.id, "text_encoder_2", local)))
         self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
-                       "text_encoders": sum(A.params(m) for m in text)}
-        self.unet_flops = self._flops(lambda: self._unet_forward(1))
-        self.vae_flops = self._flops(lambda: self._vae_decode(1))
+                       "text_encoders": sum(_meta_params(kind, c) for kind, c in text)}
+        self.unet_flops = self._measure("flops", "unet", 1, lambda: self._unet_forward(1))
+        self.vae_flops = self._measure("flops", "vae", 1, lambda: self._vae_decode(1))
         self.judge, self.judge_flops = None, 0
         if "geneval" in cfg.scoring.scorers:  # the judge's detector runs in the sampler actor, once per image
-            self.judge = A.meta_transformers("mask2former", self._config(
-                cfg.scoring.geneval_detector_id, "", _tiny_detector(cfg), "geneval_detector"))
-            self.judge_flops = self._flops(lambda: self._judge_forward(1))
+            det_cfg = self._config(cfg.scoring.geneval_detector_id, "", _tiny_detector(cfg), "geneval_detector")
+            self._ids["judge"] = (_config_key(det_cfg),)
+            self.judge = _cached(("model", "judge", *self._ids["judge"]),
+                                 lambda: A.meta_transformers("mask2former", det_cfg))
+            self.judge_flops = self._measure("flops", "judge", 1, lambda: self._judge_forward(1))
 
     def _config(self, model_id: str, component: str, local: Any, label: str | None = None) -> dict:
         from pipeline.models.architectures import component_config
@@ -282,6 +302,11 @@ class Architecture:
         with torch.no_grad():
             self.vae.decode(z)
 
+    def _measure(self, what: str, part: str, shape: Any, run) -> int:
+        """`what` ("flops" or "peak") of `run`, a call of model `part` on input `shape` at the configured size."""
+        key = (what, part, *self._ids[part], self.cfg.sampler.height, self.cfg.sampler.width, self.scale, shape)
+        return _cached(key, lambda: self._flops(run) if what == "flops" else self._peak(run))
+
     @staticmethod
     def _flops(run) -> int:
         from torch.utils.flop_counter import FlopCounterMode
@@ -310,34 +335,36 @@ class Architecture:
                    "vae": self.params["vae"] * DTYPE_BYTES[str(self.vae_dtype).removeprefix("torch.")]}
         captioner = 0
         if needs_captioner(cfg) and cfg.captioner.id != "toy":  # the toy describer is code, not weights
-            blip = A.meta_transformers("blip2", A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0])
-            captioner = A.params(blip) * DTYPE_BYTES[cfg.captioner.dtype]
+            blip = A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0]
+            captioner = _meta_params("blip2", blip) * DTYPE_BYTES[cfg.captioner.dtype]
             if cfg.captioner.workers == 0:
                 weights["captioner"] = captioner
         for name in cfg.scoring.scorers:  # the scorers load in the sampler actor
             model = "pickscore" if name == "pickscore" else "clip"  # geneval's colours: clip's CLIP, shared
             if name in ("clip", "pickscore", "geneval") and f"scorer_{model}" not in weights:
                 model_id = cfg.scoring.clip_id if model == "clip" else cfg.scoring.pickscore_id
-                clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, model))[0])
+                clip = A.component_config(model_id, "", _tiny_scorer(cfg, model))[0]
                 # the scorers compute in float32 on CPU whatever scoring.dtype says (pipeline/scoring)
                 on_gpu = cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu"
-                weights[f"scorer_{model}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
+                scorer_bytes = DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4
+                weights[f"scorer_{model}"] = _meta_params("clip", clip) * scorer_bytes
         judge_act = 0
         if self.judge is not None:  # float32 everywhere; detection batches: the images of one score call
             weights["scorer_geneval_detector"] = A.params(self.judge) * 4
             per_call = min(cfg.scoring.batch_size,
                            cfg.sampler.batch_size * len(run_methods(cfg)) * cfg.preference.candidates)
-            j1, j2 = (self._peak(lambda b=b: self._judge_forward(b)) for b in (1, 2))
+            j1, j2 = (self._measure("peak", "judge", b, lambda b=b: self._judge_forward(b)) for b in (1, 2))
             judge_act = j1 + (j2 - j1) * (per_call - 1)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
         # Attend-and-Excite's passes (one row a sample) keep activations for their backward.
-        calls = [lambda b: self._unet_forward(2 * b)]
+        calls = [(False, lambda b: self._unet_forward(2 * b))]
         if cfg.sampler.attend_excite.enabled:
-            calls.append(lambda b: self._unet_forward(b, grad=True))
-        peaks = [[self._peak(lambda b=b, call=call: call(b)) for b in (1, 2)] for call in calls]
+            calls.append((True, lambda b: self._unet_forward(b, grad=True)))
+        peaks = [[self._measure("peak", "unet", (b, grad), lambda b=b, call=call: call(b)) for b in (1, 2)]
+                 for grad, call in calls]
         one, per_sample = max(p[0] for p in peaks), max(p[1] - p[0] for p in peaks)  # batch 1, each more
         unet_act = one + per_sample * (cfg.sampler.batch_size - 1)
-        vae_act = self._peak(lambda: self._vae_decode(cfg.model.vae_slice))
+        vae_act = self._measure("peak", "vae", cfg.model.vae_slice, lambda: self._vae_decode(cfg.model.vae_slice))
         fixed = sum(weights.values())
         sampler = fixed + max(unet_act, vae_act, judge_act)
         fits = {}
@@ -354,6 +381,13 @@ class Architecture:
                 "judge_activations": round(judge_act / GB, 3),
                 "captioner_actor": round(captioner / GB, 2) if cfg.captioner.workers and captioner else None,
                 "gpus": fits}
+
+
+def _meta_params(kind: str, config: dict) -> int:
+    """Parameters of a transformers model built on the meta device from `config` (once per process)."""
+    from pipeline.models import architectures as A
+
+    return _cached(("params", kind, _config_key(config)), lambda: A.params(A.meta_transformers(kind, config)))
 
 
 def _tiny_blip(cfg: Config):
