@@ -37,7 +37,7 @@ class S3Config:
 @dataclass
 class InputConfig:
     path: str = "configs/prompts/demo.parquet"
-    prompt_column: str = "prompt"
+    prompt_column: str = "auto"  # auto: the first of prompt, Prompt, Prompts, caption, text (data/columns.py)
     id_column: Optional[str] = None
     negative_column: Optional[str] = None
     seed_column: Optional[str] = None

@@ -25,6 +25,7 @@ from pipeline.benchmarks.efficiency import bench_efficiency
 from pipeline.benchmarks.evals import bench_evals
 from pipeline.benchmarks.gpu import bench_gpu
 from pipeline.benchmarks.source import bench_source
+from pipeline.logs import quiet_libraries
 
 PARTS = {"evals": bench_evals, "efficiency": bench_efficiency, "diffusers": bench_diffusers,
          "driver": bench_driver, "gpu": bench_gpu}
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "jobs/benchmark.py") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
 
+    quiet_libraries()  # as `synthgen generate`: no advisories ("requires torchvision") before the tables
     torch.set_num_threads(args.threads)  # the same count for every loop compared (and the job's actor)
     machine = machine_info()
     result = args.run(args)

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None, prog: str = "jobs/evaluate.py") -> int:
     ap.add_argument("--prompts", required=True,
                     help="prompts in any input format (Parquet, CSV, TSV, JSON Lines, Arrow, a saved HF dataset, "
                          ".txt), as input.path (local or s3://)")
-    ap.add_argument("--prompt-column", help="default: input.prompt_column, else prompt, Prompt, caption or text")
+    ap.add_argument("--prompt-column",
+                    help="default: input.prompt_column (auto: the first of prompt, Prompt, Prompts, caption, text)")
     ap.add_argument("--id-column", help="stable prompt ids (seeds derive from them); default: <file>:<row>")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--methods", default="cfg,answer", help="comma-separated, e.g. cfg,answer,dnp")

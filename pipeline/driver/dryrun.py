@@ -42,10 +42,14 @@ GPUS = [("L4", 24, 121), ("A10G", 24, 70), ("A100-40GB", 40, 312), ("A100-80GB",
 
 def dry_run(cfg: Config) -> dict[str, Any]:
     """The plan of `cfg` as a JSON-able dict (see the module docstring). Raises ConfigError/InputError."""
+    from dataclasses import replace
+
     from pipeline.config import ConfigError
+    from pipeline.data.source import resolve_prompt_column
 
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
+    cfg = replace(cfg, input=resolve_prompt_column(cfg.input))  # input.prompt_column=auto: found once, logged
     specs = plan_shards(cfg.input, cfg.output.shard_size)
     rows = sum(s.num_rows for s in specs)
     rejected = 0

@@ -12,7 +12,9 @@ attention kernel, compile, channels_last; and the gate's expected pass rate (`--
 `gate` section counts only when the gate is on (gate.rules), so outputs written before it existed
 resume as before. Samples are seeded per sample, never per batch or worker,
 so a resume may use another batch size or worker count. Committed shards are skipped; a finished
-output is not sampled again.
+output is not sampled again. `input.prompt_column=auto` counts as the column it found
+(pipeline/data/columns.py): a config that named that column, or the old default `prompt`, has the
+same fingerprint, so outputs written before `auto` existed resume as before.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pipeline.data.layout import (
     SUMMARY_FILE,
     committed_shards,
 )
-from pipeline.data.source import plan_shards
+from pipeline.data.source import plan_shards, resolve_prompt_column
 from pipeline.data.storage import Location, is_s3, open_location
 from pipeline.models.family import model_family
 from pipeline.placement import placement_errors
@@ -145,6 +147,9 @@ def prepare(given: Config) -> Prepared:
     cfg = resolve_paths(given)
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
+    # input.prompt_column=auto becomes the column found: run/config.yaml and the fingerprint record it
+    cfg = replace(cfg, input=resolve_prompt_column(cfg.input))
+    given = replace(given, input=replace(given.input, prompt_column=cfg.input.prompt_column))
     specs = plan_shards(cfg.input, cfg.output.shard_size)
     try:
         loc = open_location(cfg.output.path, cfg.output.s3)

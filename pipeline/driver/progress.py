@@ -133,8 +133,9 @@ class Progress:
                 "samples_per_s": samples / elapsed, "eta_s": remaining / rate_rows if rate_rows > 0 else None,
                 "per_worker": per, "actors_ready": sum(s.ready for s in slots), "actors": len(slots),
                 "failed_attempts": book.failed_attempts, "quarantined": len(book.quarantined),
-                "shards_done": len(book.done), "shards_running": sum(len(s.inflight) for s in slots),
-                "shards_queued": len(book.pending)}
+                # an actor runs one shard at a time: the others sent to it wait there, queued
+                "shards_done": len(book.done), "shards_running": sum(bool(s.live) for s in slots),
+                "shards_queued": len(book.pending) + sum(max(len(s.live) - 1, 0) for s in slots)}
 
     def report(self, book: Any, slots: list) -> dict[str, Any]:
         """Show the figures (bar or log line) and return them; `stalled_s` is set (once per stall period)

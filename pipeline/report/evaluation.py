@@ -21,8 +21,9 @@ Prompts are read exactly as the generation job reads them (pipeline/data/source.
 TSV or .txt, local or s3://), so a prompt has the same id (`<file>:<row>`, or --id-column's value)
 and therefore the same seed (seeding.row_seed) here as in a generated dataset, and rows are
 validated the same way (rejected rows are counted by reason). --prompt-column defaults to
-input.prompt_column, else the first of prompt, Prompt, caption, text the file has. --limit takes the
-first N usable prompts.
+input.prompt_column, and the column is chosen by the job's rule (pipeline/data/columns.py: `auto`,
+the default, takes the first of prompt, Prompt, Prompts, caption, text the file has). --limit takes
+the first N usable prompts.
 
 Writes (DIR may be local or s3://):
     results.parquet   one row per image (prompt x method x candidate): prompt_id, row, prompt, method,
@@ -57,7 +58,7 @@ from typing import Any
 
 from pipeline.config import SCORERS, Config, ConfigError, InputConfig
 from pipeline.data.formats import InputError
-from pipeline.data.source import column_names, plan_shards, read_shard
+from pipeline.data.source import plan_shards, read_shard, resolve_prompt_column
 from pipeline.data.storage import Location, open_location
 from pipeline.records import PromptRecord, RowOutcome
 from pipeline.report import geneval as geneval_report
@@ -66,7 +67,6 @@ from pipeline.report.stats import mean_ci, win_rate
 from pipeline.sampling.methods import METHODS
 
 log = logging.getLogger(__name__)
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
 DEFAULT_SCORERS = ["clip", "pickscore", "aesthetic"]
 BENCHMARKS = ("geneval",)
 GENEVAL_IMAGES_PER_PROMPT = 4  # GenEval's own protocol (generation/diffusers_generate.py --n_samples)
@@ -77,25 +77,13 @@ CI_NOTE = ("95% CI: Student t interval of the mean (mean ± t(0.975, n−1)·s/�
 MAX_SHARD_ROWS = 999_999  # one shard per file: prompts are read in file order
 
 
-def prompt_column_of(cfg: InputConfig) -> str:
-    """input.prompt_column when the file has it, else the first of PROMPT_COLUMNS it has (PartiPrompts:
-    "Prompt"); InputError naming the columns otherwise."""
-    names = column_names(cfg)
-    if cfg.prompt_column in names:
-        return cfg.prompt_column
-    found = next((c for c in PROMPT_COLUMNS if c in names), None)
-    if found is None:
-        raise InputError(f"{cfg.path}: no prompt column: none of {', '.join(PROMPT_COLUMNS)} is a column "
-                         f"({', '.join(names)}); pass --prompt-column")
-    return found
-
-
 def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = None,
                  specs: list | None = None) -> tuple[list[PromptRecord], dict[str, Any]]:
     """The first `limit` usable prompts of `cfg`, read as the generation job reads them
     (pipeline/data/source.py): the same prompt ids (`<file>:<row>`, or input.id_column), seeds,
     negatives and validation, so a prompt gets the same seed here as in a generated dataset.
     Rejected rows are counted by reason."""
+    cfg = resolve_prompt_column(cfg)
     specs = specs if specs is not None else plan_shards(cfg, MAX_SHARD_ROWS)
     out: list[PromptRecord] = []
     rejected: Counter[str] = Counter()
@@ -345,8 +333,9 @@ def evaluate(cfg: Config, prompts_path: str | None, methods: list[str], out_path
     if not cfg.scoring.scorers:
         cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, scorers=list(DEFAULT_SCORERS)))
     inp = dataclasses.replace(cfg.input, path=prompts_path or cfg.input.path,
-                              id_column=id_column or cfg.input.id_column)
-    inp = dataclasses.replace(inp, prompt_column=prompt_column or prompt_column_of(inp))
+                              id_column=id_column or cfg.input.id_column,
+                              prompt_column=prompt_column or cfg.input.prompt_column)
+    inp = resolve_prompt_column(inp)  # the generation job's rule: the same column, logged
     cfg = dataclasses.replace(cfg, input=inp)
     specs = plan_shards(inp, MAX_SHARD_ROWS)  # a bad input fails here, before any model loads
     out = open_location(out_path, cfg.output.s3)
