@@ -257,12 +257,20 @@ def test_fingerprint_ignores_execution_settings(tmp_path, prompts6):
     assert "sampler.steps" in fingerprint_config(base)
 
 
-def commit_all_in_process(cfg) -> None:
-    """Commit every planned shard with FakeWorker, no Ray (a finished run)."""
+def run_in_process(cfg, worker_cls: type | None = None) -> None:
+    """The job without Ray: its plan (prepare: fingerprint, run/config.yaml) and every planned shard
+    through one worker in this process (ShardWorker unless `worker_cls`)."""
+    from pipeline.worker import ShardWorker
+
     p = prepare(cfg)
-    w = FakeWorker(p.cfg, name="inproc")
+    w = (worker_cls or ShardWorker)(p.cfg, name="inproc")
     for s in p.specs:
         w.run(s)
+
+
+def commit_all_in_process(cfg) -> None:
+    """Commit every planned shard with FakeWorker, no Ray (a finished run)."""
+    run_in_process(cfg, FakeWorker)
 
 
 def test_finished_output_is_not_sampled_again(tmp_path, prompts6, monkeypatch, capsys):
@@ -505,6 +513,49 @@ def test_actor_init_failure_stops_the_run(ray_local, tmp_path, prompts6):
     assert res.summary["missing_shards"] == [0, 1, 2]
 
 
+@pytest.mark.ray
+def test_a_queued_shard_moves_to_an_idle_actor_commits_once_and_its_cancelled_attempt_does_not_count(
+        ray_local, tmp_path, prompts6, monkeypatch):
+    """Shard 0 is held on its actor (fault `wait` after its commit) with a shard queued behind it
+    (ray.max_in_flight_per_worker=2); the other actor runs its shard and idles: the queued shard moves
+    to it (its queued attempt cancelled) and commits there, once. ray.max_attempts=1: had the cancelled
+    attempt counted as a failure, the shard would be quarantined. Released, shard 0 returns."""
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv("SYNTHGEN_FAULTS", "after_commit:wait:1:000000")
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    ev = Events()
+    reports_since_idle: list[int] = []
+
+    def hook(event: str, payload: dict) -> None:
+        ev(event, payload)
+        moved = {p["shard"] for p in ev.of("moved")}
+        if event == "committed" and payload["shard"] in moved:
+            (fault_dir / "release-after_commit").touch()
+        # no move (the behaviour before it existed): release anyway, so that the test fails, not hangs
+        if event == "progress" and any(p["shard"] != 0 for p in ev.of("committed")) and not moved:
+            reports_since_idle.append(1)
+            if len(reports_since_idle) > 10:
+                (fault_dir / "release-after_commit").touch()
+
+    out = tmp_path / "out"
+    res = run_job(make_cfg(prompts6, out, "ray.max_attempts=1", "ray.max_in_flight_per_worker=2"),
+                  worker_cls=FakeWorker, hooks=hook)
+    assert res.exit_code == 0, res.summary
+    [move] = ev.of("moved")
+    shard, idle = move["shard"], move["to"]
+    assert shard != 0 and move["attempt"] == 1 and move["slot"] != idle
+    held_on = next(p["slot"] for p in ev.of("committed") if p["shard"] == 0)
+    assert move["slot"] == held_on  # it waited behind the held shard
+    assert [(p["slot"], p["attempt"]) for p in ev.of("submitted") if p["shard"] == shard] == [
+        (held_on, 1), (idle, 2)]
+    assert [p["slot"] for p in ev.of("committed") if p["shard"] == shard] == [idle]  # committed once, there
+    assert json.loads((out / stats_path(shard)).read_text())["attempt"] == 2
+    assert res.summary["this_run"]["failed_attempts"] == 0 and res.summary["quarantined_shards"] == []
+    assert not ev.of("failed") and not ev.of("requeued")
+    assert_complete(out, n_rows=6, n_shards=3)  # (FakeWorker samples the empty row too)
+
+
 # ================================================================== local Ray, real ShardWorker
 @pytest.mark.ray
 @pytest.mark.slow
@@ -613,14 +664,14 @@ def prompt_files(d: Path) -> tuple[Path, Path, dict[str, list[str]]]:
     return d / "in", d / "saved", {**files, **names}
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_the_default_config_reads_prompt_only_files_of_every_format(tmp_path, where, request):
     """The default config (no id column: ids are `<file>:<row>`) on a directory of a prompt-only .parquet,
     .jsonl, .csv and .tsv, and on a saved Hugging Face dataset, local or on the S3 server: every input
-    row is a sample or a recorded rejection, with the prompt it had."""
-    ensure_test_ray()
+    row is a sample or a recorded rejection, with the prompt it had. The job's plan and its sampler
+    worker (tiny SDXL), in this process: the reading is theirs; Ray only moves shards to actors (the
+    Ray tests around this one), and an actor start costs seconds of CPU per run."""
     directory, saved, prompts = prompt_files(tmp_path)
     inputs, extra = [directory, saved], []
     if where == "s3":
@@ -635,8 +686,9 @@ def test_the_default_config_reads_prompt_only_files_of_every_format(tmp_path, wh
         out = tmp_path / f"out{i}"
         args = [a for a in cli_args(inp, out, "ray.num_workers=1", "sampler.steps=1", *extra)
                 if a != "input.id_column=id"]
-        res = run_job(load_config(overrides=args))
-        assert res.exit_code == 0, res.summary
+        cfg = load_config(overrides=args)
+        run_in_process(cfg)
+        assert committed_shards(open_location(str(out))) == set(range(len(prepare(cfg).specs)))
         for rows in shard_rows(out).values():
             for r in rows:
                 assert r["prompt_id"] not in seen

@@ -162,7 +162,9 @@ def big_files(d, n=20_000) -> dict[str, InputConfig]:
     with pa.OSFile(str(d / "p.arrow"), "wb") as sink, pa.ipc.new_stream(
             sink, pa.schema([("id", pa.int64()), ("prompt", pa.string())])) as w:
         w.write_table(pa.table({"id": range(n), "prompt": prompts}), max_chunksize=100)
-    return {name: InputConfig(path=str(d / name), id_column=None if name == "p.txt" else "id")
+    # prompt_column=auto resolved once, as prepare() does for a job: its actors read only their shard's bytes
+    return {name: source.resolve_prompt_column(InputConfig(path=str(d / name),
+                                                           id_column=None if name == "p.txt" else "id"))
             for name in ("p.csv", "p.tsv", "p.jsonl", "p.txt", "p.arrow")}
 
 

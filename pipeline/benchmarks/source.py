@@ -64,11 +64,12 @@ class _RecordedFile:
 def measure_source(path: str, shard_size: int, batch_size: int) -> dict:
     """Plan + read every shard of one input; runs in a fresh process so ru_maxrss is its own."""
     from pipeline.config import InputConfig
-    from pipeline.data.source import plan_shards, read_shard
+    from pipeline.data.source import plan_shards, read_shard, resolve_prompt_column
     from pipeline.records import RowOutcome
 
     base = _peak_mb()
-    cfg = InputConfig(path=path, id_column="id", seed_column="seed")
+    # prompt_column=auto found once, as prepare() does for a job (a shard then reads only its own bytes)
+    cfg = resolve_prompt_column(InputConfig(path=path, id_column="id", seed_column="seed"))
     t0, c0 = time.perf_counter(), time.process_time()
     specs = plan_shards(cfg, shard_size)
     t1, c1 = time.perf_counter(), time.process_time()
@@ -121,6 +122,7 @@ def measure_late(path: str, shard_size: int, repeats: int, s3: Any = None) -> di
     from pipeline.data import source
 
     cfg = InputConfig(path=path, id_column="id", s3=s3) if s3 else InputConfig(path=path, id_column="id")
+    cfg = source.resolve_prompt_column(cfg)  # once, as prepare() does for a job
     t0, c0 = time.perf_counter(), time.process_time()
     plan = source.plan_input(cfg, shard_size)
     plan_s, plan_cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import InputConfig
+from pipeline.data.columns import AUTO, PROMPT_COLUMNS, with_prompt_column
 from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, file_uri, format_of, suffix
 from pipeline.data.ids import IdIndex, split_pos
 from pipeline.data.reading import Scan
@@ -93,6 +94,7 @@ def plan_input(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = No
     limits = limits or PlanLimits()
     t0 = time.monotonic()
     fs, files, infos = list_input_files(cfg)
+    cfg = with_prompt_column(cfg, fs, files)
     progress = _Progress(len(files), limits.progress_s)
     with IdIndex(int(limits.id_memory_mb * 2**20), limits.spill_dir) if cfg.id_column else _nothing() as index:
         scans = _scan_all(fs, files, infos, cfg, shard_size, index, progress, limits.threads)
@@ -238,10 +240,14 @@ def _directory_files(fs: Any, base: str, cfg: InputConfig) -> tuple[list[str], s
     return sorted(infos), f"the directory holds no {', '.join('*' + s for s in DIRECTORY_SUFFIXES)} files", infos
 
 
-def column_names(cfg: InputConfig) -> list[str]:
-    """The columns of the first input file (a .txt file has one: input.prompt_column)."""
+def resolve_prompt_column(cfg: InputConfig) -> InputConfig:
+    """`cfg` with input.prompt_column=auto replaced by the column found (pipeline/data/columns.py), logged."""
     fs, files, _ = list_input_files(cfg)
-    return format_of(files[0]).columns(fs, files[0], cfg)
+    out = with_prompt_column(cfg, fs, files)
+    if cfg.prompt_column == AUTO:
+        log.info("prompts: column %r of %s (input.prompt_column=auto: the first of %s the input has)",
+                 out.prompt_column, cfg.path, ", ".join(PROMPT_COLUMNS))
+    return out
 
 
 def _hidden(rel: str) -> bool:
@@ -301,6 +307,9 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     fs, path = filesystem_for(spec.path, cfg.s3)
     if spec.file_size is not None:
         _check_unchanged(fs, path, spec)
+    # A job's actors get the planned column (no-op here). A caller still passing `auto` pays a read of the
+    # file's first bytes for its columns on every shard: resolve once (resolve_prompt_column) as prepare does.
+    cfg = with_prompt_column(cfg, fs, [path])
     check = RowValidator(spec, cfg, tokenizer, _stable_name(spec.path, cfg.path))
     read = max(batch_size, _READ_BATCH)
     chunks = format_of(path).chunks(fs, path, spec, cfg, read)

@@ -38,6 +38,7 @@ from pipeline.data.layout import (
 )
 from pipeline.data.shards import candidates, iter_samples, read_json
 from pipeline.data.storage import Location, open_location
+from pipeline.gate.figures import merge as merge_gate
 from pipeline.report.card_text import get, render
 from pipeline.report.figures import PALETTE, contact_sheet, histogram, png_bytes
 
@@ -75,6 +76,7 @@ class CardData:
     margins: array = field(default_factory=lambda: array("d"))  # chosen − rejected score
     tiles: dict[str, list[Tile]] = field(default_factory=lambda: defaultdict(list))
     image_format: str = "png"
+    gate: dict[str, Any] | None = None  # the quality gate's figures, summed over shards (pipeline/gate)
 
     @property
     def methods(self) -> list[str]:
@@ -106,6 +108,7 @@ def collect(location: Location, per_method: int = PER_METHOD) -> CardData:
         for k in ("rows", "samples", "rejected", "failed", "wall_s", "sample_s", "unet_evals", "ae_evals", "tar_bytes"):
             data.stats[k] = data.stats.get(k, 0) + (st.get(k) or 0)
         data.image_format = (st.get("extra") or {}).get("image_format", data.image_format)
+        data.gate = merge_gate(data.gate, (st.get("extra") or {}).get("gate"))
     for s in iter_samples(location, data.shards, images=False):
         data.samples += 1
         cands = candidates(s)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.data.layout import CONTACT_SHEET, SUMMARY_FILE
 from pipeline.data.storage import Location
+from pipeline.gate.figures import derived
 from pipeline.report.stats import describe
 from pipeline.sampling.methods import METHODS
 
@@ -55,6 +56,46 @@ def _shard_pattern(ids: list[int]) -> str:
     if ids == list(range(ids[0], ids[-1] + 1)):
         return f"shards/{{{ids[0]:06d}..{ids[-1]:06d}}}.tar" if len(ids) > 1 else f"shards/{ids[0]:06d}.tar"
     return "shards/{" + ",".join(f"{i:06d}" for i in ids[:50]) + ("}" if len(ids) <= 50 else ",...}") + ".tar"
+
+
+def _pct(n: Any, d: Any) -> str:
+    return f"{n} ({100 * n / d:.1f} %)" if isinstance(n, int) and isinstance(d, int) and d else _int(n)
+
+
+def gate_section(c: dict[str, Any], f: dict[str, Any]) -> list[str]:
+    """The quality gate: its rules, acceptance per try, failures per rule, rows dropped, cost per kept sample."""
+    d, g = derived(f), get(c, "gate", default={})
+    esc = get(g, "escalate", default=[])
+    rows, on_fail = f["rows"], get(g, "on_fail", default="drop")
+    out = ["## Quality gate\n",
+           f"Every image had to pass {' and '.join(f'`{r}`' for r in f['rules'])} (`gate.rules`), with up to "
+           f"{f['tries']} tries (`gate.tries`)"
+           + (", later tries with " + "; ".join(f"try {i + 2}{'+' if i == len(esc) - 1 else ''}: `{json.dumps(e)}`"
+                                                for i, e in enumerate(esc)) if esc else "")
+           + f". A row none of whose tries passed was {'kept as its best try' if on_fail == 'best' else 'dropped'}"
+           f" (`gate.on_fail={on_fail}`); each sample's json records its tries under "
+           "`gate`.\n",
+           "| | |\n|---|---|",
+           f"| Rows through the gate | {rows} |",
+           f"| Kept, every image passed | {_pct(f['kept'], rows)} |",
+           f"| Kept as the best try (none passed) | {_pct(f['kept_best'], rows)} |",
+           f"| Dropped (rejected, reason `gate`) | {_pct(f['dropped'], rows)} |",
+           f"| Failed (an error) | {_pct(f['failed'], rows)} |",
+           f"| Mean tries per image | {_num(d['mean_tries'], 2)} |",
+           f"| Cost per kept sample | {_num(d['evals_per_kept'], 1)} UNet evals"
+           + (f" ({_num(d['cost_per_kept'], 2)}x cfg's {f['cost_unit_evals']} evals per image)"
+              if d["cost_per_kept"] is not None else "")
+           + (" (Attend-and-Excite's gradient passes counted at their cost)" if f.get("ae_evals") else "") + " |",
+           "",
+           "| try | images tried | passed | acceptance at this try | images accepted by this try |",
+           "|---:|---:|---:|---:|---:|"]
+    for t in d["by_try"]:
+        out.append(f"| {t['try']} | {t['tried']} | {t['passed']} | {_num(t['acceptance'], 3)} | "
+                   f"{_num(t['accepted_by_now'], 3)} |")
+    out += ["", "| rule | images failing it (all tries) |", "|---|---:|"]
+    out += [f"| `{r}` | {n} |" for r, n in f["rule_failures"].items()]
+    out.append("")
+    return out
 
 
 def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data: Any,
@@ -176,6 +217,9 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
         add("\nExport the pairs (Pick-a-Pic v2 columns) with "
             f"`python jobs/export_pairs.py {location.url} pairs.parquet`.")
     add("")
+
+    if data.gate:
+        out.extend(gate_section(c, data.gate))
 
     add("## Score statistics\n")
     if data.scorers:
