@@ -1,7 +1,8 @@
 """Everything before Ray: resolve paths, plan shards, check the output for a resume, save the config.
 
 Resume. `run/fingerprint.json` holds a sha256 over the config keys that define the dataset, plus a
-digest of the shard plan (file names relative to the input root, row ranges). A run into an
+digest of the shard plan (file names relative to the input root, each file's size and ETag/mtime,
+row ranges). A run into an
 output with another fingerprint or plan is refused (exit 2, the differing keys are listed) unless
 `output.new_run=true`, which moves the old run to `run/previous-<fingerprint>/` and starts over;
 with a matching fingerprint new_run changes nothing (the shards would come out identical). Keys that
