@@ -280,3 +280,76 @@ def test_the_index_table_and_parallel_reads(tmp_path):
     assert t.column("sha256").to_pylist()[0] == f"{1:064x}"
     assert idx.totals() == {"rows": 16, "samples": 12, "rejected": 4, "failed": 0,
                             "bytes": 4000 + 1_000_009, "shards": 4}
+
+
+# ------------------------------------------------------------------ the driver on Ray
+class ScoredWorker:
+    """ShardWorker's interface without a model: one 8x8 image and a clip score per row, and 2000
+    values of a named per-shard distribution (so the merged sketches compact and merge order shows)."""
+
+    def __init__(self, cfg, captioner=None, name=""):
+        self.cfg, self.name = cfg, name
+        self.location = open_location(cfg.output.path)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "device": "cpu"}
+
+    def run(self, spec, attempt=1):
+        import numpy as np
+
+        from pipeline.data.sink import ShardSink
+        from pipeline.records import Sample, sample_key
+
+        with ShardSink(self.location, spec, "png", attempt=attempt) as sink:
+            for row in range(spec.row_start, spec.row_stop):
+                score = float(np.random.default_rng(row).normal(30, 2))
+                sink.write(Sample(sample_key(spec.shard_id, row - spec.row_start), row, f"p{row}", f"prompt {row}",
+                                  [np.full((8, 8, 3), 40 * row % 256, np.uint8)],
+                                  {"seed": row, "method": "cfg", "steps": 2, "scores": {"clip": score}}))
+            for v in np.random.default_rng(1000 + spec.shard_id).normal(size=2000):
+                sink.summary.observe("fake/latency", float(v))
+            sink.set_stats(worker=self.name, wall_s=0.1)
+        return sink.stats
+
+
+@pytest.mark.ray
+def test_a_resumed_run_has_the_card_and_index_of_an_uninterrupted_one(ray_local, tmp_path):
+    """The job on Ray: a run of 4 shards; then a copy of its output that lost shard 1 and 3, resumed
+    (shards 0 and 2 read from their stats files, 1 and 3 returned by their tasks). The card's numbers,
+    histogram, index.json and index.parquet equal the uninterrupted run's; so does a card rewritten
+    from the files alone."""
+    import shutil
+    import sys
+
+    from test_generate import make_cfg, pickle_fakes_by_value, write_prompts
+
+    from pipeline.driver.job import run_job
+    from pipeline.report.card import STATS_JSON, hist_path, write_card
+
+    pickle_fakes_by_value(sys.modules[__name__])
+    prompts = write_prompts(tmp_path / "p8.parquet", [f"prompt {i}" for i in range(8)])
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_job(make_cfg(prompts, a), worker_cls=ScoredWorker).exit_code == 0
+    shutil.copytree(a, b)
+    for i in (1, 3):
+        for suffix in ("stats.json", "tar", "parquet"):
+            (b / "shards" / f"{i:06d}.{suffix}").unlink()
+    for rel in ("index.json", "index.parquet", "README.md"):
+        (b / rel).unlink()
+    shutil.rmtree(b / "card")
+    res = run_job(make_cfg(prompts, b, "ray.num_workers=1"), worker_cls=ScoredWorker)
+    assert res.exit_code == 0 and res.summary["skipped_shards"] == 2 and res.summary["new_shards"] == 2
+    files = (STATS_JSON, hist_path("clip"), "index.json")
+    want = {rel: (a / rel).read_bytes() for rel in files}
+    assert {rel: (b / rel).read_bytes() for rel in files} == want
+    assert pq_table(b).equals(pq_table(a))
+    numbers = json.loads(want[STATS_JSON])
+    assert numbers["series"]["fake/latency"]["n"] == 8000 and numbers["series"]["fake/latency"]["rank_error"] > 0
+    write_card(str(b))  # from the stats files alone
+    assert {rel: (b / rel).read_bytes() for rel in files} == want
+
+
+def pq_table(out):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "index.parquet")

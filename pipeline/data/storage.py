@@ -314,6 +314,13 @@ class Location:
             _remove_quietly(os.path.join(folder, n))
         return len(stale)
 
+    def remove_tree(self, rel: str) -> None:
+        """Delete the folder `rel` and everything below it, if it exists."""
+        try:
+            self.fs.rm(self.join(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+
     def remove(self, rel: str) -> None:
         """Delete `rel` if it exists."""
         try:
