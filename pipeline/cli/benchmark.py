@@ -4,6 +4,7 @@ JSON with --json.
     python jobs/benchmark.py all --json report.json      # evals, efficiency, diffusers, driver, gpu
     python jobs/benchmark.py source | evals | efficiency | diffusers | driver | gpu  [options, see --help]
     python jobs/benchmark.py rehearsal --standins DIR     # configs/sdxl.yaml on full-size stand-ins, CPU
+    python jobs/benchmark.py card [--card-shards 100 1000 10000]   # the end of a run: card + index, export-pairs
 
 Every report carries the command, the machine (platform, CPUs, load average at start and end,
 torch version and threads, GPU or none, date). Exit status 1 when an eval count differs from its
@@ -17,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.benchmarks.card import bench_card
 from pipeline.benchmarks.common import _loadavg, machine_info
 from pipeline.benchmarks.diffusers_loop import bench_diffusers
 from pipeline.benchmarks.driver import bench_driver
@@ -105,6 +107,15 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/rehearsal")
     p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp (default: all)")
     p.set_defaults(run=bench_rehearsal)
+    p = sub.add_parser("card", help="the end of a run at scale: card + index time, memory, bytes; export-pairs")
+    p.add_argument("--card-shards", type=int, nargs="+", default=[100, 1000, 10_000])
+    p.add_argument("--card-per-shard", type=int, default=100, help="samples (preference groups) a shard")
+    p.add_argument("--card-old", type=int, nargs="*", default=[100, 1000],
+                   help="sizes also measured by the old streaming path")
+    p.add_argument("--card-dir", default="outputs/bench-card", help="where the outputs are written (and reused)")
+    p.add_argument("--pairs-shards", type=int, nargs="*", default=[1000])
+    p.add_argument("--pairs-workers", type=int, nargs="*", default=[0, 1, 2], help="0: in this process")
+    p.set_defaults(run=bench_card)
     parts = {"evals": ("UNet evals per image vs the formulas", [add_evals_args]),
              "efficiency": ("Ray job images/s over the bare sampler loop's", [add_efficiency_args]),
              "diffusers": ("our CFG vs StableDiffusionXLPipeline", [add_diffusers_args]),
