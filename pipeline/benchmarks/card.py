@@ -155,7 +155,9 @@ def measure_card(path: str, old: bool = False) -> dict[str, Any]:
     else:
         ledger.load(loc, ids)
     ledger.summarise_old(loc)
+    t1 = time.perf_counter()
     ledger.index.write(loc)
+    t2 = time.perf_counter()
     data = ledger.card_input()
     write_card(loc, None, {}, data=data)
     wall = time.perf_counter() - t0
@@ -163,7 +165,8 @@ def measure_card(path: str, old: bool = False) -> dict[str, Any]:
     read = sum(spy.bytes.values())
     tiles = sum(t.size for t in data.summary.tiles)  # the images the contact sheet shows
     return {"path": "old (tars)" if old else "summaries", "shards": len(ids),
-            "samples": int(numbers["samples"]), "card_index_s": round(wall, 2),
+            "samples": int(numbers["samples"]), "card_index_s": round(wall, 2), "merge_s": round(t1 - t0, 2),
+            "index_s": round(t2 - t1, 2), "draw_s": round(time.perf_counter() - t2, 2),
             "ms_per_shard": round(1000 * wall / len(ids), 3), "peak_mb": round(_peak_mb(), 1),
             "base_mb": round(base_mb, 1), "stats_mb": round(stats_bytes / 1e6, 2),
             "read_mb": round(read / 1e6, 2), "read_stats_mb": round(spy.bytes.get("stats", 0) / 1e6, 2),
@@ -213,8 +216,9 @@ def bench_card(args: argparse.Namespace) -> dict:
                 rows.append(pool.apply(measure_card, (str(root / f"out-{n}"), old)))
     print_rows(f"card + index at the end of a run ({args.card_per_shard} samples a shard; targets: bytes read <= "
                "stats files + tile images, <= 2 ms a shard, peak RSS flat <= 300 MB)", rows,
-               ["path", "shards", "samples", "card_index_s", "ms_per_shard", "peak_mb", "stats_mb", "read_mb",
-                "read_stats_mb", "read_tar_mb", "tile_reads", "read_other_kb", "rchar_mb", "within_target"])
+               ["path", "shards", "samples", "card_index_s", "merge_s", "index_s", "draw_s", "ms_per_shard", "peak_mb",
+                "stats_mb", "read_mb", "read_stats_mb", "read_tar_mb", "tile_reads", "read_other_kb", "rchar_mb",
+                "within_target"])
     pair_rows = []
     for n in args.pairs_shards:
         for w in args.pairs_workers:
