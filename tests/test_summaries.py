@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.data.layout import ShardIndex, read_stats_many
+from pipeline.data.layout import ShardIndex, read_index_table, read_stats_many
 from pipeline.data.sink import stats_json
 from pipeline.data.storage import open_location
 from pipeline.records import ShardStats
@@ -280,6 +280,23 @@ def test_the_index_table_and_parallel_reads(tmp_path):
     assert t.column("sha256").to_pylist()[0] == f"{1:064x}"
     assert idx.totals() == {"rows": 16, "samples": 12, "rejected": 4, "failed": 0,
                             "bytes": 4000 + 1_000_009, "shards": 4}
+    small = idx.write(loc)
+    assert [r["shard"] for r in small["shards"]] == [1, 3, 5, 1_000_000]  # today's index.json
+    assert read_index_table(loc).equals(t)
+
+
+def test_a_large_index_lists_its_shards_in_parquet_only(tmp_path, monkeypatch):
+    from pipeline.data import layout
+
+    monkeypatch.setattr(layout, "INLINE_SHARDS", 2)
+    loc = open_location(str(tmp_path / "out"))
+    idx = ShardIndex()
+    for i in (7, 2, 9):
+        idx.add(shard_stats(i, 2))
+    index = idx.write(loc, chunk=2)  # two Parquet row groups
+    assert index == {"shards_table": "index.parquet", "totals": idx.totals()}
+    assert json.loads(loc.read_text("index.json")) == index
+    assert read_index_table(loc).column("shard").to_pylist() == [2, 7, 9]
 
 
 # ------------------------------------------------------------------ the driver on Ray

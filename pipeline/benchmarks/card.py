@@ -10,7 +10,8 @@ for comparison. export-pairs: the same output of `--pairs-shards` shards, in thi
 1 and 2 Ray actors (a private local Ray), wall time of the shard exports and of the whole export.
 
 Outputs are kept in --card-dir and reused when they exist with the same size (writing 10,000 shards
-takes minutes).
+takes minutes: --card-write-only writes them, and resumes an interrupted write; the smaller outputs
+are hard links to the first shards of the largest).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ MARKER = ".bench-output.json"
 
 
 # ------------------------------------------------------------------ the synthetic output
-def write_shards(root: str, ids: list[int], per_shard: int) -> None:
+def write_shards(root: str, ids: list[int], per_shard: int, deadline: float = float("inf")) -> None:
     import numpy as np
     from PIL import Image
 
@@ -43,6 +44,8 @@ def write_shards(root: str, ids: list[int], per_shard: int) -> None:
     images = [Image.fromarray(np.full((8, 8, 3), (37 * i) % 256, np.uint8)) for i in range(16)]
     model = {"id": "tiny", "family": "sdxl", "revision": None, "dtype": "float32"}
     for sid in ids:
+        if time.time() > deadline:
+            return
         spec = ShardSpec(sid, "bench.parquet", sid * per_shard, (sid + 1) * per_shard)
         rng = np.random.default_rng(sid)
         scores = rng.normal([30.0, 21.0], [2.0, 1.0], size=(per_shard, len(METHODS), 2))
@@ -62,27 +65,51 @@ def write_shards(root: str, ids: list[int], per_shard: int) -> None:
             sink.set_stats(wall_s=1.0, sample_s=0.9, unet_evals=120 * per_shard)
 
 
-def make_output(path: Path, shards: int, per_shard: int, procs: int = 2) -> dict[str, Any]:
-    """The output at `path` (reused when it already holds this size); its write time."""
-    want = {"shards": shards, "per_shard": per_shard}
-    marker = path / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("shards") == shards \
-            and json.loads(marker.read_text()).get("per_shard") == per_shard:
-        return {**json.loads(marker.read_text()), "reused": True}
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+def _config(path: Path, per_shard: int) -> None:
     from pipeline.config import load_config, to_yaml
 
     cfg = load_config([], [f"output.path={path}", "preference.methods=[cfg,answer]", "preference.scorer=pickscore",
                            "scoring.scorers=[clip,pickscore]", f"output.shard_size={per_shard}"])
-    (path / "run").mkdir()
+    (path / "run").mkdir(parents=True, exist_ok=True)
     (path / "run" / "config.yaml").write_text(to_yaml(cfg))
+
+
+def make_output(path: Path, shards: int, per_shard: int, procs: int = 2, like: Path | None = None,
+                budget_s: float | None = None) -> dict[str, Any]:
+    """The output at `path` (reused when it already holds this size); its write time. Writing resumes
+    with the shards not yet committed (a large output takes several runs under a time limit); `like`, a
+    larger output of the same shard size, gives its first shards by hard links instead. With budget_s,
+    writing stops after that many seconds (the output stays partial)."""
+    from pipeline.data.layout import committed_shards, sidecar_path, stats_path, tar_path
+    from pipeline.data.storage import open_location
+
+    want = {"shards": shards, "per_shard": per_shard}
+    marker, partial = path / MARKER, path / ".bench-partial.json"
+    if marker.exists() and {k: json.loads(marker.read_text()).get(k) for k in want} == want:
+        return {**json.loads(marker.read_text()), "reused": True}
+    if not (partial.exists() and json.loads(partial.read_text()) == want):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        _config(path, per_shard)
+        partial.write_text(json.dumps(want))
     t0 = time.perf_counter()
-    ids = list(range(shards))
+    if like is not None:
+        (path / "shards").mkdir(exist_ok=True)
+        for i in range(shards):
+            for rel in (tar_path(i), sidecar_path(i), stats_path(i)):  # the stats file last: the commit
+                if not (path / rel).exists():
+                    os.link(like / rel, path / rel)
+    done = committed_shards(open_location(str(path))) if (path / "shards").exists() else set()
+    ids = [i for i in range(shards) if i not in done]
+    deadline = time.time() + budget_s if budget_s is not None else float("inf")
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        pool.starmap(write_shards, [(str(path), ids[i::procs], per_shard) for i in range(procs)])
-    info = {**want, "write_s": round(time.perf_counter() - t0, 1)}
+        pool.starmap(write_shards, [(str(path), ids[i::procs], per_shard, deadline) for i in range(procs)])
+    info = {**want, "write_s": round(time.perf_counter() - t0, 1), "resumed_from": len(done)}
+    now = len(committed_shards(open_location(str(path))))
+    if now < shards:
+        return {**want, "write_s": info["write_s"], "committed": now, "reused": False}
     marker.write_text(json.dumps(info))
+    partial.unlink()
     return {**info, "reused": False}
 
 
@@ -204,8 +231,16 @@ def measure_pairs(path: str, dest: str, workers: int) -> dict[str, Any]:
 
 def bench_card(args: argparse.Namespace) -> dict:
     root = Path(args.card_dir)
-    outputs = {n: make_output(root / f"out-{n}", n, args.card_per_shard) for n in sorted(set(args.card_shards)
-                                                                                       | set(args.pairs_shards))}
+    sizes = sorted(set(args.card_shards) | set(args.pairs_shards), reverse=True)
+    outputs = {}
+    for n in sizes:  # the largest written, the others linked from it
+        like = root / f"out-{sizes[0]}" if n != sizes[0] else None
+        outputs[n] = make_output(root / f"out-{n}", n, args.card_per_shard, like=like, budget_s=args.card_write_only)
+        if "committed" in outputs[n]:
+            print(f"out-{n}: {outputs[n]['committed']} of {n} shards written; run again to go on")
+            return {"params": {"per_shard": args.card_per_shard, "dir": str(root)}, "outputs": outputs}
+    if args.card_write_only is not None:
+        return {"params": {"per_shard": args.card_per_shard, "dir": str(root)}, "outputs": outputs}
     print_rows("card: the synthetic outputs", [{"shards": n, **o} for n, o in outputs.items()],
                ["shards", "per_shard", "write_s", "reused"])
     ctx = multiprocessing.get_context("spawn")

@@ -113,6 +113,8 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--card-old", type=int, nargs="*", default=[100, 1000],
                    help="sizes also measured by the old streaming path")
     p.add_argument("--card-dir", default="outputs/bench-card", help="where the outputs are written (and reused)")
+    p.add_argument("--card-write-only", type=float, metavar="SECONDS",
+                   help="only write the outputs, for at most SECONDS (run again to go on); measure nothing")
     p.add_argument("--pairs-shards", type=int, nargs="*", default=[1000])
     p.add_argument("--pairs-workers", type=int, nargs="*", default=[0, 1, 2], help="0: in this process")
     p.set_defaults(run=bench_card)

@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import re
 from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -110,13 +111,11 @@ class ShardIndex:
         out["shards"] = len(self.ids)
         return out
 
-    def table(self) -> pa.Table:
-        """The rows sorted by shard id."""
+    def table(self, start: int = 0, stop: int | None = None, order: np.ndarray | None = None) -> pa.Table:
+        """Rows start..stop of the index sorted by shard id (`order`: that sort, when already made)."""
         ids = np.frombuffer(self.ids, np.int64) if len(self.ids) else np.empty(0, np.int64)
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("a shard was added to the index twice")
-        order = np.argsort(ids, kind="stable")
-        sha = np.frombuffer(bytes(self.sha), np.uint8).reshape(-1, 32)[order] if len(ids) else []
+        order = (np.argsort(ids, kind="stable") if order is None else order)[start:stop]
+        sha = np.frombuffer(self.sha, np.uint8).reshape(-1, 32)[order] if len(ids) else []
         return pa.table({
             "shard": pa.array(ids[order], pa.int64()),
             "tar": pa.array([tar_path(int(i)) for i in ids[order]], pa.string()),
@@ -126,22 +125,28 @@ class ShardIndex:
             "sha256": pa.array([bytes(r).hex() if any(r) else "" for r in sha], pa.string()),
         }, schema=SCHEMA)
 
-    def write(self, location: Location) -> dict[str, Any]:
-        """Write index.parquet, then index.json; returns index.json's content."""
-        table = self.table()
+    def write(self, location: Location, chunk: int = 65536) -> dict[str, Any]:
+        """Write index.parquet (a chunk of rows in memory at a time), then index.json; returns
+        index.json's content."""
+        ids = np.frombuffer(self.ids, np.int64) if len(self.ids) else np.empty(0, np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("a shard was added to the index twice")
+        order = np.argsort(ids, kind="stable")
         tmp = location.local_temp(INDEX_TABLE)
-        pq.write_table(table, tmp, compression="zstd")
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as w:
+            for start in range(0, max(len(ids), 1), chunk):
+                w.write_table(self.table(start, start + chunk, order))
         location.publish(tmp, INDEX_TABLE)
         totals = self.totals()
-        if table.num_rows <= INLINE_SHARDS:  # today's format, byte for byte
-            index: dict[str, Any] = {"shards": table.to_pylist(), "totals": totals}
+        if len(ids) <= INLINE_SHARDS:  # today's format, byte for byte
+            index: dict[str, Any] = {"shards": self.table(order=order).to_pylist(), "totals": totals}
         else:
             index = {"shards_table": INDEX_TABLE, "totals": totals}
         location.write_text_atomic(INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
         return index
 
 
-def read_stats_many(location: Location, ids: Iterable[int], chunk: int = 256,
+def read_stats_many(location: Location, ids: Iterable[int], chunk: int = 32,
                     threads: int = 8) -> Iterator[ShardStats]:
     """The stats files of `ids`, read `threads` chunks at a time (S3: each chunk's files are fetched
     concurrently too), yielded in the order of `ids`."""
@@ -151,12 +156,16 @@ def read_stats_many(location: Location, ids: Iterable[int], chunk: int = 256,
         raw = location.read_many([stats_path(i) for i in part])
         return [ShardStats.from_dict(json.loads(raw[stats_path(i)])) for i in part]
 
-    parts = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        # at most `threads` chunks in flight: memory stays bounded whatever the number of shards
-        for start in range(0, len(parts), threads):
-            for stats in pool.map(read, parts[start:start + threads]):
-                yield from stats
+        # at most `threads` chunks read ahead of the consumer: memory stays bounded (a parsed stats
+        # file with its summary is ~100 KB) whatever the number of shards
+        ahead: deque[Future[list[ShardStats]]] = deque()
+        for start in range(0, len(ids), chunk):
+            ahead.append(pool.submit(read, ids[start:start + chunk]))
+            if len(ahead) >= threads:
+                yield from ahead.popleft().result()
+        while ahead:
+            yield from ahead.popleft().result()
 
 
 def write_index(location: Location) -> dict[str, Any]:

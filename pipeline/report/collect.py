@@ -58,7 +58,7 @@ class Ledger:
         self.totals: dict[str, float] = dict.fromkeys(STAT_TOTALS, 0)
         self.image_format: str | None = None
         self.tree = MergeTree(_merge, universe)
-        self.unsummarised: list[int] = []  # committed shards whose stats file has no summary
+        self.unsummarised: set[int] = set()  # committed shards whose stats file has no summary
         self._old_bytes = 0
         self._lock = threading.Lock()  # add() comes from the driver's loop and from load()'s thread
 
@@ -69,7 +69,7 @@ class Ledger:
                 log.warning("shard %06d reached the index twice; keeping the first", st.shard_id)
                 return
             if summary is None:
-                self.unsummarised.append(st.shard_id)
+                self.unsummarised.add(st.shard_id)
                 self._old_bytes += st.tar_bytes
             else:
                 self.tree.add(st.shard_id, summary)

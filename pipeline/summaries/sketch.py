@@ -35,8 +35,36 @@ SHRINK = 2 / 3
 _EMPTY = np.empty(0, np.float64)
 
 
-def _rng(seed: Sequence[int] | int) -> np.random.Generator:
-    return np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else seed)
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a well-mixed 64-bit value from any 64-bit value."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+class _Coins:
+    """The compactions' fair coins, a splitmix64 stream from the seed. Not numpy's Generator: a merge
+    flips a few coins, and seeding a Generator cost more than the rest of a shard's merge."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: Sequence[int] | int):
+        x = _GOLDEN
+        for v in (seed if isinstance(seed, (list, tuple)) else [seed]):
+            x = _mix((x ^ (int(v) & _MASK)) + _GOLDEN & _MASK)
+        self.state = x
+
+    def flip(self) -> int:
+        self.state = (self.state + _GOLDEN) & _MASK
+        return _mix(self.state) & 1
+
+
+def _rng(seed: Sequence[int] | int) -> _Coins:
+    return _Coins(seed)
 
 
 class QuantileSketch:
@@ -75,14 +103,14 @@ class QuantileSketch:
     def capacity(self, h: int) -> int:
         return max(2, math.ceil(self.k * SHRINK ** (len(self.levels) - 1 - h)))
 
-    def _compress(self, rng: np.random.Generator) -> None:
+    def _compress(self, rng: _Coins) -> None:
         """Compact the lowest full level until the sketch fits its capacity (lazy KLL)."""
         while sum(len(lv) for lv in self.levels) > sum(self.capacity(h) for h in range(len(self.levels))):
             h = next(h for h, lv in enumerate(self.levels) if len(lv) >= self.capacity(h))
             lv = np.sort(self.levels[h])
             keep = lv[len(lv) - len(lv) % 2:]  # an odd value out stays (the largest)
             pairs = lv[:len(lv) - len(lv) % 2]
-            up = pairs[int(rng.integers(2))::2]
+            up = pairs[rng.flip()::2]
             if h + 1 == len(self.levels):
                 self.levels.append(_EMPTY)
             self.levels[h] = keep
