@@ -22,14 +22,23 @@ from pipeline.config import S3Config
 
 # ------------------------------------------------------------------ tiny models and the shared Ray
 # (defined once here: a session fixture imported into several test modules runs once per module)
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def synthgen_cache(tmp_path_factory):
-    """One tiny-model cache for the whole session (SYNTHGEN_CACHE, also seen by Ray actors)."""
-    path = tmp_path_factory.getbasetemp() / "synthgen-cache"
+    """One tiny-model cache for the whole run (SYNTHGEN_CACHE, also seen by subprocesses and Ray actors),
+    shared by the pytest-xdist workers (tiny models are built under a lock and published atomically:
+    pipeline/models/tiny.py `build_once`), never the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "synthgen-cache"
     path.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SYNTHGEN_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(synthgen_cache):
+    """The session's tiny-model cache (the name the model tests use)."""
+    return synthgen_cache
 
 
 @pytest.fixture
@@ -95,21 +104,6 @@ def s3_bucket(s3_client) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """One cache of tiny models for the whole session; subprocesses (Ray actors) inherit it."""
-    import os
-
-    path = tmp_path_factory.mktemp("tiny-cache")
-    old = os.environ.get("SYNTHGEN_CACHE")
-    os.environ["SYNTHGEN_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("SYNTHGEN_CACHE", None)
-    else:
-        os.environ["SYNTHGEN_CACHE"] = old
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and Ray actors run beside the test process."""
@@ -122,19 +116,35 @@ def _one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run order: tests without Ray, then those on the suite's shared Ray head, then those that add a
-    node to that head (the two-node tests). Each Ray start costs about a minute on the 2-core
-    CI VM and an idle Ray still takes CPU from the tests beside it, so Ray is started as few times as
-    possible and runs only while Ray tests run. Within a group the collected order is kept."""
+    """Run order: tests without Ray, then those that start a Ray of their own (`ray_private`), then those
+    on the suite's shared Ray head, then those that add a node to that head (the two-node tests). A Ray
+    start costs seconds of CPU on the 2-core CI VM and an idle Ray still takes CPU from the tests beside
+    it, so a process starts Ray as few times as possible and never two at once.
+
+    Under pytest-xdist (pyproject's addopts: `-n 2 --dist load`) each worker takes tests in this order and
+    starts its own shared head when its first Ray test comes (tests/raycluster.py gives the two heads
+    separate ports and temp dirs), so at most two heads run at a time. Measured on the 2-core machine,
+    `--dist load` beat two fixed groups (`loadgroup`: 342 s against 309 s): work stealing evens out the
+    tail that fixed groups cannot."""
     shared = {"ray_local", "efficiency_report", "ray_head"}
 
     def group(item) -> int:
         if "node_cluster" in item.fixturenames:
-            return 2
+            return 3
+        if item.get_closest_marker("ray_private"):
+            return 1
         uses = item.get_closest_marker("ray") or shared & set(item.fixturenames)
-        return 1 if uses else 0
+        return 2 if uses else 0
 
     items.sort(key=group)  # stable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token(tmp_path_factory) -> str:
+    """Every Ray the suite starts or joins runs with token authentication, as the README's cluster path
+    does: the token lives in `<ray home>/.ray/auth_token` and RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH point every
+    process at it (tests/raycluster.py `use_token`). The user's ~/.ray is never read or written."""
+    return raycluster.use_token(tmp_path_factory.mktemp("ray-home"))
 
 
 @pytest.fixture(scope="session")

@@ -17,20 +17,60 @@ runs, minus what the tests do not need and what cannot start reliably on the CI 
 
 Loopback only: Ray replaces 127.0.0.1 in a driver's address by the machine's IP unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (conftest sets it for the session and every subprocess).
+
+Token authentication on, as the README's cluster path runs it: `use_token(home)` writes a token
+to `<home>/.ray/auth_token` (where `ray get-auth-token --generate` puts it) and sets
+RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH for this process and every subprocess, so the head, the
+drivers (this process, subprocess drivers, `ray job submit` and the jobs it starts) all hold it, and
+a private Ray a test starts uses it too. The suite never reads or writes the user's ~/.ray.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0",
+                "RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0", "RAY_event_stats": "0"}
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def use_token(home: Path) -> str:
+    """A token in `home`/.ray/auth_token, and this process (and its children) set to use it."""
+    path = home / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+    for k in AUTH_ENV:
+        os.environ.pop(k, None)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)})
+    return path.read_text().strip()
+
+
+def without_auth(env: dict) -> dict:
+    """`env` with no Ray token settings (a machine that has none)."""
+    return {k: v for k, v in env.items() if k not in AUTH_ENV and k != "RAY_ADDRESS"}
 NODE_ARGS = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_log_monitor": False}
+
+
+def node_args(**more) -> dict:
+    """NODE_ARGS for one more node on this machine: its dashboard agent on a free port (Ray's default,
+    52365, is one port for every node: a second head's agent, e.g. another pytest-xdist worker's, could
+    not bind it and never registers) and worker ports from this xdist worker's own range."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    low = 20000 + 4000 * (worker % 8)
+    return {**NODE_ARGS, "dashboard_agent_listen_port": free_port(), "min_worker_port": low,
+            "max_worker_port": low + 3999, **more}
 
 
 def free_port() -> int:
@@ -55,6 +95,7 @@ class Head:
     def stop(self) -> None:
         disconnect()
         self.cluster.shutdown()
+        shutil.rmtree(os.environ.pop("RAY_TMPDIR", ""), ignore_errors=True)
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -66,7 +107,7 @@ def _wait_http(url: str, timeout: float) -> None:
                     return
         except OSError:
             pass
-        time.sleep(2)
+        time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s")
 
 
@@ -74,23 +115,45 @@ def start_head() -> Head:
     """The suite's head on 127.0.0.1: NODE_ARGS with 2 CPUs, 2 logical GPUs and the dashboard."""
     from ray.cluster_utils import Cluster
 
+    # Its own Ray temp dir: a job's driver connects to "auto", i.e. the cluster last written to
+    # <temp dir>/ray/ray_current_cluster, which would be another xdist worker's head in the shared /tmp/ray.
+    # Every process of this head (and the jobs it runs) inherits it. Short: socket paths must fit 107 bytes.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-")
     port = free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE_ARGS, "num_cpus": 2, "num_gpus": 2, "no_monitor": True, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    cluster = Cluster(initialize_head=True, head_node_args=node_args(
+        num_cpus=2, num_gpus=2, no_monitor=True, include_dashboard=True, dashboard_host="127.0.0.1",
+        dashboard_port=port))
     try:
         cluster.wait_for_nodes()
         url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/api/version", timeout=120)
+        _wait_http(f"{url}/api/gcs_healthz", timeout=120)  # answers without a token
+        _wait_job_agent(cluster, timeout=120)
     except Exception:
         cluster.shutdown()
         raise
     return Head(cluster, cluster.address, url)
 
 
+def _wait_job_agent(cluster, timeout: float) -> None:
+    """Until the head's dashboard agent has registered: the dashboard answers before it, and a job
+    submitted meanwhile waits only 10 s for it ("No available agent to submit job"; seen on a loaded
+    2-core VM)."""
+    from ray._private.ray_constants import KV_NAMESPACE_DASHBOARD
+    from ray._raylet import GcsClient
+    from ray.dashboard.consts import DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX
+
+    gcs = GcsClient(address=cluster.address)
+    key = f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{cluster.head_node.node_id}".encode()
+    deadline = time.monotonic() + timeout
+    while not gcs.internal_kv_get(key, namespace=KV_NAMESPACE_DASHBOARD):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the head's dashboard agent did not register in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def add_node(cluster):
     """One more one-CPU node in `cluster`."""
-    node = cluster.add_node(**NODE_ARGS)
+    node = cluster.add_node(**node_args())
     cluster.wait_for_nodes()
     return node
 

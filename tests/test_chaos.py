@@ -290,7 +290,7 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     job_args = [a for a in cli_args(prompts, out) if not a.startswith("ray.address=")]
     submit = [*raycluster.ray_cli(), "job", "submit", "--address", ray_head.dashboard,
               "--working-dir", ".", "--runtime-env", str(env_file)]
-    entry = ["--", "python", "jobs/generate.py", *job_args, "ray.num_workers=1", "ray.address=auto"]
+    entry = ["--", sys.executable, "jobs/generate.py", *job_args, "ray.num_workers=1", "ray.address=auto"]
 
     first = f"synthgen-test-{uuid.uuid4().hex[:8]}"
     r = subprocess.run([*submit, "--submission-id", first, "--no-wait", *entry], cwd=REPO, env=env,

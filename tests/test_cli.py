@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -64,12 +66,14 @@ NOISE = ("torchvision", "accelerate", "torch_dtype", "Loading pipeline component
 
 
 @pytest.mark.slow
-def test_synthgen_generate_with_no_arguments_runs_the_demo_quietly_and_says_where_to_look(tmp_path):
-    """From any directory, no arguments: the demo (tiny model, demo prompts, a private local Ray). The
-    captured output (not a terminal) has progress lines with rate and ETA, none of the third-party
-    noise at INFO, and ends with where the card, contact sheet and first shard are and a line of
-    Python that opens the data, which works."""
-    p = subprocess.run([synthgen(), "generate"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+def test_synthgen_generate_with_no_arguments_runs_the_demo_quietly_and_says_where_to_look(tmp_path, ray_head):
+    """From any directory, no arguments: the demo (tiny model, demo prompts). It runs on the Ray it is
+    given (RAY_ADDRESS, as under `ray job submit`: here the suite's shared head; that a machine with no
+    Ray starts a private one is the next test). The captured output (not a terminal) has progress lines
+    with rate and ETA, none of the third-party noise at INFO, and ends with where the card, contact sheet
+    and first shard are and a line of Python that opens the data, which works."""
+    env = {**os.environ, "RAY_ADDRESS": ray_head.address}
+    p = subprocess.run([synthgen(), "generate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     progress = [line for line in out.splitlines() if "progress: rows" in line]
@@ -87,3 +91,21 @@ def test_synthgen_generate_with_no_arguments_runs_the_demo_quietly_and_says_wher
     py = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert py.returncode == 0, py.stderr[-2000:]
     assert py.stdout.split("|") == ["(64, 64)", "demo.parquet:0", "24\n"]
+    assert json.loads((root / "run" / "summary.json").read_text())["ray"]["mode"] == "cluster"
+
+
+@pytest.mark.ray_private
+def test_with_no_cluster_the_job_starts_a_private_local_ray(tmp_path):
+    """`ray.address=local` (and no argument on a machine where no Ray runs): a private single-node Ray on
+    127.0.0.1 with all CPUs, started by the driver; the `pipeline` package reaches its workers."""
+    code = ("import ray; from pipeline.config import load_config; from pipeline.driver.localray import connect_ray; "
+            "rc = connect_ray(load_config(overrides=['ray.address=local'])); "
+            "f = ray.remote(lambda: __import__('pipeline.records').records.sample_key(1, 2)); "
+            "print(rc.mode, rc.started_here, rc.address.split(':')[0], ray.get(f.remote()), "
+            "int(ray.cluster_resources()['CPU']), sep='|')")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1].split("|") == ["local", "True", "127.0.0.1", "000001000002",
+                                                            str(os.cpu_count())]

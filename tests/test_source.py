@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -210,7 +211,8 @@ def test_jsonl_numbers_dates_nulls_and_bad_values(tmp_path):
     """JSON numbers: seeds up to 2**64 - 1 exactly (not rounded through double); a seed of -1, 2.5 or
     "x" is one rejected row, as in Parquet; numeric ids; a date-like id stays text; a seed column null
     for the whole first MiB, then numbers, reads; an empty file is 0 rows; `.json` is JSON Lines; a
-    column whose type changes is an InputError naming the file."""
+    column whose type changes, a line that is not JSON or not an object: one rejected row each; a JSON
+    array file is an InputError naming the file."""
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a", "id": 1, "seed": 18446744073709551615}\n{"prompt": "b", "id": 2, "seed": 5}\n'
                     '{"prompt": "c", "id": 3}\n{"prompt": "d", "id": 4, "seed": -1}\n'
@@ -245,12 +247,71 @@ def test_jsonl_numbers_dates_nulls_and_bad_values(tmp_path):
     assert [i.prompt_id for i in read_all(plan_shards(cfg, 8), cfg).values()] == ["only.jsonl:0", "only.jsonl:1"]
     with pytest.raises(InputError, match=r"has no column 'neg' in its first MiB"):
         plan_shards(InputConfig(path=str(only), negative_column="neg"), 8)
-    path.write_text('{"prompt": "a"}\n{"prompt": 7}\n')
-    with pytest.raises(InputError, match=r"p.jsonl is not a readable JSON Lines file .*changed from string"):
-        plan_shards(InputConfig(path=str(path)), 8)
+    # a prompt whose type changes, a line that is not JSON, one that is not an object: one rejected row each
+    path.write_text('{"prompt": "a"}\n{"prompt": 7}\n{"prompt": "b",\n["c"]\n{"prompt": "d"}\n')
+    cfg = InputConfig(path=str(path))
+    got = [i.prompt if isinstance(i, PromptRecord) else i.error for i in read_all(plan_shards(cfg, 8), cfg).values()]
+    assert got[0] == "a" and got[1] == "prompt is int, not a string" and got[4] == "d"
+    assert got[2].startswith("line is not valid JSON (") and got[3].startswith("line is a JSON list, not an object")
+    (tmp_path / "array.json").write_text('[{"prompt": "a"},\n {"prompt": "b"}]\n')
+    with pytest.raises(InputError, match=r"array.json is not a JSON Lines file: no line of its first MiB is a JSON"):
+        plan_shards(InputConfig(path=str(tmp_path / "array.json")), 8)
     (tmp_path / "p.csv.gz").write_bytes(b"\x1f\x8b")
     with pytest.raises(InputError, match=r"p.csv.gz is compressed; decompress it"):
         plan_shards(InputConfig(path=str(tmp_path / "p.csv.gz")), 8)
+
+
+GENEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+
+
+@pytest.mark.skipif(not GENEVAL.exists(), reason=f"GenEval's prompts are not at {GENEVAL}")
+def test_geneval_metadata_reads_as_it_is_with_its_nested_columns(tmp_path):
+    """GenEval's own file (553 rows; `include` holds mixed lists such as ["right of", 0]) plans and
+    reads with extra_columns [tag, include, exclude]: every row a record whose extras are json.loads
+    of its line, and the sample metadata written by the sink records the same values."""
+    import numpy as np
+
+    from pipeline.data.shards import iter_samples
+    from pipeline.data.sink import ShardSink
+    from pipeline.data.storage import open_location
+    from pipeline.records import Sample
+
+    lines = [json.loads(line) for line in GENEVAL.read_bytes().splitlines() if line.strip()]
+    assert any(isinstance(i.get("position"), list) for r in lines for i in r["include"])  # the mixed lists
+    cfg = InputConfig(path=str(GENEVAL), extra_columns=["tag", "include", "exclude"])
+    specs = plan_shards(cfg, shard_size=100)
+    assert [s.num_rows for s in specs] == [100] * 5 + [53]
+    items = read_all(specs, cfg, batch_size=64)
+    assert all(isinstance(i, PromptRecord) for i in items.values())
+    got = [items[(specs[0].path, r)] for r in range(len(lines))]
+    assert [r.prompt for r in got] == [line["prompt"] for line in lines]
+    assert [r.extra for r in got] == [{"tag": line["tag"], "include": line["include"], "exclude": line.get("exclude")}
+                                      for line in lines]
+    loc = open_location(str(tmp_path / "out"))
+    with ShardSink(loc, specs[3], "png") as sink:  # holds position rows
+        for r in (items[(specs[3].path, row)] for row in range(specs[3].row_start, specs[3].row_stop)):
+            sink.write(Sample(r.key, r.row, r.prompt_id, r.prompt, [np.zeros((8, 8, 3), np.uint8)],
+                              {"seed": 0, "extra": r.extra}))
+    written = {s.meta["prompt"]: s.meta["extra"] for s in iter_samples(loc, images=False)}
+    assert written == {r.prompt: r.extra for r in got[300:400]}
+
+
+def test_columns_nobody_asked_for_never_break_a_jsonl_read(tmp_path):
+    """Columns whose type changes from row to row (after the first MiB too), nested and mixed, read:
+    the unasked ones are ignored, an asked extra column arrives as json.loads gives it."""
+    rows = []
+    for i in range(30_000):
+        rows.append({"prompt": f"a photo of {i} cats", "junk": [i, "x", {"k": None}] if i % 2 else str(i),
+                     "meta": {"pos": ["right of", i]} if i % 3 else [1.5, True, None],
+                     "late": ({"a": [1, "b"]} if i > 25_000 else i)})
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert path.stat().st_size > 2 << 20  # the type of `late` changes after the first MiB
+    for extra in ([], ["meta", "late"]):
+        cfg = InputConfig(path=str(path), extra_columns=extra)
+        items = list(read_all(plan_shards(cfg, 7_000), cfg, batch_size=5_000).values())
+        assert [i.prompt for i in items] == [r["prompt"] for r in rows]
+        assert [i.extra for i in items] == [{c: r[c] for c in extra} for r in rows]
 
 
 def test_saved_datasets_keep_their_order_and_a_dataset_dict_asks_for_a_split(tmp_path):

@@ -1,11 +1,11 @@
-"""Reading the input files, one format at a time, each with pyarrow's own reader.
+"""Reading the input files, one format at a time: pyarrow's readers, JSON Lines line by line.
 
 | suffix | format | rows |
 |---|---|---|
 | `.parquet` (and any unknown suffix) | Parquet, row groups streamed by pages | table rows |
 | `.csv` | CSV with a header row, RFC 4180 quoting | lines (a blank line is a row) |
 | `.tsv` | TSV with a header row, fields verbatim (no quoting, as PartiPrompts needs) | lines |
-| `.jsonl`, `.ndjson`, `.json` | JSON Lines, one object per line | objects (blank lines are skipped) |
+| `.jsonl`, `.ndjson`, `.json` | JSON Lines, one object per line | lines (blank lines are skipped) |
 | `.arrow` | Arrow IPC, stream or file: what Hugging Face `save_to_disk` writes | table rows |
 | `.txt` | one prompt per line, no other columns | lines |
 
@@ -14,10 +14,10 @@ Every format is one `Format` record: its columns, its row count, the record batc
 comes back as raw bytes, validated per row by pipeline/data/validate.py, so a row of invalid UTF-8 is
 one rejection. A file that cannot be read is an InputError naming it.
 
-CSV/TSV: an empty field is null; "NA" and "null" are text. JSON Lines: pyarrow infers each column's
-type from the first 1 MiB and needs one type per column (a column of numbers that later holds a
-string makes the file unreadable, with that message); a seed column that is not text is read as a
-decimal (2**64 - 1 exact; -1 or 2.5 is one rejected row); text that looks like a date stays text.
+CSV/TSV: an empty field is null; "NA" and "null" are text. JSON Lines (pipeline/data/jsonl.py): each
+line is decoded on its own, so any mix of types reads, a column nobody asked for never matters, and
+a line that is not a JSON object is one rejected row; the columns are the keys found in the first
+MiB; a value keeps the shape json.loads gives it (a seed of 2**64 - 1 stays exact).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
+from pipeline.data import jsonl
 from pipeline.data.storage import is_s3, transient
 from pipeline.records import ShardSpec
 
@@ -200,42 +200,87 @@ def csv_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) ->
         convert_options=convert))
 
 
-def json_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
-    read = pajson.ReadOptions(block_size=BLOCK, use_threads=False)
-    what = "JSON Lines file (one object per line, one type per field)"
-    if _blank(fs, path, cfg, what):  # pyarrow refuses an empty stream; an empty file is 0 rows
-        return _no_rows()
-    if columns is None:
-        return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read))
-    # Types come from the first block; the columns not asked for are skipped unparsed.
-    with reading(fs, path, cfg, what) as f:
-        inferred = pajson.open_json(f, read_options=read).schema
-    types = {c: json_type(inferred.field(c).type if c in inferred.names else pa.null(), c == cfg.seed_column)
-             for c in columns}
-    parse = pajson.ParseOptions(explicit_schema=pa.schema(types.items()), unexpected_field_behavior="ignore")
-    return stream(fs, path, cfg, what, lambda f: pajson.open_json(f, read_options=read, parse_options=parse))
+# -- JSON Lines: one Python json.loads per line (pipeline/data/jsonl.py) -------------------------
+JSON_WHAT = "JSON Lines file (one object per line)"
 
 
-def json_type(t: pa.DataType, seed: bool) -> pa.DataType:
-    """The type a column is read as. Seeds: text stays text (validated per row), anything else is a
-    decimal, which holds 2**64 - 1 exactly and lets -1 or 2.5 be one rejected row, not a broken file.
-    Text that pyarrow would take for a date stays text (a prompt or id is never a timestamp)."""
-    if seed:
-        return t if pa.types.is_string(t) or pa.types.is_large_string(t) else pa.decimal128(38, 18)
-    if pa.types.is_null(t) or pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return pa.string()
-    return t
-
-
-def _blank(fs: Any, path: str, cfg: InputConfig, what: str) -> bool:
-    with reading(fs, path, cfg, what) as f:
+def json_columns(fs: Any, path: str, cfg: InputConfig) -> list[str]:
+    """The keys of the objects in the first MiB (at least one whole line); [] for a blank file."""
+    with reading(fs, path, cfg, JSON_WHAT) as f:
         head = f.read(BLOCK)
-        return not head.strip() and not f.read(1)
+        while b"\n" not in head and (more := f.read(BLOCK)):  # a first line longer than a block
+            head += more
+        complete = not f.read(1)
+    if complete and jsonl.is_blank(head.removeprefix(jsonl.BOM)):
+        return []
+    names = jsonl.keys(head, complete)
+    if names is None:
+        raise InputError(f"{file_uri(path, cfg)} is not a JSON Lines file: no line of its first MiB is a JSON "
+                         "object. Write one object per line (a JSON array converts with jq -c '.[]')")
+    return names
+
+
+def json_lines(f: Any) -> Iterator[bytes]:
+    """The rows of a JSON Lines file object from its start: lines that are not blank."""
+    carry, first = b"", True
+    while block := f.read(BLOCK):
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        if first:
+            lines[0], first = lines[0].removeprefix(jsonl.BOM), False
+        yield from (line for line in lines if not jsonl.is_blank(line))
+    if first:
+        carry = carry.removeprefix(jsonl.BOM)
+    if not jsonl.is_blank(carry):
+        yield carry
+
+
+def json_count(fs: Any, path: str, cfg: InputConfig) -> int:
+    with reading(fs, path, cfg, JSON_WHAT) as f:
+        return sum(1 for _ in json_lines(f))
+
+
+def json_rows(fs: Any, path: str, cfg: InputConfig, wanted: list[tuple[str, str]], row_start: int,
+              row_stop: int | None, batch_size: int) -> Chunks:
+    """(first row, jsonl.fields) of rows [row_start, row_stop) in batches of `batch_size`."""
+    with reading(fs, path, cfg, JSON_WHAT) as f:
+        row, lines = 0, []
+        for line in json_lines(f):
+            if row_stop is not None and row >= row_stop:
+                break
+            if row >= row_start:
+                lines.append(line)
+                if len(lines) == batch_size:
+                    yield row + 1 - len(lines), jsonl.fields(lines, wanted)
+                    lines = []
+            row += 1
+        if lines:
+            yield row - len(lines), jsonl.fields(lines, wanted)
 
 
 @contextlib.contextmanager
-def _no_rows() -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
-    yield [], iter(())
+def json_batches(fs: Any, path: str, cfg: InputConfig, columns: list[str]) -> Iterator[Iterator[pa.RecordBatch]]:
+    """Record batches of `columns` as text (the id scan): a JSON string as its bytes, another value as
+    validate.id_str writes it, so that ids compare as the shard's reader sees them."""
+    def batches() -> Iterator[pa.RecordBatch]:
+        wanted = [(f"id:{c}", c) for c in columns]
+        for _, cols in json_rows(fs, path, cfg, wanted, 0, None, 64 * 1024):
+            yield pa.record_batch([pa.array([_text(v) for v in cols[k]], pa.binary()) for k, _ in wanted],
+                                  names=columns)
+    yield batches()
+
+
+def _text(v: Any) -> bytes | None:
+    if v is None or isinstance(v, bytes):
+        return v
+    return jsonl.raw(v if isinstance(v, str) else str(v))
+
+
+def json_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:
+    yield from json_rows(fs, path, cfg, wanted_columns(cfg), spec.row_start, spec.row_stop, batch_size)
+
+
+JSONL = Format("JSON Lines", json_columns, json_count, json_batches, json_chunks)
 
 
 def arrow_open(fs: Any, path: str, cfg: InputConfig, columns: list[str] | None) -> Any:
@@ -293,7 +338,6 @@ def streamed(name: str, opener: Callable[..., Any]) -> Format:
 
 
 CSV = streamed("CSV/TSV", csv_open)
-JSONL = streamed("JSON Lines", json_open)
 ARROW = streamed("Arrow", arrow_open)
 
 

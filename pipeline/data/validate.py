@@ -22,6 +22,7 @@ from pipeline.records import REJECTED, PromptRecord, RowOutcome, ShardSpec, samp
 
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (torch.Generator.manual_seed's range)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 except \t \n \r
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RowValidator:
@@ -37,11 +38,14 @@ class RowValidator:
         ids, negs, seeds, subjects = cols.get("id"), cols.get("negative"), cols.get("seed"), cols.get("subjects")
         extras = [(k[len("extra:"):], v) for k, v in cols.items() if k.startswith("extra:")]
         max_chars = self.cfg.max_prompt_chars
+        unreadable = cols.get("error")  # a JSON Lines line that is not an object
         for j, raw in enumerate(cols["prompt"]):
             row = row0 + j
             key = sample_key(self.spec.shard_id, row - self.spec.row_start)
             pid = id_str(ids[j]) if ids is not None else f"{self.name}:{row}"
-            err = self._id_error(pid, row) if ids is not None else None
+            err = unreadable[j] if unreadable else None
+            if not err and ids is not None:
+                err = self._id_error(pid, row)
             prompt, err = (None, err) if err else _text(raw, "prompt", max_chars)
             neg, seed, words = None, None, None
             if not err and negs is not None:
@@ -139,7 +143,7 @@ def _seed(v: Any) -> tuple[int | None, str | None]:
     if isinstance(v, str):  # decimal digits only (2**64 has 20)
         digits = v.strip()
         n = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 20 else v
-    elif isinstance(v, decimal.Decimal):  # a JSON Lines number (pipeline/data/formats.py json_type)
+    elif isinstance(v, decimal.Decimal):  # a decimal column (Parquet, Arrow)
         n = int(v) if v.is_finite() and v == v.to_integral_value() else v
     else:
         n = int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
@@ -176,13 +180,16 @@ def id_str(v: Any) -> str | None:
 
 
 def _jsonable(v: Any) -> Any:
-    """Extra column values as JSON-friendly data for the sample metadata."""
-    if v is None or isinstance(v, (bool, int, float, str)):
+    """Extra column values as JSON-friendly data for the sample metadata: a JSON Lines value as
+    json.loads gives it; invalid UTF-8 (bytes, or a string holding surrogates) escaped as \\xff."""
+    if v is None or isinstance(v, (bool, int, float)):
         return v
+    if isinstance(v, str):
+        return v if v.isascii() or not _SURROGATE.search(v) else _escaped(v)
     if isinstance(v, bytes):
         return v.decode("utf-8", "backslashreplace")
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {_jsonable(str(k)): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, (datetime.date, datetime.time)):
@@ -190,6 +197,14 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, decimal.Decimal):
         return str(v)
     return str(v)
+
+
+def _escaped(s: str) -> str:
+    try:
+        b = s.encode("utf-8", "surrogateescape")  # the file's own bytes (pipeline/data/jsonl.py)
+    except UnicodeEncodeError:
+        b = s.encode("utf-8", "surrogatepass")  # a lone surrogate written as a \ud800 escape
+    return b.decode("utf-8", "backslashreplace")
 
 
 def short(v: Any, n: int = 80) -> str:

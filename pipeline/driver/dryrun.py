@@ -80,9 +80,11 @@ def host_fit(cfg: Config, memory: dict[str, Any]) -> dict[str, Any] | None:
     return {"memory_gb": round(total, 1), "needed_gb": round(actors, 2), "fits": actors <= total * HEADROOM}
 
 
-def architecture_figures(cfg: Config) -> dict[str, Any]:
-    """FLOPs, memory and ANSWER's K_i of the configured models, computed in a child Python: torch,
-    diffusers and transformers (~440 MB) never enter the driver, which stays at the size of its plan."""
+def architecture_figures(cfg: Config, child: bool | None = None) -> dict[str, Any]:
+    """FLOPs, memory and ANSWER's K_i of the configured models. By default computed in a child Python:
+    torch, diffusers and transformers (~440 MB) never enter the driver, which stays at the size of its
+    plan. A process that has imported torch already (a notebook, the evaluation, the tests) computes
+    them itself (`child=None` decides so): a child would only import it all a second time."""
     import json
     import subprocess
     import sys
@@ -90,6 +92,10 @@ def architecture_figures(cfg: Config) -> dict[str, Any]:
 
     from pipeline.config import to_yaml
 
+    if child is None:
+        child = "torch" not in sys.modules
+    if not child:
+        return describe(cfg)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(to_yaml(cfg))
         f.flush()
@@ -99,11 +105,8 @@ def architecture_figures(cfg: Config) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _describe(config_file: str) -> dict[str, Any]:
-    """The child's side of architecture_figures."""
-    from pipeline.config import load_config
-
-    cfg = load_config([config_file], base=None)
+def describe(cfg: Config) -> dict[str, Any]:
+    """The figures architecture_figures returns, computed in this process."""
     arch = Architecture(cfg)
     return {"answer_ks": answer_ks(cfg), "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
             "sources": arch.sources, "memory": arch.memory()}
@@ -321,4 +324,6 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(json.dumps(_describe(sys.argv[1])))
+    from pipeline.config import load_config
+
+    print(json.dumps(describe(load_config([sys.argv[1]], base=None))))
