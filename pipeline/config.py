@@ -29,6 +29,7 @@ from pipeline.config_schema import (  # re-exported: the rest of the code import
     Config,
     ConfigError,
     DnpConfig,
+    GateConfig,
     InputConfig,
     LoggingConfig,
     ModelConfig,
@@ -44,7 +45,7 @@ from pipeline.config_schema import (  # re-exported: the rest of the code import
 __all__ = [  # the schema's names, re-exported, and this module's own
     "SCHEDULERS", "DTYPES", "IMAGE_FORMATS", "SCORERS", "MAX_IMAGE_SIDE", "SECRET_KEYS", "REDACTED", "ConfigError",
     "S3Config", "InputConfig", "OutputConfig", "ModelConfig", "AnswerConfig", "DnpConfig", "AttendExciteConfig",
-    "SamplerConfig", "CaptionerConfig", "ScoringConfig", "PreferenceConfig", "RayConfig", "LoggingConfig",
+    "SamplerConfig", "CaptionerConfig", "ScoringConfig", "PreferenceConfig", "GateConfig", "RayConfig", "LoggingConfig",
     "PlanConfig", "Config", "load_config", "to_dict", "to_yaml", "from_yaml", "redact_secrets", "REPO_ROOT",
     "DEFAULT_CONFIG", "DEMO_PROMPTS",
 ]

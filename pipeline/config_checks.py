@@ -18,6 +18,8 @@ from pipeline.config_schema import (
     ConfigError,
     SamplerConfig,
 )
+from pipeline.gate.escalate import try_samplers
+from pipeline.gate.rules import parse_rules
 from pipeline.sampling.methods import (
     ANSWER_NEGATIVES,
     ANSWER_NORMALIZE,
@@ -26,6 +28,8 @@ from pipeline.sampling.methods import (
     METHODS,
     run_methods,
 )
+
+GENEVAL_COLUMNS = ("tag", "include", "exclude")  # the row data the geneval scorer judges by
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -99,6 +103,47 @@ def validate_attend_excite(s: SamplerConfig, prefix: str, method_key: str | None
         raise ConfigError(f"{prefix}.subjects={list(ae.subjects)} has an empty word")
 
 
+def validate_gate(cfg: Config) -> None:
+    """gate.*: the rules parse and name scorers the run computes; tries, escalations and the other
+    options make sense together (pipeline/gate)."""
+    g = cfg.gate
+    _positive("gate.tries", g.tries)
+    _choice("gate.on_fail", g.on_fail, ("drop", "best"))
+    if g.expected_pass_rate is not None and not 0 < g.expected_pass_rate <= 1:
+        raise ConfigError(f"gate.expected_pass_rate={g.expected_pass_rate} must be in (0, 1]: the share of "
+                          "samples you expect to pass the rules")
+    if not g.rules:
+        used = [k for k, on in (("gate.tries", g.tries > 1), ("gate.escalate", bool(g.escalate)),
+                                ("gate.keep_rejected", g.keep_rejected), ("gate.on_fail", g.on_fail != "drop"))
+                if on]
+        if used:
+            raise ConfigError(f"{used[0]} needs gate.rules: without rules no sample fails, so nothing is "
+                              "tried again (e.g. gate.rules=['toy_judge >= 1'])")
+        return
+    parse_rules(list(g.rules), list(cfg.scoring.scorers))
+    if g.escalate and g.tries < 2:
+        raise ConfigError(f"gate.escalate applies to tries 2 and later; set gate.tries >= 2 (now {g.tries})")
+    if len(g.escalate) > g.tries - 1:
+        raise ConfigError(f"gate.escalate has {len(g.escalate)} entries but gate.tries={g.tries} uses only "
+                          f"{g.tries - 1} (entry i serves try i + 2); raise gate.tries or drop entries")
+    if g.keep_rejected and (cfg.preference.candidates > 1 or cfg.preference.methods):
+        raise ConfigError("gate.keep_rejected pairs a sample's accepted try with its failed ones; a preference "
+                          "group (preference.candidates > 1 or preference.methods) has its own chosen and "
+                          "rejected candidates: use one or the other")
+    for m in run_methods(cfg):
+        base = dataclasses.replace(cfg.sampler, method=m)
+        for i, s in enumerate(try_samplers(base, list(g.escalate))[1:]):
+            key = f"gate.escalate[{i}]"
+            validate_sampler(s, key)
+            ae = s.attend_excite
+            if ae.enabled and not (ae.subjects or cfg.input.subjects_column):
+                raise ConfigError(f"{key}.attend_excite.enabled needs subject words: set input.subjects_column "
+                                  "(per row) or attend_excite.subjects (run-wide)")
+            if METHODS[s.method].needs_negatives(s) and not cfg.input.negative_column:
+                raise ConfigError(f"{key}: method {s.method} with dnp.mode={s.dnp.mode} needs "
+                                  "input.negative_column (a negative prompt per row)")
+
+
 def validate(cfg: Config) -> Config:
     """Value checks the type system cannot express. Raises ConfigError naming the key."""
     if not cfg.input.path:
@@ -136,6 +181,10 @@ def validate(cfg: Config) -> Config:
         _choice(f"scoring.scorers[{i}]", name, SCORERS)
     _choice("scoring.dtype", cfg.scoring.dtype, DTYPES)
     _positive("scoring.batch_size", cfg.scoring.batch_size)
+    missing = [c for c in GENEVAL_COLUMNS if c not in cfg.input.extra_columns]
+    if "geneval" in cfg.scoring.scorers and missing:
+        raise ConfigError(f"scoring.scorers has geneval, which reads each row's GenEval metadata: add "
+                          f"{', '.join(missing)} to input.extra_columns (input.extra_columns=[tag,include,exclude])")
     _positive("preference.candidates", cfg.preference.candidates)
     ae = cfg.sampler.attend_excite
     if ae.enabled and not (ae.subjects or cfg.input.subjects_column):
@@ -156,6 +205,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"preference.scorer={cfg.preference.scorer!r} must also be listed in scoring.scorers"
             )
+    validate_gate(cfg)
     _positive("ray.num_workers", cfg.ray.num_workers)
     _positive("ray.gpus_per_worker", cfg.ray.gpus_per_worker, allow_zero=True)
     _positive("ray.cpus_per_worker", cfg.ray.cpus_per_worker, allow_zero=True)

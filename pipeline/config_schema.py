@@ -6,12 +6,12 @@ pipeline/config_checks.py checks their values. Everyone imports them from `pipel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 SCHEDULERS = ("euler", "ddim")
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("png", "jpg", "webp")
-SCORERS = ("clip", "pickscore", "aesthetic", "toy_judge")
+SCORERS = ("clip", "pickscore", "aesthetic", "toy_judge", "geneval")
 MAX_IMAGE_SIDE = 16384  # px; far beyond any SDXL resolution, so a typo fails here, not in every batch
 SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
 REDACTED = "***"
@@ -37,7 +37,7 @@ class S3Config:
 @dataclass
 class InputConfig:
     path: str = "configs/prompts/demo.parquet"
-    prompt_column: str = "prompt"
+    prompt_column: str = "auto"  # auto: the first of prompt, Prompt, Prompts, caption, text (data/columns.py)
     id_column: Optional[str] = None
     negative_column: Optional[str] = None
     seed_column: Optional[str] = None
@@ -158,6 +158,10 @@ class ScoringConfig:
     pickscore_processor_revision: Optional[str] = None
     aesthetic_head: str = "tiny"  # .safetensors file (local or hub "org/repo/file.safetensors")
     aesthetic_head_revision: Optional[str] = None  # for a hub aesthetic_head
+    # `geneval`: GenEval's judge (pipeline/scoring/geneval.py): this COCO instance Mask2Former, and clip_id's
+    # CLIP ViT-L/14 for colours; rows need GenEval's tag/include/exclude in input.extra_columns
+    geneval_detector_id: str = "tiny"  # facebook/mask2former-swin-small-coco-instance
+    geneval_detector_revision: Optional[str] = None
     batch_size: int = 16
     dtype: str = "float32"
 
@@ -169,6 +173,23 @@ class PreferenceConfig:
     scorer: str = "pickscore"
     margin: float = 0.0
     ties: str = "skip"  # skip | first
+
+
+@dataclass
+class GateConfig:
+    """The quality gate (pipeline/gate): a sample that fails a rule is sampled again, up to `tries`."""
+
+    # Conditions on per-sample scores, all of which must hold: "<scorer> <op> <number>", op one of
+    # >= > <= < (e.g. "toy_judge >= 1", "clip >= 0.26"); each scorer must be in scoring.scorers. []: off.
+    rules: list[str] = field(default_factory=list)
+    tries: int = 1  # samples per row at most (not ray.max_attempts, which counts shard attempts)
+    # Sampler overrides for the tries after the first: entry i for try i + 2, the last one repeating,
+    # e.g. [{method: answer, answer: {k: 1}}]: spend the costly method only where the cheap one failed.
+    escalate: list[dict[str, Any]] = field(default_factory=list)
+    on_fail: str = "drop"  # drop (a rejection with reason gate) | best (the best try, gate.passed=false)
+    keep_rejected: bool = False  # keep the failed tries' images beside the accepted one (export-pairs)
+    # --dry-run only: the expected fraction of samples that pass, for the expected cost
+    expected_pass_rate: Optional[float] = None
 
 
 @dataclass
@@ -213,6 +234,7 @@ class Config:
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)

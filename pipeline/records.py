@@ -67,6 +67,7 @@ class RowOutcome:
     prompt_id: str | None
     status: str  # REJECTED | FAILED
     error: str
+    gate: dict[str, Any] | None = None  # a row the quality gate dropped: its tries (seeds, methods, scores)
 
 
 @dataclass

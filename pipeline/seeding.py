@@ -28,6 +28,18 @@ def row_seed(run_seed: int, prompt_id: str, candidate: int, explicit: int | None
     return int(explicit) if candidate == 0 else sample_seed(int(explicit), prompt_id, candidate)
 
 
+def try_seed(run_seed: int, prompt_id: str, candidate: int, explicit: int | None, try_: int) -> int:
+    """The seed of a candidate's try under the quality gate (pipeline/gate): try 1 is the candidate's
+    own seed (row_seed), later tries derive from (row seed, candidate, try). Their hash input starts
+    with "gate" where every other seed's starts with a number, so it is never another candidate's seed
+    nor a non-finite resample's (retry_seed) of any seed."""
+    if try_ == 1:
+        return row_seed(run_seed, prompt_id, candidate, explicit)
+    base = row_seed(run_seed, prompt_id, 0, explicit)
+    payload = f"gate\x1f{int(base)}\x1f{int(candidate)}\x1f{int(try_)}".encode()
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") & ((1 << SEED_BITS) - 1)
+
+
 def retry_seed(seed: int, attempt: int) -> int:
     """Derived seed for a resample after a non-finite result (attempt ≥ 1)."""
     return sample_seed(seed, "retry", attempt)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from pipeline.cli import benchmark as bench
 EVALS = ["--eval-steps", "2", "3", "--eval-caption-tokens", "4"]
 EFFICIENCY = ["--eff-size", "32", "--eff-steps", "2", "--eff-batch", "2", "--eff-images", "4", "--eff-shard-size", "2",
               "--ray-address", "local"]
+REPO = Path(__file__).resolve().parent.parent
 DIFFUSERS = ["--diff-size", "32", "--diff-steps", "3", "--diff-batch", "2", "--diff-warmup", "1", "--diff-repeats", "2"]
 DRIVER = ["--driver-prompts", "1500", "3000", "--driver-shard-size", "100", "--driver-workers", "3"]
 GPU = ["--gpu-size", "32", "--gpu-steps", "3", "--gpu-batch", "2", "--gpu-repeats", "1"]
@@ -72,8 +76,17 @@ def test_methods_md_formulas_give_its_worked_examples():
 
 
 # ------------------------------------------------------------------ diffusers
-def test_diffusers_pipeline_gives_our_cfg_result(tiny_cache, tmp_path):
-    rc, rep, out = run(tmp_path, "diffusers", *DIFFUSERS)
+def test_diffusers_pipeline_gives_our_cfg_result_and_says_nothing_else(tiny_cache, tmp_path):
+    """`synthgen benchmark diffusers` in a fresh process (transformers warns once per process, so only
+    a fresh one shows whether its advisories are silenced as in `synthgen generate`)."""
+    path = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SYNTHGEN_LOG_LEVEL", None)
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "benchmark", "diffusers", *DIFFUSERS,
+                        "--json", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    rc, rep, out = p.returncode, json.loads(path.read_text()), p.stdout
+    assert "torchvision" not in p.stdout + p.stderr, p.stderr  # transformers' "requires torchvision" advisory
+    assert "Warning" not in p.stderr, p.stderr
     d = rep["diffusers"]
     assert rc == 0
     assert d["max_abs_diff_latents"] <= 1e-4

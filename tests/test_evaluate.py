@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.cli.evaluate import main as evaluate_main
 from pipeline.config import InputConfig, load_config
 from pipeline.report import stats
-from pipeline.report.evaluation import evaluate, prompt_column_of, read_prompts
+from pipeline.report.evaluation import evaluate, read_prompts
 from pipeline.seeding import sample_seed
 
 PARTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
@@ -170,4 +170,5 @@ def test_reads_partiprompts_verbatim():
     assert info["rejected"] == 0
     assert any(p.prompt.startswith('"G I G G L E" painted') for p in prompts)  # quotes kept
     assert len(read_prompts(cfg, limit=5)[0]) == 5
-    assert prompt_column_of(InputConfig(path=str(PARTI))) == "Prompt"  # found without --prompt-column
+    found, info = read_prompts(InputConfig(path=str(PARTI)), limit=2)  # found without --prompt-column
+    assert info["column"] == "Prompt" and [p.prompt for p in found] == [p.prompt for p in prompts[:2]]

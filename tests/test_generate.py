@@ -513,6 +513,49 @@ def test_actor_init_failure_stops_the_run(ray_local, tmp_path, prompts6):
     assert res.summary["missing_shards"] == [0, 1, 2]
 
 
+@pytest.mark.ray
+def test_a_queued_shard_moves_to_an_idle_actor_commits_once_and_its_cancelled_attempt_does_not_count(
+        ray_local, tmp_path, prompts6, monkeypatch):
+    """Shard 0 is held on its actor (fault `wait` after its commit) with a shard queued behind it
+    (ray.max_in_flight_per_worker=2); the other actor runs its shard and idles: the queued shard moves
+    to it (its queued attempt cancelled) and commits there, once. ray.max_attempts=1: had the cancelled
+    attempt counted as a failure, the shard would be quarantined. Released, shard 0 returns."""
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv("SYNTHGEN_FAULTS", "after_commit:wait:1:000000")
+    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
+    ev = Events()
+    reports_since_idle: list[int] = []
+
+    def hook(event: str, payload: dict) -> None:
+        ev(event, payload)
+        moved = {p["shard"] for p in ev.of("moved")}
+        if event == "committed" and payload["shard"] in moved:
+            (fault_dir / "release-after_commit").touch()
+        # no move (the behaviour before it existed): release anyway, so that the test fails, not hangs
+        if event == "progress" and any(p["shard"] != 0 for p in ev.of("committed")) and not moved:
+            reports_since_idle.append(1)
+            if len(reports_since_idle) > 10:
+                (fault_dir / "release-after_commit").touch()
+
+    out = tmp_path / "out"
+    res = run_job(make_cfg(prompts6, out, "ray.max_attempts=1", "ray.max_in_flight_per_worker=2"),
+                  worker_cls=FakeWorker, hooks=hook)
+    assert res.exit_code == 0, res.summary
+    [move] = ev.of("moved")
+    shard, idle = move["shard"], move["to"]
+    assert shard != 0 and move["attempt"] == 1 and move["slot"] != idle
+    held_on = next(p["slot"] for p in ev.of("committed") if p["shard"] == 0)
+    assert move["slot"] == held_on  # it waited behind the held shard
+    assert [(p["slot"], p["attempt"]) for p in ev.of("submitted") if p["shard"] == shard] == [
+        (held_on, 1), (idle, 2)]
+    assert [p["slot"] for p in ev.of("committed") if p["shard"] == shard] == [idle]  # committed once, there
+    assert json.loads((out / stats_path(shard)).read_text())["attempt"] == 2
+    assert res.summary["this_run"]["failed_attempts"] == 0 and res.summary["quarantined_shards"] == []
+    assert not ev.of("failed") and not ev.of("requeued")
+    assert_complete(out, n_rows=6, n_shards=3)  # (FakeWorker samples the empty row too)
+
+
 # ================================================================== local Ray, real ShardWorker
 @pytest.mark.ray
 @pytest.mark.slow

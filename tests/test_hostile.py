@@ -112,7 +112,8 @@ def _input_case(case: str, d: Path) -> tuple[list[str], str]:
     good = {"id": ["a", "b"], "prompt": ["a red fox", "a blue car"]}
     if case == "misnamed_prompt_column":
         p = _parquet(d / "p.parquet", {"id": ["a"], "Prompt": ["x"]})
-        return [f"input.path={p}"], "has no column 'prompt' (input.prompt_column); available columns: id, Prompt"
+        return [f"input.path={p}", "input.prompt_column=prompt"], \
+            "has no column 'prompt' (input.prompt_column); available columns: id, Prompt"
     if case == "misnamed_id_column":
         p = _parquet(d / "p.parquet", good)
         return [f"input.path={p}", "input.id_column=ID"], "has no column 'ID' (input.id_column)"
@@ -141,8 +142,9 @@ def _input_case(case: str, d: Path) -> tuple[list[str], str]:
         return [f"input.path={p}"], "is not a readable Parquet file"
     if case == "csv_without_the_prompt_column":
         p = d / "prompts.csv"
-        p.write_text("id,caption\n1,a red fox\n")
-        return [f"input.path={p}"], "has no column 'prompt' (input.prompt_column); available columns: id, caption"
+        p.write_text("id,description\n1,a red fox\n")
+        return [f"input.path={p}"], ("has no prompt column: none of prompt, Prompt, Prompts, caption, text is a column "
+                                     "(input.prompt_column=auto); available columns: id, description")
     if case == "glob_matches_nothing":
         _parquet(d / "p.parquet", good)
         return [f"input.path={d / 'nothing-*.parquet'}"], "matched nothing (the glob matched no files)"

@@ -32,14 +32,74 @@ def test_shards_go_to_the_least_loaded_ready_actor_within_the_limit():
     a, b, c = ready_slot("a"), ready_slot("b"), P.Slot("c")  # c is still starting
     book = P.ShardBook(specs(5), P.Limits(max_in_flight=2))
     picked = []
-    while (slot := P.pick_slot([a, b, c], 2)) is not None:
+    while (slot := P.pick_slot([a, b, c], 2, len(book.pending))) is not None:
         picked.append(slot.name)
         send(book, slot, 0.0)
     assert picked == ["a", "b", "a", "b"]  # alternating, never the unready one, two each at most
     assert len(book.pending) == 1 and [t.spec.shard_id for t in a.inflight] == [0, 2]
     b.dead = True
     P.finished(a, a.inflight[0], 1.0)
-    assert P.pick_slot([a, b, c], 2) is a
+    assert P.pick_slot([a, b, c], 2, 1) is None  # a is busy: the last shard is left for c, still starting
+    c.dead = True
+    assert P.pick_slot([a, b, c], 2, 1) is a
+
+
+def test_shards_spread_over_the_actors_before_any_is_queued_behind_a_running_one():
+    """The first actor ready does not take two of two shards while the second is still starting."""
+    a, b = ready_slot("a"), P.Slot("b")
+    book = P.ShardBook(specs(2), P.Limits(max_in_flight=2))
+    assert P.pick_slot([a, b], 2, 2) is a  # an idle actor always takes one
+    send(book, a, 0.0)
+    assert P.pick_slot([a, b], 2, 1) is None  # queued behind shard 0, shard 1 would wait for it
+    P.became_ready(b, {"pid": 2}, 0.12)
+    assert P.pick_slot([a, b], 2, 1) is b
+    send(book, b, 0.12)
+    assert [[t.spec.shard_id for t in s.inflight] for s in (a, b)] == [[0], [1]]
+    # more shards than starting actors: the ready one queues a second (prefetch), the rest stay pending
+    a, b = ready_slot("a"), P.Slot("b")
+    book = P.ShardBook(specs(5), P.Limits(max_in_flight=2))
+    while (slot := P.pick_slot([a, b], 2, len(book.pending))) is not None:
+        send(book, slot, 0.0)
+    assert [t.spec.shard_id for t in a.inflight] == [0, 1] and len(book.pending) == 3
+
+
+def test_a_queued_shard_moves_to_an_idle_actor_at_the_tail_and_the_move_is_no_failed_attempt():
+    a, b = ready_slot("a"), ready_slot("b")
+    book = P.ShardBook(specs(3), P.Limits(max_attempts=2, max_in_flight=2))
+    running, queued = send(book, a, 0.0), send(book, a, 0.0)  # shard 1 waits behind shard 0 on a
+    other = send(book, b, 0.0)
+    assert P.to_move([a, b], len(book.pending)) is None  # nobody idles
+    P.finished(b, other, 5.0)
+    assert book.succeeded(2, ShardStats(2, 2, 2, 0, 0))
+    book.pending.append(P.ShardState(ShardSpec(9, "in.parquet", 0, 2)))
+    assert P.to_move([a, b], len(book.pending)) is None  # pending work goes to the idle actor first
+    book.pending.pop()
+    assert P.to_move([a, b], 0) == (queued, b)  # the queued one, never the running one
+    P.moved(a, queued)
+    book.moved(queued)
+    assert a.live == [running] and a.running_since == 0.0  # a's running shard keeps its clock
+    assert [st.spec.shard_id for st in book.pending] == [1]
+    again = send(book, b, 5.0)
+    assert (again.spec.shard_id, again.attempt) == (1, 2)  # a new attempt number: the cancelled one may have run
+    assert P.to_move([a, b], 0) is None and b.running_since == 5.0
+    st = book.states[1]
+    assert (st.failures, st.deaths, st.moves, book.failed_attempts, book.moves) == (0, 0, 1, 0, 1)
+    P.finished(b, again, 6.0)
+    assert book.failed(again, "RuntimeError: boom") == "retry"  # 1 failure of max_attempts 2: the move is none
+    assert P.quarantine_record(st)["moves"] == 1
+
+
+def test_the_move_takes_from_the_actor_that_frees_last():
+    a, b, c, idle = ready_slot("a"), ready_slot("b"), ready_slot("c"), ready_slot("idle")
+    book = P.ShardBook(specs(6), P.Limits(max_in_flight=2))
+    for slot, now in ((a, 1.0), (a, 1.0), (b, 3.0), (b, 3.0), (c, 2.0), (c, 2.0)):  # b's shard started last
+        send(book, slot, now)
+    task, to = P.to_move([a, b, c, idle], 0)
+    assert (task.spec.shard_id, task.slot.name, to.name) == (3, "b", "idle")
+    b.ready = False  # a restarting actor's shards come back through its death, not a move
+    assert P.to_move([a, b, c, idle], 0)[0].slot is c
+    idle.ready = False
+    assert P.to_move([a, b, c, idle], 0) is None  # no idle ready actor
 
 
 def test_a_failing_shard_is_retried_at_the_back_then_quarantined():

@@ -93,3 +93,15 @@ def test_a_stall_is_reported_once_per_period_and_movement_resets_it(monkeypatch)
     off = Progress(total_rows=40, rows_before=0, interval_s=10, stream=io.StringIO(), stall_s=0)
     clock[0] = 10_000
     assert off.report(book, slots)["stalled_s"] is None
+
+
+def test_a_shard_queued_behind_a_running_one_counts_as_queued_not_running():
+    """Two shards sent to one actor: one runs, one waits there (ray.max_in_flight_per_worker=2)."""
+    from pipeline.driver.policy import Task, submitted
+
+    book, slots = book_and_slots(0.0)
+    for _ in range(2):
+        st = book.take()
+        submitted(slots[0], Task(st.spec, slots[0], st.attempts, ref=object(), epoch=0), 0.0)
+    f = Progress(total_rows=40, rows_before=0, interval_s=10, stream=io.StringIO()).figures(book, slots)
+    assert (f["shards_running"], f["shards_queued"]) == (1, 3)  # 1 waiting on sampler-0, 2 in the driver

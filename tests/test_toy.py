@@ -156,3 +156,48 @@ def test_dry_run_plans_a_toy_dnp_run(tmp_path):
     assert plan["unet_evals_per_image"] == {"dnp": 80} and plan["unet_flops_per_eval"] > 0
     assert "captioner" not in plan["memory_gb"]["sampler_weights"]
     assert all(src.startswith("toy: local") for src in plan["config_sources"].values())
+
+
+def test_heldout_captions_are_every_caption_the_heldout_split_writes():
+    caps = world.heldout_captions()
+    rng = np.random.default_rng(5)
+    drawn = {world.caption(world.sample(rng, "heldout")) for _ in range(20000)}
+    assert drawn == set(caps) and len(caps) == 252
+    kinds = [world.parse(c).kind for c in caps]
+    assert (kinds.count("single"), kinds.count("count"), kinds.count("relation")) == (3, 9, 240)
+
+
+def test_the_headline_rows_run_in_pieces_with_paired_differences(micro, tmp_path, monkeypatch):
+    from pipeline.toy import compare
+
+    caps = ["a red triangle", "two green squares", "one blue circle", "a blue circle left of a red square",
+            "a green square above a yellow circle", "a red triangle"]
+    monkeypatch.setattr(world, "heldout_captions", lambda: caps[:5])
+    monkeypatch.setattr(S, "load_model", lambda cfg, device=None: micro)
+    monkeypatch.setattr(compare, "BOOTSTRAP", 50)
+    assert compare.headline(tmp_path, seeds=2, steps=4, budget_s=0) is None  # the budget: no piece started
+    assert not list((tmp_path / "results").iterdir())
+    md = compare.headline(tmp_path, seeds=2, steps=4)
+    names = [n for n, _ in compare.headline_variants(load_toy_cfg(4))]
+    assert names[:4] == list(compare.HEADLINE) and names[4].endswith("steps (= answer K=3 A's evals)")
+    assert len(list((tmp_path / "results").iterdir())) == 2 * len(names)
+    summary = {v["variant"]: v for v in json.loads((tmp_path / "summary.json").read_text())["variants"]}
+    assert all(v["rows"] == 10 for v in summary.values()) and "diff_all" not in summary["cfg"]
+    assert summary[names[4]]["unet_evals_per_image"] > summary["cfg"]["unet_evals_per_image"] == 8
+    rows = [json.loads(line) for p in sorted((tmp_path / "results").glob("answer-k-1-a-s*.jsonl"))
+            for line in p.read_text().splitlines()]
+    cfg_rows = [json.loads(line) for p in sorted((tmp_path / "results").glob("cfg-s*.jsonl"))
+                for line in p.read_text().splitlines()]
+    rate = sum(r["exact"] for r in rows) / 10
+    assert summary["answer K=1 A"]["exact_all"][0] == rate
+    assert summary["answer K=1 A"]["diff_all"][0] == pytest.approx(rate - sum(r["exact"] for r in cfg_rows) / 10)
+    assert [r["seed"] for r in rows] == [r["seed"] for r in cfg_rows]  # paired: the same seeds
+    lo, hi = summary["answer K=1 A"]["exact_all"][1:]
+    assert lo <= rate <= hi
+    assert compare.headline(tmp_path, seeds=2, steps=4, budget_s=0) == md  # all pieces there: read back
+
+
+def load_toy_cfg(steps):
+    from pipeline.config import load_config
+
+    return load_config(overrides=["model.id=toy", f"sampler.steps={steps}", "sampler.height=64", "sampler.width=64"])

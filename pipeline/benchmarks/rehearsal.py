@@ -33,7 +33,17 @@ RUNS = {"cfg": ["sampler.method=cfg", "sampler.steps=2"],
                 "captioner.max_new_tokens=8", "captioner.batch_size=2"],
         # two methods x two candidates per prompt, scored by all three scorers (float32 on CPU)
         "preference": ["preference.methods=[cfg,answer]", "preference.candidates=2", "sampler.steps=2",
-                       "scoring.scorers=[clip,pickscore,aesthetic]", "preference.scorer=pickscore"]}
+                       "scoring.scorers=[clip,pickscore,aesthetic]", "preference.scorer=pickscore"],
+        # GenEval's judge at full size (Mask2Former Swin-S at 800x800 in float32, CLIP-L for colours) on
+        # GenEval-style rows, one of each kind of clause
+        "geneval": ["sampler.method=cfg", "sampler.steps=2", "scoring.scorers=[geneval]",
+                    "input.extra_columns=[tag,include,exclude]"]}
+GENEVAL_ROWS = [  # (prompt, tag, include, exclude), as in GenEval's evaluation_metadata.jsonl
+    ("a photo of a bench", "single_object", [{"class": "bench", "count": 1}], None),
+    ("a photo of two clocks", "counting", [{"class": "clock", "count": 2}], [{"class": "clock", "count": 3}]),
+    ("a photo of a red cake", "colors", [{"class": "cake", "count": 1, "color": "red"}], None),
+    ("a photo of a dog right of a teddy bear", "position",
+     [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}], None)]
 
 
 class ActorRSS:
@@ -81,6 +91,10 @@ def run(standins: Path, out: Path, only: list[str] | None = None) -> list[dict[s
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.parquet"
     pq.write_table(pa.table({"prompt": PROMPTS}), prompts)
+    geneval_prompts = out / "geneval.parquet"  # nested values as JSON text, as a Parquet user stores them
+    pq.write_table(pa.table({"prompt": [r[0] for r in GENEVAL_ROWS], "tag": [r[1] for r in GENEVAL_ROWS],
+                             "include": [json.dumps(r[2]) for r in GENEVAL_ROWS],
+                             "exclude": [json.dumps(r[3]) if r[3] else None for r in GENEVAL_ROWS]}), geneval_prompts)
     from pipeline.models.standins import AESTHETIC_REPO, OVERRIDE, directory
 
     ids = [f"{key}={directory(standins, model_id)}" for model_id, keys in OVERRIDE.items() for key in keys
@@ -91,7 +105,8 @@ def run(standins: Path, out: Path, only: list[str] | None = None) -> list[dict[s
         if only and name not in only:
             continue
         shutil.rmtree(out / name, ignore_errors=True)  # a finished output would not be sampled again
-        args = ["--config", str(REPO_ROOT / "configs" / "sdxl.yaml"), f"input.path={prompts}",
+        inp = geneval_prompts if name == "geneval" else prompts
+        args = ["--config", str(REPO_ROOT / "configs" / "sdxl.yaml"), f"input.path={inp}",
                 f"output.path={out / name}", *ids, *CPU, *extra]
         plan = _dry_run(args, out / f"{name}.plan.json")
         t0 = time.time()

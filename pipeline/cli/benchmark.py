@@ -5,6 +5,7 @@ JSON with --json.
     python jobs/benchmark.py source | evals | efficiency | diffusers | driver | gpu  [options, see --help]
     python jobs/benchmark.py rehearsal --standins DIR     # configs/sdxl.yaml on full-size stand-ins, CPU
     python jobs/benchmark.py card [--card-shards 100 1000 10000]   # the end of a run: card + index, export-pairs
+    python jobs/benchmark.py gate --out DIR [--budget-s S] # the quality gate on the toy world, in pieces
 
 Every report carries the command, the machine (platform, CPUs, load average at start and end,
 torch version and threads, GPU or none, date). Exit status 1 when an eval count differs from its
@@ -26,6 +27,7 @@ from pipeline.benchmarks.efficiency import bench_efficiency
 from pipeline.benchmarks.evals import bench_evals
 from pipeline.benchmarks.gpu import bench_gpu
 from pipeline.benchmarks.source import bench_source
+from pipeline.logs import quiet_libraries
 
 PARTS = {"evals": bench_evals, "efficiency": bench_efficiency, "diffusers": bench_diffusers,
          "driver": bench_driver, "gpu": bench_gpu}
@@ -37,6 +39,12 @@ def bench_rehearsal(args: argparse.Namespace) -> dict:
     rows = rehearsal.run(Path(args.standins).resolve(), Path(args.out).resolve(), args.runs)
     print(rehearsal.table(rows))
     return {"runs": rows, **({"error": "a run failed"} if any(r["exit_code"] for r in rows) else {})}
+
+
+def bench_gate(args: argparse.Namespace) -> dict:
+    from pipeline.benchmarks.gate import bench_gate as run
+
+    return run(args)
 
 
 def bench_all(args: argparse.Namespace) -> dict:
@@ -105,7 +113,7 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p = sub.add_parser("rehearsal", help="the SDXL preset on full-size stand-ins (synthgen standins DIR), CPU bf16")
     p.add_argument("--standins", required=True, help="the directory `synthgen standins` wrote")
     p.add_argument("--out", default="outputs/rehearsal")
-    p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp (default: all)")
+    p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp preference geneval (default: all)")
     p.set_defaults(run=bench_rehearsal)
     p = sub.add_parser("card", help="the end of a run at scale: card + index time, memory, bytes; export-pairs")
     p.add_argument("--card-shards", type=int, nargs="+", default=[100, 1000, 10_000])
@@ -118,6 +126,13 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--pairs-shards", type=int, nargs="*", default=[1000])
     p.add_argument("--pairs-workers", type=int, nargs="*", default=[0, 1, 2], help="0: in this process")
     p.set_defaults(run=bench_card)
+    p = sub.add_parser("gate", help="the quality gate on the toy world through real jobs (in pieces: --budget-s)")
+    p.add_argument("--out", default="outputs/gate-bench", help="jobs' outputs, summary.json and table.md")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="start a job only when it should end within this many seconds of the start")
+    p.add_argument("--only", nargs="*", help="run only the rows whose name contains one of these")
+    p.add_argument("--table", action="store_true", help="run nothing: the tables of the jobs done so far")
+    p.set_defaults(run=bench_gate)
     parts = {"evals": ("UNet evals per image vs the formulas", [add_evals_args]),
              "efficiency": ("Ray job images/s over the bare sampler loop's", [add_efficiency_args]),
              "diffusers": ("our CFG vs StableDiffusionXLPipeline", [add_diffusers_args]),
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None, prog: str = "jobs/benchmark.py") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
 
+    quiet_libraries()  # as `synthgen generate`: no advisories ("requires torchvision") before the tables
     torch.set_num_threads(args.threads)  # the same count for every loop compared (and the job's actor)
     machine = machine_info()
     result = args.run(args)

@@ -2,10 +2,13 @@
 
     python jobs/toy.py train [--out DIR] [--unet-steps N] [--vae-steps N] [--seed S]
     python jobs/toy.py compare --out DIR [--prompts N] [--steps N] [dotted.key=value ...]
+    python jobs/toy.py headline --out DIR [--seeds 8] [--budget-s S]
 
 `train` trains the toy model (pipeline/toy/model.py) into DIR, by default the one `model.id=toy`
 loads (pipeline/toy/weights). `compare` runs the papers' comparison on held-out prompts of the world
-(pipeline/toy/compare.py) and writes its table.
+(pipeline/toy/compare.py) and writes its table. `headline` re-measures its headline rows on every
+distinct held-out caption x --seeds seeds, with paired differences to cfg; it runs in pieces (--budget-s:
+no new piece after that many seconds; run it again to go on).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def main(argv: list[str] | None = None, prog: str = "jobs/toy.py") -> int:
     c.add_argument("--batch-size", type=int, default=50)
     c.add_argument("--seed", type=int, default=0, help="prompts and per-prompt seeds")
     c.add_argument("overrides", nargs="*", metavar="key=value")
+    h = sub.add_parser("headline", help="the comparison's headline rows on every distinct held-out caption x seeds")
+    h.add_argument("--out", required=True)
+    h.add_argument("--seeds", type=int, default=8)
+    h.add_argument("--steps", type=int, default=20)
+    h.add_argument("--batch-size", type=int, default=63)
+    h.add_argument("--budget-s", type=float, default=None, help="start no new piece after this many seconds")
+    h.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "train":
@@ -46,6 +56,16 @@ def main(argv: list[str] | None = None, prog: str = "jobs/toy.py") -> int:
         record = train(Path(a.out), cfg)
         print(json.dumps({"out": a.out, "seconds": record["seconds"], "vae_loss": record["vae"][-1],
                           "unet_loss": record["unet"][-1]}))
+        return 0
+    if a.command == "headline":
+        from pipeline.toy.compare import headline
+
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        table = headline(Path(a.out), a.seeds, a.steps, a.batch_size, budget_s=a.budget_s)
+        print(table or "not finished: run the same command again to go on")
         return 0
     from pipeline.toy.compare import compare
 

@@ -31,6 +31,12 @@ Columns (Pick-a-Pic v2 names where Pick-a-Pic has them, so Diffusion-DPO's train
 Which of chosen/rejected goes to slot 0 is decided by a hash of the sample key (deterministic, about
 half each way), so label_0 is not always 1.
 
+A run with the quality gate and gate.keep_rejected=true (pipeline/gate) stores a sample's failed tries
+beside its accepted image (`try1.png`, ...): each failed try gives one pair, the accepted image chosen
+(label 1) and the failed try rejected (label 0), judged by the gate's rules. `scorer` is the first
+rule's scorer and score_0/1 its values; seed_*/method_* are the tries' own; candidate_* the sample's
+candidate. A sample that no try passed (gate.on_fail=best) gives none.
+
 Groups that give no pair are counted by reason, never dropped silently: the run found no pair
 (tie with ties=skip, best-worst below preference.margin, fewer than two scored candidates), the
 pair is below --min-margin, or an image is missing. Plain (non-group) samples are counted too.
@@ -81,7 +87,7 @@ PAIR_SCHEMA = pa.schema([
     ("key", pa.string()), ("prompt_id", pa.string()),
 ])
 SKIP_REASONS = ("plain_sample", "no_pair_tie", "no_pair_below_margin", "no_pair_unscored",
-                "below_min_margin", "missing_image")
+                "below_min_margin", "missing_image", "gate_not_passed", "gate_no_failed_try")
 
 
 # ------------------------------------------------------------------ one group -> one row
@@ -158,6 +164,56 @@ def pair_row(sample: Any, min_margin: float | None, image_format: str, quality: 
     return row, None
 
 
+def gate_rows(sample: Any, min_margin: float | None, image_format: str, quality: int,
+              ) -> tuple[list[dict[str, Any]], str | None]:
+    """The pairs of a gated sample kept with its failed tries (gate.keep_rejected): (rows, None), or
+    ([], skip reason)."""
+    from pipeline.gate.rules import parse_rule
+
+    meta, gate = sample.meta, sample.meta["gate"]
+    if not gate.get("passed"):
+        return [], "gate_not_passed"
+    attempts = {a["try"]: a for a in gate.get("attempts", [])}
+    main = next((n for n in sample.image_names()), None)
+    failed_tries = sorted((int(n.split(".", 1)[0][3:]), n) for n in sample.files
+                          if n.startswith("try") and n.split(".", 1)[0][3:].isdigit())
+    if main is None or not failed_tries:
+        return [], "gate_no_failed_try" if main is not None else "missing_image"
+    rule = parse_rule(gate["rules"][0])
+    chosen = attempts[gate["chosen"]]
+    rows, below = [], 0
+    for n, name in failed_tries:
+        rejected = attempts[n]
+        s_c, s_r = chosen["scores"].get(rule.scorer), rejected["scores"].get(rule.scorer)
+        if min_margin is not None and rule.margin(s_c) - rule.margin(s_r) < min_margin:
+            below += 1
+            continue
+        pair_key = f"{sample.key}\x1ftry{n}"
+        order = ((rejected, name), (chosen, main)) if slot_flip(pair_key) else ((chosen, main), (rejected, name))
+        row: dict[str, Any] = {"caption": meta.get("prompt", ""), "scorer": rule.scorer, "key": sample.key,
+                               "prompt_id": meta.get("prompt_id"), "are_different": True, "has_label": True}
+        for slot, (a, file) in enumerate(order):
+            row[f"jpg_{slot}"] = to_jpeg(sample.files[file], file, image_format, quality)
+            row[f"label_{slot}"] = 1.0 if a is chosen else 0.0
+            row[f"model_{slot}"] = model_name({"model": meta.get("model"), "method": a["method"]})
+            row[f"score_{slot}"] = a["scores"].get(rule.scorer)
+            row[f"scores_{slot}"] = json.dumps(a["scores"], sort_keys=True)
+            row[f"seed_{slot}"] = a["seed"]
+            row[f"method_{slot}"] = a["method"]
+            row[f"candidate_{slot}"] = meta.get("candidate", 0)
+        rows.append(row)
+    return rows, None if rows or not below else "below_min_margin"
+
+
+def sample_rows(sample: Any, min_margin: float | None, image_format: str, quality: int,
+                ) -> tuple[list[dict[str, Any]], str | None]:
+    """A sample's pair rows: a group's one pair, or a gated plain sample's pairs with its failed tries."""
+    if not sample.is_group and sample.meta.get("gate"):
+        return gate_rows(sample, min_margin, image_format, quality)
+    row, reason = pair_row(sample, min_margin, image_format, quality)
+    return ([row], None) if row is not None else ([], reason)
+
+
 # ------------------------------------------------------------------ one shard
 @dataclass(frozen=True)
 class PairJob:
@@ -200,15 +256,17 @@ class PairShardWorker:
             for sample in iter_shard(self.src, sid):
                 counts["samples"] += 1
                 counts["groups"] += sample.is_group
-                row, reason = pair_row(sample, job.min_margin, job.image_format, job.quality)
-                if row is None:
+                pairs, reason = sample_rows(sample, job.min_margin, job.image_format, job.quality)
+                if not pairs:
                     counts[f"skipped/{reason}"] += 1
                     continue
-                counts["pairs"] += 1
-                counts["ties_labelled_half"] += row["label_0"] == 0.5
-                counts["slot0_chosen"] += row["label_0"] == 1.0
-                counts[f"scorer/{row['scorer']}"] += 1
-                rows.append(row)
+                counts["gate_samples"] += "gate" in sample.meta
+                for row in pairs:
+                    counts["pairs"] += 1
+                    counts["ties_labelled_half"] += row["label_0"] == 0.5
+                    counts["slot0_chosen"] += row["label_0"] == 1.0
+                    counts[f"scorer/{row['scorer']}"] += 1
+                rows.extend(pairs)
                 if len(rows) >= job.row_group_size:
                     w.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
                     rows = []
@@ -286,6 +344,7 @@ def export_pairs(source: str | Location, dest: str, min_margin: float | None = N
     return {"source": src.url, "dest": dest, "files": writer.files, "shards": len(shards),
             "samples": counts["samples"], "groups": counts["groups"], "pairs": writer.rows_written,
             "pairs_slot0_chosen": counts["slot0_chosen"], "ties_labelled_half": counts["ties_labelled_half"],
+            "gated_samples_with_pairs": counts["gate_samples"],
             "scorers": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("scorer/")},
             "min_margin": min_margin,
             "skipped": {r: counts.get(f"skipped/{r}", 0) for r in SKIP_REASONS}}

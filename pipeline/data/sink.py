@@ -25,6 +25,8 @@ from the samples as they are written. The dataset card merges these instead of r
   index.json records each tar's size and sha256 so such a mix-up is detectable.
 - Reruns give byte-identical tars: fixed mtime/owner/mode, entries sorted, images encoded from
   the same pixels with the same settings.
+- `gated=True` (the quality gate is on) adds the sidecar column `gate`: each row's tries as JSON,
+  for dropped rows too.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ SIDECAR_SCHEMA = pa.schema([
     ("key", pa.string()), ("row", pa.int64()), ("prompt_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("prompt", pa.string()), ("seed", pa.uint64()), ("images", pa.int32()),
 ])
+# With the quality gate on (gate.rules), one more column: each row's tries (seed, method, scores,
+# failed rules) as JSON, so a row the gate dropped keeps what its tries scored.
+GATED_SIDECAR_SCHEMA = SIDECAR_SCHEMA.append(pa.field("gate", pa.string()))
 
 
 class AlreadyCommitted(RuntimeError):
@@ -104,11 +109,12 @@ class ShardSink:
     """Context manager writing one shard; see the module docstring for the guarantees."""
 
     def __init__(self, location: Location, spec: ShardSpec, image_format: str = "png",
-                 quality: int = 95, attempt: int = 1):
+                 quality: int = 95, attempt: int = 1, gated: bool = False):
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format={image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
         self.location, self.spec = location, spec
         self.image_format, self.quality, self.attempt = image_format, quality, attempt
+        self.gated = gated  # the sidecar gets the gate column
         self.stats: ShardStats | None = None
         self.summary = SummaryBuilder()  # the shard's figures for the card; others may add to it
         self._extra_stats: dict[str, Any] = {}
@@ -156,6 +162,10 @@ class ShardSink:
                                         error=None, prompt=item.prompt,
                                         seed=seed if isinstance(seed, int) else None,
                                         images=len(item.images) + len(item.extra_images))
+            if self.gated:
+                meta = item.metadata
+                tries = ([c.get("gate") for c in meta["candidates"]] if "candidates" in meta else meta.get("gate"))
+                self._rows[item.row]["gate"] = _gate_json(tries)
             self._written_samples += 1
         elif isinstance(item, RowOutcome):
             if item.status == OK:
@@ -164,6 +174,8 @@ class ShardSink:
             self._rows[item.row] = dict(key=item.key, row=item.row, prompt_id=item.prompt_id,
                                         status=item.status, error=item.error, prompt=None, seed=None,
                                         images=0)
+            if self.gated:
+                self._rows[item.row]["gate"] = _gate_json(item.gate)
         else:
             raise TypeError(f"ShardSink.write takes a Sample or a RowOutcome, not {type(item).__name__}")
         self._written_rows += 1
@@ -256,7 +268,8 @@ class ShardSink:
         self._tar_file.close()
         rows = [self._rows[r] for r in sorted(self._rows)]
         side_tmp = self._temp(sidecar_path(spec.shard_id))
-        pq.write_table(pa.Table.from_pylist(rows, schema=SIDECAR_SCHEMA), side_tmp)
+        schema = GATED_SIDECAR_SCHEMA if self.gated else SIDECAR_SCHEMA
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), side_tmp)
         statuses = [r["status"] for r in rows]
         stats = ShardStats(shard_id=spec.shard_id, rows=len(rows), samples=statuses.count(OK),
                            rejected=statuses.count(REJECTED), failed=statuses.count(FAILED),
@@ -328,6 +341,10 @@ def stats_json(stats: ShardStats) -> str:
 def _meta(s: Sample) -> dict[str, Any]:
     """The sample's json, as written to the tar."""
     return {**s.metadata, "key": s.key, "prompt_id": s.prompt_id, "prompt": s.prompt}
+
+
+def _gate_json(tries: Any) -> str | None:
+    return None if tries is None else json.dumps(tries, sort_keys=True, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import posixpath
 import re
 from collections.abc import Iterator
@@ -28,11 +29,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import InputConfig
+from pipeline.data.columns import AUTO, PROMPT_COLUMNS, with_prompt_column
 from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, column_values, file_uri, format_of, suffix
 from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, id_str, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 
+log = logging.getLogger(__name__)
 _MAGIC = re.compile(r"[*?\[]")
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
 HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # written by datasets' save_to_disk
@@ -47,6 +50,7 @@ def plan_shards(cfg: InputConfig, shard_size: int) -> list[ShardSpec]:
     if not 0 < shard_size < 10**6:
         raise ValueError(f"shard_size={shard_size} must be in 1..999999 (6-digit sample index)")
     fs, files = list_input_files(cfg)
+    cfg = with_prompt_column(cfg, fs, files)
     counts = [_count_rows(fs, f, cfg) for f in files]
     if sum(counts) == 0:
         raise InputError(f"input.path={cfg.path!r} has no rows ({len(files)} file(s), all empty)")
@@ -109,10 +113,14 @@ def _directory_files(fs: Any, base: str, cfg: InputConfig) -> tuple[list[str], s
     return files, f"the directory holds no {', '.join('*' + s for s in DIRECTORY_SUFFIXES)} files"
 
 
-def column_names(cfg: InputConfig) -> list[str]:
-    """The columns of the first input file (a .txt file has one: input.prompt_column)."""
+def resolve_prompt_column(cfg: InputConfig) -> InputConfig:
+    """`cfg` with input.prompt_column=auto replaced by the column found (pipeline/data/columns.py), logged."""
     fs, files = list_input_files(cfg)
-    return format_of(files[0]).columns(fs, files[0], cfg)
+    out = with_prompt_column(cfg, fs, files)
+    if cfg.prompt_column == AUTO:
+        log.info("prompts: column %r of %s (input.prompt_column=auto: the first of %s the input has)",
+                 out.prompt_column, cfg.path, ", ".join(PROMPT_COLUMNS))
+    return out
 
 
 def _hidden(rel: str) -> bool:
@@ -220,6 +228,7 @@ def read_shard(spec: ShardSpec, cfg: InputConfig, batch_size: int,
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be > 0")
     fs, path = filesystem_for(spec.path, cfg.s3)
+    cfg = with_prompt_column(cfg, fs, [path])  # (a job's actors get the planned column: no-op)
     check = RowValidator(spec, cfg, tokenizer, _stable_name(spec.path, cfg.path))
     read = max(batch_size, _READ_BATCH)
     chunks = format_of(path).chunks(fs, path, spec, cfg, read)

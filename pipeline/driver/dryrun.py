@@ -8,7 +8,9 @@ UNet evals come from each method's record (pipeline/sampling/methods.py) with AN
 model's own scheduler. FLOPs are counted by torch's FLOP counter on a forward pass of the configured
 architecture on the meta device at the configured size (pipeline/models/architectures.py); memory
 is the weights at their dtypes plus the activation peak of that pass (a live-tensor tracker,
-attention taken as fused). GPU hours assume `plan.mfu` of each GPU's dense fp16/bf16 peak.
+attention taken as fused). The `geneval` judge's detector (Mask2Former, float32, at GenEval's
+800-pixel input) is counted the same way: its weights, its FLOPs per image and its activation peak
+for the images the worker scores at once. GPU hours assume `plan.mfu` of each GPU's dense fp16/bf16 peak.
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.data.source import plan_shards, read_shard
+from pipeline.gate import figures as gate_figures
+from pipeline.gate.escalate import sampler_index
 from pipeline.placement import placement_errors
 from pipeline.records import PromptRecord
-from pipeline.sampling.methods import AE_PASS_EVALS, METHODS, attend_excite_evals, needs_captioner, run_methods
+from pipeline.sampling.methods import (
+    AE_PASS_EVALS,
+    METHODS,
+    attend_excite_evals,
+    needs_captioner,
+    run_methods,
+    run_samplers,
+)
 
 GB = 1e9
 HEADROOM = 0.9  # of a GPU's memory usable by tensors (the CUDA context, cuDNN workspaces, fragmentation)
@@ -31,10 +42,14 @@ GPUS = [("L4", 24, 121), ("A10G", 24, 70), ("A100-40GB", 40, 312), ("A100-80GB",
 
 def dry_run(cfg: Config) -> dict[str, Any]:
     """The plan of `cfg` as a JSON-able dict (see the module docstring). Raises ConfigError/InputError."""
+    from dataclasses import replace
+
     from pipeline.config import ConfigError
+    from pipeline.data.source import resolve_prompt_column
 
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
+    cfg = replace(cfg, input=resolve_prompt_column(cfg.input))  # input.prompt_column=auto: found once, logged
     specs = plan_shards(cfg.input, cfg.output.shard_size)
     rows = sum(s.num_rows for s in specs)
     rejected = 0
@@ -48,21 +63,66 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     images = samples * len(methods) * cfg.preference.candidates
     unet_evals = samples * cfg.preference.candidates * sum(per_image.values())
     ae_lo, ae_hi = attend_excite_evals(cfg.sampler)
-    total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"] + images * arch["vae_flops"])
+    total = int((unet_evals + AE_PASS_EVALS * ae_lo * images) * arch["unet_flops"]
+                + images * (arch["vae_flops"] + arch["judge_flops"]))
     arch["memory"]["host"] = host_fit(cfg, arch["memory"])
+    gate = gate_plan(cfg, samples, arch) if cfg.gate.rules else None
     return {
         "shards": len(specs), "rows": rows, "rejected_rows": rejected, "samples": samples, "images": images,
         "methods": methods, "candidates": cfg.preference.candidates, "unet_evals_per_image": per_image,
         "unet_evals": unet_evals, "ae_evals_per_image": {"min": ae_lo, "max": ae_hi},
         "unet_flops_per_eval": arch["unet_flops"], "vae_flops_per_decode": arch["vae_flops"],
-        "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "config_sources": arch["sources"],
-        "memory_gb": arch["memory"],
+        "judge_flops_per_image": arch["judge_flops"],
+        "total_flops": total, "size": [cfg.sampler.height, cfg.sampler.width], "steps": cfg.sampler.steps,
+        "config_sources": arch["sources"],
+        "memory_gb": arch["memory"], "gate": gate,
         "gpu_hours": {"mfu": cfg.plan.mfu, **{name: round(total / (peak * 1e12 * cfg.plan.mfu) / 3600, 3)
                                               for name, _, peak in GPUS}},
-        "not_counted": "text encoders, captioning and scoring FLOPs (small beside the UNet and VAE at "
-                       "SDXL sizes); the token-length check of each prompt; Attend-and-Excite's refinement "
+        "not_counted": "text encoders, captioning and the CLIP scorers' FLOPs (small beside the UNet and VAE at "
+                       "SDXL sizes; the geneval detector's are counted, its CLIP colour crops are not); the "
+                       "token-length check of each prompt; Attend-and-Excite's refinement "
                        "passes beyond the minimum (ae_evals_per_image.max bounds them)",
     }
+
+
+def gate_plan(cfg: Config, samples: int, arch: dict[str, Any]) -> dict[str, Any]:
+    """The quality gate's cost (pipeline/gate): the worst case, every image at gate.tries, and with
+    gate.expected_pass_rate p the expected one (each try passing independently with probability p).
+    Evals count Attend-and-Excite's fewest gradient passes at AE_PASS_EVALS each; `cost_per_kept` is
+    in cfg's 2N evals per image."""
+    g = cfg.gate
+    images = samples * cfg.preference.candidates  # per method: the images one try of every row makes
+    per_try, worst, expected = {}, {"images": 0, "unet_evals": 0, "evals": 0.0}, {"evals": 0.0, "images": 0.0}
+    kept = 1.0
+    for m, samplers in run_samplers(cfg).items():
+        tries = [samplers[sampler_index(t, len(g.escalate))] for t in range(1, g.tries + 1)]
+        unet = [METHODS[s.method].evals(s, arch["try_ks"][m][sampler_index(t, len(g.escalate))])
+                for t, s in enumerate(tries, 1)]
+        evals = [u + AE_PASS_EVALS * attend_excite_evals(s)[0] for u, s in zip(unet, tries)]
+        per_try[m] = [{"method": s.method, "unet_evals": u, "ae_evals": list(attend_excite_evals(s))}
+                      for s, u in zip(tries, unet)]
+        worst["images"] += images * g.tries
+        worst["unet_evals"] += images * sum(unet)
+        worst["evals"] += images * sum(evals)
+        e = gate_figures.expected(evals, g.tries, g.expected_pass_rate, g.on_fail)
+        if g.expected_pass_rate is not None:
+            expected["evals"] += images * e["expected_evals"]
+            expected["images"] += images * e["expected_tries"]
+            kept *= e["kept_fraction"] ** cfg.preference.candidates  # a row is kept when all its images are
+    per_image = arch["vae_flops"] + arch["judge_flops"]  # every try is decoded and judged
+    worst["total_flops"] = int(worst["evals"] * arch["unet_flops"] + worst["images"] * per_image)
+    out = {"rules": list(g.rules), "tries": g.tries, "on_fail": g.on_fail, "per_try": per_try, "worst_case": worst,
+           "expected": None}
+    if g.expected_pass_rate is not None:
+        unit = 2 * cfg.sampler.steps
+        kept_samples = samples * kept
+        expected.update({
+            "pass_rate": g.expected_pass_rate, "kept_samples": kept_samples,
+            "total_flops": int(expected["evals"] * arch["unet_flops"] + expected["images"] * per_image),
+            "evals_per_kept": expected["evals"] / kept_samples if kept_samples else None,
+            "cost_per_kept": expected["evals"] / kept_samples / unit if kept_samples else None})
+        out["expected"] = expected
+    return out
 
 
 def host_fit(cfg: Config, memory: dict[str, Any]) -> dict[str, Any] | None:
@@ -108,21 +168,24 @@ def architecture_figures(cfg: Config, child: bool | None = None) -> dict[str, An
 def describe(cfg: Config) -> dict[str, Any]:
     """The figures architecture_figures returns, computed in this process."""
     arch = Architecture(cfg)
-    return {"answer_ks": answer_ks(cfg), "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
-            "sources": arch.sources, "memory": arch.memory()}
+    try_ks = {m: [answer_ks(cfg, s) for s in ss] for m, ss in run_samplers(cfg).items()}
+    return {"answer_ks": answer_ks(cfg), "try_ks": try_ks, "unet_flops": arch.unet_flops, "vae_flops": arch.vae_flops,
+            "judge_flops": arch.judge_flops, "sources": arch.sources, "memory": arch.memory()}
 
 
-def answer_ks(cfg: Config) -> list[int]:
-    """ANSWER's K_i per main step, from the model's own scheduler (as the sampler computes them)."""
+def answer_ks(cfg: Config, s: Any = None) -> list[int]:
+    """ANSWER's K_i per main step of sampler `s` (default cfg.sampler), from the model's own scheduler
+    (as the sampler computes them)."""
     from pipeline.models.architectures import component_config
     from pipeline.models.diffusion import make_scheduler
     from pipeline.sampling import guidance
     from pipeline.sampling.chains import fresh_scheduler
 
+    s = s or cfg.sampler
     config, _ = component_config(cfg.model.id, "scheduler", model_dir(cfg))
-    scheduler = fresh_scheduler(make_scheduler(config, cfg.sampler.scheduler), cfg.sampler.steps)
+    scheduler = fresh_scheduler(make_scheduler(config, s.scheduler), s.steps)
     timesteps = [float(t) for t in scheduler.timesteps]
-    return guidance.answer_schedule(cfg.sampler.answer.schedule, cfg.sampler.answer.k, timesteps)
+    return guidance.answer_schedule(s.answer.schedule, s.answer.k, timesteps)
 
 
 def model_dir(cfg: Config):
@@ -133,6 +196,23 @@ def model_dir(cfg: Config):
 
     path = Path(resolve_model_path(cfg.model.id, cfg.model.cache_dir))  # builds a tiny id's directory
     return path if path.is_dir() else None
+
+
+# Meta-device models, and what they measure, are pure functions of (config, dtype, input shape): a
+# process that describes several configs (the evaluation, a notebook, the tests) builds and runs each once.
+_MEASURED: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, compute):
+    if key not in _MEASURED:
+        _MEASURED[key] = compute()
+    return _MEASURED[key]
+
+
+def _config_key(config: dict) -> str:
+    import json
+
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 class Architecture:
@@ -158,17 +238,25 @@ class Architecture:
             cfg.model.upcast_vae == "auto" and cfg.model.dtype == "float16" and not cfg.model.vae_id
             and family == "sdxl" and vae_cfg.get("force_upcast", True))
         self.vae_dtype = torch.float32 if upcast else self.dtype
-        self.unet = A.meta_unet(unet_cfg, self.dtype)
-        self.vae = A.meta_vae(vae_cfg, self.vae_dtype)
         self.scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-        text = [A.meta_transformers("clip_text", self._config(cfg.model.id, "text_encoder", local))]
+        self._ids = {"unet": (_config_key(unet_cfg), str(self.dtype)),
+                     "vae": (_config_key(vae_cfg), str(self.vae_dtype))}
+        self.unet = _cached(("model", "unet", *self._ids["unet"]), lambda: A.meta_unet(unet_cfg, self.dtype))
+        self.vae = _cached(("model", "vae", *self._ids["vae"]), lambda: A.meta_vae(vae_cfg, self.vae_dtype))
+        text = [("clip_text", self._config(cfg.model.id, "text_encoder", local))]
         if family == "sdxl":  # SDXL's second encoder
-            text.append(A.meta_transformers("clip_text_projection",
-                                            self._config(cfg.model.id, "text_encoder_2", local)))
+            text.append(("clip_text_projection", self._config(cfg.model.id, "text_encoder_2", local)))
         self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
-                       "text_encoders": sum(A.params(m) for m in text)}
-        self.unet_flops = self._flops(lambda: self._unet_forward(1))
-        self.vae_flops = self._flops(lambda: self._vae_decode(1))
+                       "text_encoders": sum(_meta_params(kind, c) for kind, c in text)}
+        self.unet_flops = self._measure("flops", "unet", 1, lambda: self._unet_forward(1))
+        self.vae_flops = self._measure("flops", "vae", 1, lambda: self._vae_decode(1))
+        self.judge, self.judge_flops = None, 0
+        if "geneval" in cfg.scoring.scorers:  # the judge's detector runs in the sampler actor, once per image
+            det_cfg = self._config(cfg.scoring.geneval_detector_id, "", _tiny_detector(cfg), "geneval_detector")
+            self._ids["judge"] = (_config_key(det_cfg),)
+            self.judge = _cached(("model", "judge", *self._ids["judge"]),
+                                 lambda: A.meta_transformers("mask2former", det_cfg))
+            self.judge_flops = self._measure("flops", "judge", 1, lambda: self._judge_forward(1))
 
     def _config(self, model_id: str, component: str, local: Any, label: str | None = None) -> dict:
         from pipeline.models.architectures import component_config
@@ -195,6 +283,20 @@ class Architecture:
             if grad:
                 out.sample.sum().backward()
 
+    def _judge_forward(self, batch: int) -> None:
+        """The geneval detector on `batch` images as its processor sizes them (pipeline/scoring/geneval.py)."""
+        import math
+
+        import torch
+
+        from pipeline.scoring.geneval import DETECTOR_SIZE
+
+        h, w = self.cfg.sampler.height, self.cfg.sampler.width
+        scale = min(DETECTOR_SIZE["shortest_edge"] / min(h, w), DETECTOR_SIZE["longest_edge"] / max(h, w))
+        size = [math.ceil(round(v * scale) / 32) * 32 for v in (h, w)]  # padded to a multiple of 32
+        with torch.no_grad():
+            self.judge(pixel_values=torch.empty(batch, 3, *size, device="meta"))
+
     def _vae_decode(self, batch: int) -> None:
         import torch
 
@@ -203,6 +305,11 @@ class Architecture:
                         self.cfg.sampler.width // self.scale, device="meta", dtype=self.vae_dtype)
         with torch.no_grad():
             self.vae.decode(z)
+
+    def _measure(self, what: str, part: str, shape: Any, run) -> int:
+        """`what` ("flops" or "peak") of `run`, a call of model `part` on input `shape` at the configured size."""
+        key = (what, part, *self._ids[part], self.cfg.sampler.height, self.cfg.sampler.width, self.scale, shape)
+        return _cached(key, lambda: self._flops(run) if what == "flops" else self._peak(run))
 
     @staticmethod
     def _flops(run) -> int:
@@ -232,41 +339,59 @@ class Architecture:
                    "vae": self.params["vae"] * DTYPE_BYTES[str(self.vae_dtype).removeprefix("torch.")]}
         captioner = 0
         if needs_captioner(cfg) and cfg.captioner.id != "toy":  # the toy describer is code, not weights
-            blip = A.meta_transformers("blip2", A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0])
-            captioner = A.params(blip) * DTYPE_BYTES[cfg.captioner.dtype]
+            blip = A.component_config(cfg.captioner.id, "", _tiny_blip(cfg))[0]
+            captioner = _meta_params("blip2", blip) * DTYPE_BYTES[cfg.captioner.dtype]
             if cfg.captioner.workers == 0:
                 weights["captioner"] = captioner
         for name in cfg.scoring.scorers:  # the scorers load in the sampler actor
-            if name in ("clip", "pickscore") and f"scorer_{name}" not in weights:
-                model_id = cfg.scoring.clip_id if name == "clip" else cfg.scoring.pickscore_id
-                clip = A.meta_transformers("clip", A.component_config(model_id, "", _tiny_scorer(cfg, name))[0])
+            model = "pickscore" if name == "pickscore" else "clip"  # geneval's colours: clip's CLIP, shared
+            if name in ("clip", "pickscore", "geneval") and f"scorer_{model}" not in weights:
+                model_id = cfg.scoring.clip_id if model == "clip" else cfg.scoring.pickscore_id
+                clip = A.component_config(model_id, "", _tiny_scorer(cfg, model))[0]
                 # the scorers compute in float32 on CPU whatever scoring.dtype says (pipeline/scoring)
                 on_gpu = cfg.ray.gpus_per_worker > 0 and cfg.model.device != "cpu"
-                weights[f"scorer_{name}"] = A.params(clip) * (DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4)
+                scorer_bytes = DTYPE_BYTES[cfg.scoring.dtype] if on_gpu else 4
+                weights[f"scorer_{model}"] = _meta_params("clip", clip) * scorer_bytes
+        judge_act = 0
+        if self.judge is not None:  # float32 everywhere; detection batches: the images of one score call
+            weights["scorer_geneval_detector"] = A.params(self.judge) * 4
+            per_call = min(cfg.scoring.batch_size,
+                           cfg.sampler.batch_size * len(run_methods(cfg)) * cfg.preference.candidates)
+            j1, j2 = (self._measure("peak", "judge", b, lambda b=b: self._judge_forward(b)) for b in (1, 2))
+            judge_act = j1 + (j2 - j1) * (per_call - 1)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
         # Attend-and-Excite's passes (one row a sample) keep activations for their backward.
-        calls = [lambda b: self._unet_forward(2 * b)]
+        calls = [(False, lambda b: self._unet_forward(2 * b))]
         if cfg.sampler.attend_excite.enabled:
-            calls.append(lambda b: self._unet_forward(b, grad=True))
-        peaks = [[self._peak(lambda b=b, call=call: call(b)) for b in (1, 2)] for call in calls]
+            calls.append((True, lambda b: self._unet_forward(b, grad=True)))
+        peaks = [[self._measure("peak", "unet", (b, grad), lambda b=b, call=call: call(b)) for b in (1, 2)]
+                 for grad, call in calls]
         one, per_sample = max(p[0] for p in peaks), max(p[1] - p[0] for p in peaks)  # batch 1, each more
         unet_act = one + per_sample * (cfg.sampler.batch_size - 1)
-        vae_act = self._peak(lambda: self._vae_decode(cfg.model.vae_slice))
+        vae_act = self._measure("peak", "vae", cfg.model.vae_slice, lambda: self._vae_decode(cfg.model.vae_slice))
         fixed = sum(weights.values())
-        sampler = fixed + max(unet_act, vae_act)
+        sampler = fixed + max(unet_act, vae_act, judge_act)
         fits = {}
         for name, mem, _ in GPUS:
             usable = mem * GB * HEADROOM
             room = usable - fixed - (one - per_sample)
             largest = int(room // per_sample) if per_sample > 0 else 0
-            if vae_act + fixed > usable:
+            if max(vae_act, judge_act) + fixed > usable:
                 largest = 0
             fits[name] = {"fits": sampler <= usable, "largest_batch_size": max(largest, 0)}
         return {"sampler_actor": round(sampler / GB, 2),
                 "sampler_weights": {k: round(v / GB, 3) for k, v in weights.items()},
                 "unet_activations": round(unet_act / GB, 3), "vae_activations": round(vae_act / GB, 3),
+                "judge_activations": round(judge_act / GB, 3),
                 "captioner_actor": round(captioner / GB, 2) if cfg.captioner.workers and captioner else None,
                 "gpus": fits}
+
+
+def _meta_params(kind: str, config: dict) -> int:
+    """Parameters of a transformers model built on the meta device from `config` (once per process)."""
+    from pipeline.models import architectures as A
+
+    return _cached(("params", kind, _config_key(config)), lambda: A.params(A.meta_transformers(kind, config)))
 
 
 def _tiny_blip(cfg: Config):
@@ -286,6 +411,14 @@ def _tiny_scorer(cfg: Config, name: str):
     return (tiny.tiny_clip if name == "clip" else tiny.tiny_pickscore)()  # where the worker's scorers build them
 
 
+def _tiny_detector(cfg: Config):
+    if cfg.scoring.geneval_detector_id != "tiny":
+        return None
+    from pipeline.scoring.tiny import tiny_mask2former
+
+    return tiny_mask2former()  # where the worker's geneval scorer builds it
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as a few lines for the terminal."""
     m, per_image = p["memory_gb"], p["unet_evals_per_image"]
@@ -301,9 +434,12 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{p['images']} image(s) at {p['size'][0]}x{p['size'][1]} ({', '.join(p['methods'])} x {p['candidates']})",
         f"  UNet evals {p['unet_evals']:,} ({', '.join(f'{k} {v}/image' for k, v in per_image.items())})"
         f"; {flops(p['unet_flops_per_eval'])}/eval, VAE decode {flops(p['vae_flops_per_decode'])}/image; "
-        f"total {flops(p['total_flops'])}",
+        f"total {flops(p['total_flops'])}"
+        + (f" (incl. the geneval detector, {flops(p['judge_flops_per_image'])}/image)" if p["judge_flops_per_image"]
+           else ""),
         f"  memory per sampler actor {m['sampler_actor']} GB (weights {sum(m['sampler_weights'].values()):.2f}, "
-        f"activations UNet {m['unet_activations']} / VAE {m['vae_activations']})"
+        f"activations UNet {m['unet_activations']} / VAE {m['vae_activations']}"
+        + (f" / geneval detector {m['judge_activations']}" if m.get("judge_activations") else "") + ")"
         + (f"; per captioner actor {m['captioner_actor']} GB" if m["captioner_actor"] else ""),
         "  GPU        fits  largest batch  GPU hours at MFU " + f"{p['gpu_hours']['mfu']:.2f}",
     ]
@@ -312,6 +448,24 @@ def format_plan(p: dict[str, Any]) -> str:
         g = m["gpus"][name]
         lines.append(f"  {name:<10} {'yes' if g['fits'] else 'no':<5} {g['largest_batch_size']:>13}  "
                      f"{p['gpu_hours'][name]:>10,.2f}")
+    gate = p.get("gate")
+    if gate:
+        w = gate["worst_case"]
+        per = "; ".join(f"{m}: " + ", ".join(f"{t['method']} {t['unet_evals']}" for t in ts)
+                        for m, ts in gate["per_try"].items())
+        lines.append(f"  gate ({' and '.join(gate['rules'])}, on_fail={gate['on_fail']}): UNet evals per image of "
+                     f"tries 1..{gate['tries']}: {per}")
+        lines.append(f"  gate worst case (every image at gate.tries={gate['tries']}): {w['images']:,} images, "
+                     f"{w['unet_evals']:,} UNet evals, total {flops(w['total_flops'])}")
+        e = gate["expected"]
+        if e:
+            lines.append(f"  gate expected at gate.expected_pass_rate={e['pass_rate']}: {e['images']:,.0f} images, "
+                         f"{e['kept_samples']:,.0f} samples kept, {e['evals']:,.0f} evals, total "
+                         f"{flops(e['total_flops'])}; per kept sample {e['evals_per_kept']:,.1f} evals "
+                         f"({e['cost_per_kept']:.2f}x cfg's {2 * p['steps']} evals per image)")
+        else:
+            lines.append("  gate expected cost: set gate.expected_pass_rate (the share of images you expect to "
+                         "pass) to see it")
     if host:
         lines.append(f"  on this machine's CPUs: the actors need {host['needed_gb']} GB of its {host['memory_gb']} GB"
                      + ("" if host["fits"] else " -- they do NOT fit: the run would page and stall; use fewer "

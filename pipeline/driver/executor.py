@@ -1,11 +1,12 @@
 """The Ray executor: sampler actors, the `ray.wait` loop, and carrying out what the policy decides.
 
 It only moves work: every decision (which actor, retry or quarantine, whom to blame, when to replace
-an actor or give up on a shard) is made by pipeline/driver/policy.py. Before any retry it checks the
-shard's commit file, so a shard that committed just before its actor died is not sampled twice.
+an actor or give up on a shard, which queued shard moves to an idle actor) is made by
+pipeline/driver/policy.py. Before any retry it checks the shard's commit file, so a shard that
+committed just before its actor died is not sampled twice.
 
 Driver hooks, `hooks(event, payload)`, are called in the driver's thread at: actor_ready,
-actor_init_failed, actor_replaced, submitted, committed, failed, timed_out, actor_died, requeued,
+actor_init_failed, actor_replaced, submitted, moved, committed, failed, timed_out, actor_died, requeued,
 quarantined, progress, stalled (fault-injection tests use them, e.g. to kill an actor at a chosen moment).
 `on_commit(stats)` is called once per committed shard with its full stats (summary included: the
 driver's Ledger keeps what the index and the card need); the book keeps them without the summary.
@@ -77,6 +78,7 @@ class Executor:
             self._due_probes(now)
             self._timeouts(now)
             self._fill()
+            self._move_queued()
             if not self.waiting and not self.delayed:
                 reasons = sorted({s.init_error for s in self.slots if s.init_error} or {"all died"})
                 self.abort_reason = "no sampler actor is left: " + "; ".join(P.last_line(r) for r in reasons)
@@ -153,7 +155,7 @@ class Executor:
             return
         # only an answer about an attempt still running there (not one of a shard's earlier attempts)
         if now and any((t.spec.shard_id, t.attempt) == (now["shard"], now.get("attempt")) for t in slot.live):
-            self.progress.update(slot.name, now["shard"], now["rows"], now["samples"])
+            self.progress.update(slot.name, now["shard"], now["rows"], now["samples"], now.get("tries"))
 
     def _due_probes(self, now: float) -> None:
         due = [s for t, s in self.delayed if t <= now]
@@ -241,7 +243,7 @@ class Executor:
     # -- shards --------------------------------------------------------------------------------
     def _fill(self) -> None:
         while self.book.pending:
-            slot = P.pick_slot(self.slots, self.limits.max_in_flight)
+            slot = P.pick_slot(self.slots, self.limits.max_in_flight, len(self.book.pending))
             if slot is None:
                 return
             st = self.book.take()
@@ -250,6 +252,26 @@ class Executor:
             P.submitted(slot, task, time.monotonic())
             self.waiting[ref] = ("task", task)
             self.emit("submitted", shard=st.spec.shard_id, slot=slot.name, attempt=st.attempts)
+
+    def _move_queued(self) -> None:
+        """At the tail: a shard queued behind another actor's running one goes to an idle actor. Its
+        queued attempt is cancelled (Ray drops an actor task that has not started) and forgotten: had it
+        started anyway, it runs on, and whichever attempt commits second loses cleanly."""
+        import ray
+
+        while (move := P.to_move(self.slots, len(self.book.pending))) is not None:
+            task, idle = move
+            try:
+                ray.cancel(task.ref, recursive=False)
+            except Exception as e:  # noqa: BLE001 - finished or its actor gone: the new attempt finds out
+                log.debug("cancel of shard %06d attempt %d: %s", task.spec.shard_id, task.attempt, e)
+            self.waiting.pop(task.ref, None)
+            P.moved(task.slot, task)
+            self.book.moved(task)
+            log.info("shard %06d: moved from %s, where it waited behind a running shard, to idle %s",
+                     task.spec.shard_id, task.slot.name, idle.name)
+            self.emit("moved", shard=task.spec.shard_id, slot=task.slot.name, to=idle.name, attempt=task.attempt)
+            self._fill()
 
     def _deadlines(self) -> list[float]:
         t = self.limits.shard_timeout_s

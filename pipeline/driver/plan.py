@@ -8,9 +8,13 @@ with a matching fingerprint new_run changes nothing (the shards would come out i
 do not change the dataset are left out of the fingerprint (FINGERPRINT_EXCLUDE): where the output
 goes and its card's license and tags, credentials and endpoints, Ray resources and timeouts, logging,
 and execution choices that change images by float rounding at most: batch sizes, VAE slices, device,
-attention kernel, compile, channels_last. Samples are seeded per sample, never per batch or worker,
+attention kernel, compile, channels_last; and the gate's expected pass rate (`--dry-run` only). The
+`gate` section counts only when the gate is on (gate.rules), so outputs written before it existed
+resume as before. Samples are seeded per sample, never per batch or worker,
 so a resume may use another batch size or worker count. Committed shards are skipped; a finished
-output is not sampled again.
+output is not sampled again. `input.prompt_column=auto` counts as the column it found
+(pipeline/data/columns.py): a config that named that column, or the old default `prompt`, has the
+same fingerprint, so outputs written before `auto` existed resume as before.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pipeline.data.layout import (
     SUMMARY_FILE,
     committed_shards,
 )
-from pipeline.data.source import plan_shards
+from pipeline.data.source import plan_shards, resolve_prompt_column
 from pipeline.data.storage import Location, is_s3, open_location
 from pipeline.models.family import model_family
 from pipeline.placement import placement_errors
@@ -58,7 +62,7 @@ FINGERPRINT_EXCLUDE = (
     "model.vae_slice",
     "sampler.batch_size", "sampler.min_batch_size",
     "captioner.workers", "captioner.gpus_per_worker", "captioner.batch_size", "captioner.timeout_s",
-    "scoring.batch_size",
+    "scoring.batch_size", "gate.expected_pass_rate",
 )
 
 
@@ -117,8 +121,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def fingerprint_config(cfg: Config) -> dict[str, Any]:
     """The keys of the config (as given) that define the dataset, flattened and sorted."""
     flat = _flatten(to_dict(cfg, redact=True))
+    off = ("gate",) if not cfg.gate.rules else ()  # an output without a gate: as before the gate existed
     return {k: v for k, v in sorted(flat.items())
-            if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE)}
+            if not any(k == x or k.startswith(x + ".") for x in FINGERPRINT_EXCLUDE + off)}
 
 
 def fingerprint(cfg: Config, family: str) -> str:
@@ -143,6 +148,9 @@ def prepare(given: Config) -> Prepared:
     cfg = resolve_paths(given)
     if errors := placement_errors(cfg):
         raise ConfigError("; ".join(errors))
+    # input.prompt_column=auto becomes the column found: run/config.yaml and the fingerprint record it
+    cfg = replace(cfg, input=resolve_prompt_column(cfg.input))
+    given = replace(given, input=replace(given.input, prompt_column=cfg.input.prompt_column))
     specs = plan_shards(cfg.input, cfg.output.shard_size)
     try:
         loc = open_location(cfg.output.path, cfg.output.s3)

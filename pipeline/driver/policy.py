@@ -15,7 +15,12 @@ Rules:
 - An actor that failed in its constructor is not restarted or replaced (another one would fail the
   same way). One that Ray gave up on (restarts used up, node gone), or that stayed unreachable for
   `unavailable_limit_s`, is replaced by a fresh actor, at most `replacements` times per run.
-- Each actor holds at most `max_in_flight` shards; a shard goes to the least loaded ready actor.
+- Each actor holds at most `max_in_flight` shards; a shard goes to the least loaded ready actor. An
+  actor takes a shard to queue behind its running one only while more shards are pending than actors
+  are still starting, so the first actor ready does not take the shards the others would start.
+- At the tail, when a ready actor idles and nothing is pending, a shard queued (not yet started)
+  behind another actor's running one moves to it: its queued attempt is cancelled (no failed attempt;
+  if it had started anyway, exactly-once commits make the duplicate harmless).
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ class Limits:
 @dataclass
 class ShardState:
     spec: ShardSpec
-    attempts: int = 0  # executions started
+    attempts: int = 0  # attempts submitted (a moved one too: attempt numbers stay unique)
     failures: int = 0  # attempts that raised or timed out
     deaths: int = 0  # actor deaths while this shard was the one running
+    moves: int = 0  # queued attempts cancelled to run on an idle actor (never counted as failures)
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -92,10 +98,33 @@ class Slot:
 
 
 # ------------------------------------------------------------------ slots
-def pick_slot(slots: list[Slot], limit: int) -> Slot | None:
-    """The least loaded ready actor with room for one more shard (ties: the first)."""
+def pick_slot(slots: list[Slot], limit: int, pending: int) -> Slot | None:
+    """The least loaded ready actor with room for one more shard (ties: the first), for the next of
+    `pending` shards; None when that actor is busy and the actors still starting could take them all."""
     ready = [s for s in slots if s.ready and not s.dead and len(s.inflight) < limit]
-    return min(ready, key=lambda s: (len(s.inflight), slots.index(s))) if ready else None
+    if not ready:
+        return None
+    best = min(ready, key=lambda s: (len(s.inflight), slots.index(s)))
+    starting = sum(not s.ready and not s.dead for s in slots)
+    return None if best.inflight and pending <= starting else best
+
+
+def to_move(slots: list[Slot], pending: int) -> tuple[Task, Slot] | None:
+    """(a queued task, the idle ready actor it should move to), or None. Only when nothing is pending:
+    the last task queued on the actor with the most queued, ties the one whose running shard started
+    last (it frees last)."""
+    idle = [s for s in slots if s.ready and not s.dead and not s.inflight]
+    busy = [s for s in slots if s.ready and not s.dead and len(s.live) > 1]
+    if pending or not idle or not busy:
+        return None
+    src = max(busy, key=lambda s: (len(s.live), s.running_since or 0.0, -slots.index(s)))
+    return src.live[-1], idle[0]
+
+
+def moved(slot: Slot, task: Task) -> None:
+    """A queued task left its actor (its attempt cancelled); the running one is never moved."""
+    assert task in slot.live[1:], "only a queued task moves"
+    slot.inflight.remove(task)
 
 
 def submitted(slot: Slot, task: Task, now: float) -> None:
@@ -178,7 +207,7 @@ class ShardBook:
         self.states: dict[int, ShardState] = {st.spec.shard_id: st for st in self.pending}
         self.done: dict[int, ShardStats] = {}
         self.quarantined: dict[int, ShardState] = {}
-        self.failed_attempts = self.requeues = self.actor_deaths = 0
+        self.failed_attempts = self.requeues = self.actor_deaths = self.moves = 0
 
     def take(self) -> ShardState | None:
         """The next shard to submit (its attempt counted), or None."""
@@ -223,6 +252,14 @@ class ShardBook:
         self.pending.appendleft(st)
         return "requeue"
 
+    def moved(self, task: Task) -> None:
+        """Its queued attempt was cancelled to run on an idle actor: front of the queue. Not a failed
+        attempt: ray.max_attempts counts failures and deaths, never a move."""
+        st = self.states[task.spec.shard_id]
+        st.moves += 1
+        self.moves += 1
+        self.pending.appendleft(st)
+
     def open(self, slots: list[Slot]) -> bool:
         """Work is left: a shard is queued or in flight."""
         return bool(self.pending) or any(s.inflight for s in slots)
@@ -232,7 +269,7 @@ def quarantine_record(st: ShardState) -> dict[str, Any]:
     s = st.spec
     return {"shard": s.shard_id, "name": s.name, "path": s.path, "row_start": s.row_start,
             "row_stop": s.row_stop, "attempts": st.attempts, "failures": st.failures,
-            "actor_deaths": st.deaths, "errors": st.errors}
+            "actor_deaths": st.deaths, "moves": st.moves, "errors": st.errors}
 
 
 def error_text(e: BaseException, limit: int = ERROR_CHARS) -> str:

@@ -1,5 +1,6 @@
 """Progress of a run, shown as it goes: rows done of the total (each a sample or a recorded
 rejection), samples/s overall and per sampler actor, failed attempts, quarantined shards, ETA.
+With the quality gate (gate.rules) it also counts the tries (images sampled) beside the samples kept.
 
 On a terminal it is one live tqdm bar, redrawn every second (log lines print above it). Anywhere else
 (`ray job submit` logs, a file, CI) it is one plain log line every `logging.progress_interval_s`:
@@ -36,10 +37,12 @@ class Progress:
     def __init__(self, total_rows: int, rows_before: int, interval_s: float, stream: TextIO | None = None,
                  stall_s: float = 0.0):
         self.total_rows, self.rows_before = total_rows, rows_before
-        self.rows_done = self.samples_done = 0
+        self.rows_done = self.samples_done = self.tries_done = 0
+        self.gated = False  # a shard reported tries: the run has a quality gate
         self.stall_s = stall_s
         self.moved_at = self.stall_warned_at = time.monotonic()  # last new row or ready actor; last warning
-        self.running: dict[str, tuple[int, int, int]] = {}  # slot -> (shard, rows, samples) written so far
+        # slot -> (shard, rows, samples, tries) written so far
+        self.running: dict[str, tuple[int, int, int, int]] = {}
         self.first_ready: float | None = None
         stream = stream or sys.stdout
         self.bar = None
@@ -72,17 +75,25 @@ class Progress:
         self.first_ready = self.first_ready or time.monotonic()
         self.moved_at = time.monotonic()
 
-    def update(self, slot: str, shard: int, rows: int, samples: int) -> None:
-        """What the shard running on `slot` has written so far (its actor's answer to a poll)."""
-        if self.running.get(slot, (None, 0))[:2] != (shard, rows):
+    def update(self, slot: str, shard: int, rows: int, samples: int, tries: int | None = None) -> None:
+        """What the shard running on `slot` has written so far (its actor's answer to a poll); `tries`:
+        the images its gate has sampled (None without a gate)."""
+        now = (shard, rows, samples, tries or 0)
+        before = self.running.get(slot, (None, 0, 0, 0))
+        if (before[0], before[1], before[3]) != (shard, rows, now[3]):  # a row written or an image sampled
             self.moved_at = time.monotonic()
-        self.running[slot] = (shard, rows, samples)
+        self.gated = self.gated or tries is not None
+        self.running[slot] = now
 
     def add(self, stats: ShardStats, slot: str | None = None) -> None:
         """A shard committed: its rows move from running to done."""
         self.moved_at = time.monotonic()
         self.rows_done += stats.rows
         self.samples_done += stats.samples
+        gate = (stats.extra or {}).get("gate")
+        if gate:
+            self.gated = True
+            self.tries_done += sum(gate.get("tried", []))
         if slot is not None and self.running.get(slot, (None,))[0] == stats.shard_id:
             del self.running[slot]
 
@@ -102,26 +113,29 @@ class Progress:
         """The numbers shown (book: policy.ShardBook, slots: policy.Slot)."""
         now = time.monotonic()
         elapsed = max(now - (self.first_ready or now), 1e-9)
-        live_rows = sum(r for _, r, _ in self.running.values())
-        live_samples = sum(s for _, _, s in self.running.values())
+        live_rows = sum(r for _, r, _, _ in self.running.values())
+        live_samples = sum(s for _, _, s, _ in self.running.values())
         rows = self.rows_done + live_rows
         samples = self.samples_done + live_samples
+        tries = self.tries_done + sum(t for *_, t in self.running.values())
         remaining = self.total_rows - self.rows_before - rows - sum(
             st.spec.num_rows for st in book.quarantined.values())
         rate_rows = rows / elapsed
         per = {}
         for s in slots:
-            live = self.running.get(s.name, (0, 0, 0))[2]
+            live = self.running.get(s.name, (0, 0, 0, 0))[2]
             per[s.name] = (s.samples + live) / max(now - s.ready_at, 1e-9) if s.ready_at else 0.0
         still = now - self.moved_at
         stalled = bool(self.stall_s) and still >= self.stall_s and now - self.stall_warned_at >= self.stall_s
         return {"stalled_s": still if stalled else None,
                 "rows_done": self.rows_before + rows, "rows_total": self.total_rows, "samples": samples,
+                "tries": tries if self.gated else None,
                 "samples_per_s": samples / elapsed, "eta_s": remaining / rate_rows if rate_rows > 0 else None,
                 "per_worker": per, "actors_ready": sum(s.ready for s in slots), "actors": len(slots),
                 "failed_attempts": book.failed_attempts, "quarantined": len(book.quarantined),
-                "shards_done": len(book.done), "shards_running": sum(len(s.inflight) for s in slots),
-                "shards_queued": len(book.pending)}
+                # an actor runs one shard at a time: the others sent to it wait there, queued
+                "shards_done": len(book.done), "shards_running": sum(bool(s.live) for s in slots),
+                "shards_queued": len(book.pending) + sum(max(len(s.live) - 1, 0) for s in slots)}
 
     def report(self, book: Any, slots: list) -> dict[str, Any]:
         """Show the figures (bar or log line) and return them; `stalled_s` is set (once per stall period)
@@ -131,7 +145,8 @@ class Progress:
         if f["stalled_s"] is not None:
             self.stall_warned_at = time.monotonic()
         rates = " ".join(f"{k} {v:.2f}/s" for k, v in f["per_worker"].items())
-        tail = (f"{f['samples']} samples, {f['samples_per_s']:.3f} samples/s [{rates}], "
+        kept = f" kept of {f['tries']} tries" if f["tries"] is not None else ""
+        tail = (f"{f['samples']} samples{kept}, {f['samples_per_s']:.3f} samples/s [{rates}], "
                 f"failed attempts {f['failed_attempts']}, quarantined {f['quarantined']}")
         if self.bar is not None:
             self.bar.n = f["rows_done"]

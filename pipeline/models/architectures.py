@@ -29,6 +29,19 @@ PICKSCORE = "yuvalkirstain/PickScore_v1"
 CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD21 = "stabilityai/stable-diffusion-2-1"
+MASK2FORMER = "facebook/mask2former-swin-small-coco-instance"  # the `geneval` scorer's detector
+
+# COCO's 80 instance classes as COCO (and the detectors trained on it) label them, in COCO's order
+COCO_LABELS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")
 
 _SDXL_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
              "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -112,6 +125,16 @@ BUNDLED: dict[str, dict[str, dict[str, Any]]] = {
                   "projection_dim": 768}},
     PICKSCORE: {"": _CLIP_H},  # fine-tuned from CLIP ViT-H/14: the same architecture
     CLIP_H: {"": _CLIP_H},
+    # Mask2Former's published COCO instance model with a Swin-S backbone (Swin-S: embed 96, depths 2-2-18-2,
+    # window 7 at 224; 100 queries, 6 deformable encoder and 10 masked-attention decoder layers at 256)
+    MASK2FORMER: {"": {"backbone_config": {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 18, 2],
+                                           "num_heads": [3, 6, 12, 24], "window_size": 7, "image_size": 224,
+                                           "drop_path_rate": 0.3,
+                                           "out_features": ["stage1", "stage2", "stage3", "stage4"]},
+                       "feature_size": 256, "mask_feature_size": 256, "hidden_dim": 256,
+                       "encoder_feedforward_dim": 1024, "encoder_layers": 6, "decoder_layers": 10,
+                       "num_attention_heads": 8, "dim_feedforward": 2048, "num_queries": 100,
+                       "id2label": dict(enumerate(COCO_LABELS))}},
 }
 
 # Parameter counts of the published checkpoints (SDXL's per component, from the base repository; BLIP-2's
@@ -124,6 +147,9 @@ PUBLISHED_PARAMS = {
     (SD21, "unet"): 865_910_724, (SD21, "vae"): 83_653_863, (SD21, "text_encoder"): 340_387_840,
     (CLIP_L, ""): 427_616_513, (PICKSCORE, ""): 986_109_441, (CLIP_H, ""): 986_109_441,
 }
+# Published only rounded: Mask2Former's paper (Cheng et al. 2022, Table 1) gives 69M for Swin-S on COCO
+# instance segmentation. (count, tolerance) that the bundled config must reproduce.
+ROUNDED_PARAMS = {(MASK2FORMER, ""): (69_000_000, 500_000)}
 CONFIG_FILES = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
                 "text_encoder": "text_encoder/config.json",
                 "text_encoder_2": "text_encoder_2/config.json", "scheduler": "scheduler/scheduler_config.json",
@@ -173,16 +199,20 @@ def meta_vae(config: dict[str, Any], dtype: torch.dtype | None = None):
 
 
 def meta_transformers(kind: str, config: dict[str, Any]):
-    """`clip_text`, `clip_text_projection`, `clip` or `blip2` on the meta device."""
+    """`clip_text`, `clip_text_projection`, `clip`, `blip2` or `mask2former` on the meta device (in eval mode)."""
     import torch
     import transformers as T
 
     classes = {"clip_text": (T.CLIPTextConfig, T.CLIPTextModel),
                "clip_text_projection": (T.CLIPTextConfig, T.CLIPTextModelWithProjection),
-               "clip": (T.CLIPConfig, T.CLIPModel), "blip2": (T.Blip2Config, T.Blip2ForConditionalGeneration)}
+               "clip": (T.CLIPConfig, T.CLIPModel), "blip2": (T.Blip2Config, T.Blip2ForConditionalGeneration),
+               "mask2former": (T.Mask2FormerConfig, T.Mask2FormerForUniversalSegmentation)}
     config_cls, model_cls = classes[kind]
     with torch.device("meta"):
-        return model_cls(config_cls(**_clean(config)))
+        model = model_cls(config_cls(**_clean(config)))
+    # a parameter made with the legacy torch.Tensor(...) constructor ignores the device context
+    # (Mask2Former's level embeddings): move the stragglers, then eval (training-only branches call .item())
+    return model.to("meta").eval()
 
 
 def params(model: torch.nn.Module) -> int:

@@ -4,7 +4,7 @@ published architectures (pipeline/models/architectures.py), random weights and o
     synthgen standins <dir>        # writes <dir>/<org>--<name>/ for each id, prints the overrides
 
 SDXL base 1.0, the fp16-fix VAE, BLIP-2 OPT-2.7b (the captioner), CLIP ViT-L/14 and PickScore (the
-scorers) and the aesthetic head.
+scorers), the aesthetic head and the `geneval` judge's Mask2Former (Swin-S, COCO instance).
 
 Real in everything but the weights' values: `model_index.json`, sub-folders, `config.json` files
 with the real hyper-parameters, `*.fp16.safetensors` variant files where the hub has them, CLIP
@@ -161,14 +161,30 @@ def write_aesthetic_head(root: Path) -> Path:
     return path
 
 
+def write_mask2former(root: Path) -> Path:
+    """facebook/mask2former-swin-small-coco-instance: the model (float32, as published) with COCO's 80
+    labels, and its image processor."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+    out = directory(root, A.MASK2FORMER)
+    if not (out / "config.json").exists():
+        torch.manual_seed(0)
+        model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**A.BUNDLED[A.MASK2FORMER][""]))
+        model.save_pretrained(str(out), safe_serialization=True)
+        del model
+    Mask2FormerImageProcessorPil().save_pretrained(str(out))
+    return out
+
+
 AESTHETIC_REPO = "ttj/sac-logos-ava1-l14-linearMSE"
 WRITERS = {A.SDXL: write_sdxl, A.SDXL_VAE_FP16: write_vae_fp16_fix, A.BLIP2: write_blip2,
            A.CLIP_L: lambda root: write_clip(root, A.CLIP_L), A.PICKSCORE: lambda root: write_clip(root, A.PICKSCORE),
-           AESTHETIC_REPO: write_aesthetic_head}
+           AESTHETIC_REPO: write_aesthetic_head, A.MASK2FORMER: write_mask2former}
 # The keys of configs/sdxl.yaml each directory replaces (PickScore's processor is its own directory here).
 OVERRIDE = {A.SDXL: ["model.id"], A.SDXL_VAE_FP16: ["model.vae_id"], A.BLIP2: ["captioner.id"],
             A.CLIP_L: ["scoring.clip_id"], A.PICKSCORE: ["scoring.pickscore_id", "scoring.pickscore_processor_id"],
-            AESTHETIC_REPO: ["scoring.aesthetic_head"]}
+            AESTHETIC_REPO: ["scoring.aesthetic_head"], A.MASK2FORMER: ["scoring.geneval_detector_id"]}
 
 
 def write_standins(root: Path) -> dict[str, Path]:

@@ -80,6 +80,7 @@ class CardData:
     image_format: str = "png"
     tiles: dict[str, list[Tile]] = field(default_factory=dict)
     unsummarised: list[int] = field(default_factory=list)
+    gate: dict[str, Any] | None = None  # the quality gate's figures, summed over shards (pipeline/gate)
     scorer_order: list[str] = field(default_factory=list)
 
     @property
@@ -138,7 +139,7 @@ def card_data(inp: CardInput, location: Location, per_method: int = PER_METHOD) 
         images = dict(zip((t.member for t in wanted), pool.map(read, wanted)))
     tiles = {m: [Tile(t.prompt, t.key, t.name, dict(t.scores), t.note, images[t.member]) for t in ts]
              for m, ts in chosen.items()}
-    return CardData(inp.shards, inp.stats, inp.summary, inp.image_format, tiles, inp.unsummarised)
+    return CardData(inp.shards, inp.stats, inp.summary, inp.image_format, tiles, inp.unsummarised, inp.gate)
 
 
 def score_bins(data: CardData, scorer: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -169,7 +170,7 @@ def card_numbers(data: CardData) -> dict[str, Any]:
             "margin": data.summary.margin.describe(QUANTILES), "counts": data.summary.counts,
             "series": {k: v.describe(QUANTILES) for k, v in data.summary.series.items()},
             "shards": len(data.shards), "samples": data.samples, "groups": data.groups, "pairs": data.pairs,
-            "images": data.images, "shards_summarised_from_tars": len(data.unsummarised)}
+            "images": data.images, "shards_summarised_from_tars": len(data.unsummarised), "gate": data.gate}
 
 
 def write_card(location: Location | str, cfg: Any = None, summary: dict[str, Any] | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.data.layout import CONTACT_SHEET, SUMMARY_FILE
 from pipeline.data.storage import Location
+from pipeline.gate.figures import derived
 from pipeline.sampling.methods import METHODS
 from pipeline.summaries.shard import OTHER
 
@@ -71,6 +72,46 @@ def shard_pattern(ids: Any, prefix: str = "") -> str:
 def _top(counts: dict[str, int], k: int) -> list[tuple[str, int]]:
     """The k most common labels (ties in label order), without the "others" count."""
     return sorted(((lab, n) for lab, n in counts.items() if lab != OTHER), key=lambda x: (-x[1], x[0]))[:k]
+
+
+def _pct(n: Any, d: Any) -> str:
+    return f"{n} ({100 * n / d:.1f} %)" if isinstance(n, int) and isinstance(d, int) and d else _int(n)
+
+
+def gate_section(c: dict[str, Any], f: dict[str, Any]) -> list[str]:
+    """The quality gate: its rules, acceptance per try, failures per rule, rows dropped, cost per kept sample."""
+    d, g = derived(f), get(c, "gate", default={})
+    esc = get(g, "escalate", default=[])
+    rows, on_fail = f["rows"], get(g, "on_fail", default="drop")
+    out = ["## Quality gate\n",
+           f"Every image had to pass {' and '.join(f'`{r}`' for r in f['rules'])} (`gate.rules`), with up to "
+           f"{f['tries']} tries (`gate.tries`)"
+           + (", later tries with " + "; ".join(f"try {i + 2}{'+' if i == len(esc) - 1 else ''}: `{json.dumps(e)}`"
+                                                for i, e in enumerate(esc)) if esc else "")
+           + f". A row none of whose tries passed was {'kept as its best try' if on_fail == 'best' else 'dropped'}"
+           f" (`gate.on_fail={on_fail}`); each sample's json records its tries under "
+           "`gate`.\n",
+           "| | |\n|---|---|",
+           f"| Rows through the gate | {rows} |",
+           f"| Kept, every image passed | {_pct(f['kept'], rows)} |",
+           f"| Kept as the best try (none passed) | {_pct(f['kept_best'], rows)} |",
+           f"| Dropped (rejected, reason `gate`) | {_pct(f['dropped'], rows)} |",
+           f"| Failed (an error) | {_pct(f['failed'], rows)} |",
+           f"| Mean tries per image | {_num(d['mean_tries'], 2)} |",
+           f"| Cost per kept sample | {_num(d['evals_per_kept'], 1)} UNet evals"
+           + (f" ({_num(d['cost_per_kept'], 2)}x cfg's {f['cost_unit_evals']} evals per image)"
+              if d["cost_per_kept"] is not None else "")
+           + (" (Attend-and-Excite's gradient passes counted at their cost)" if f.get("ae_evals") else "") + " |",
+           "",
+           "| try | images tried | passed | acceptance at this try | images accepted by this try |",
+           "|---:|---:|---:|---:|---:|"]
+    for t in d["by_try"]:
+        out.append(f"| {t['try']} | {t['tried']} | {t['passed']} | {_num(t['acceptance'], 3)} | "
+                   f"{_num(t['accepted_by_now'], 3)} |")
+    out += ["", "| rule | images failing it (all tries) |", "|---|---:|"]
+    out += [f"| `{r}` | {n} |" for r, n in f["rule_failures"].items()]
+    out.append("")
+    return out
 
 
 def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data: Any,
@@ -199,6 +240,9 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
         add("\nExport the pairs (Pick-a-Pic v2 columns) with "
             f"`python jobs/export_pairs.py {location.url} pairs.parquet`.")
     add("")
+
+    if data.gate:
+        out.extend(gate_section(c, data.gate))
 
     add("## Score statistics\n")
     if data.scorers:

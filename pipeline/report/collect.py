@@ -1,5 +1,7 @@
 """What the dataset card and the index need from the committed shards, gathered once per shard:
-its index row, its stats (summed) and its summary (merged in shard-id order, pipeline/summaries/tree.py).
+its index row, its stats (summed), the quality gate's figures (`extra.gate`, summed by
+pipeline/gate/figures.py `merge`: sums only, any order) and its summary (merged in shard-id order,
+pipeline/summaries/tree.py).
 
     ledger = Ledger(universe=shard_ids)        # every id that may come
     ledger.add(stats)                          # the driver: each shard's stats as its task returns
@@ -23,12 +25,14 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.layout import ShardIndex, committed_shards, read_stats_many
 from pipeline.data.shards import iter_shard
 from pipeline.data.storage import Location
+from pipeline.gate.figures import merge as merge_gate
 from pipeline.records import ShardStats
 from pipeline.summaries.shard import Summary, SummaryBuilder
 from pipeline.summaries.tree import MergeTree
@@ -50,6 +54,7 @@ class CardInput:
     summary: Summary  # merged over every committed shard
     image_format: str = "png"
     unsummarised: list[int] = field(default_factory=list)  # shards summarised from their tars
+    gate: dict[str, Any] | None = None  # the quality gate's figures summed over the shards (None: no gate)
 
 
 class Ledger:
@@ -57,6 +62,7 @@ class Ledger:
         self.index = ShardIndex()
         self.totals: dict[str, float] = dict.fromkeys(STAT_TOTALS, 0)
         self.image_format: str | None = None
+        self.gate: dict[str, Any] | None = None  # pipeline/gate/figures.py, summed over the shards
         self.tree = MergeTree(_merge, universe)
         self.unsummarised: set[int] = set()  # committed shards whose stats file has no summary
         self._old_bytes = 0
@@ -76,6 +82,7 @@ class Ledger:
             self.index.add(st)
             for k in STAT_TOTALS:
                 self.totals[k] += getattr(st, k) or 0
+            self.gate = merge_gate(self.gate, (st.extra or {}).get("gate"))
             fmt = (st.extra or {}).get("image_format")
             self.image_format = self.image_format or fmt
 
@@ -99,7 +106,7 @@ class Ledger:
 
     def card_input(self) -> CardInput:
         return CardInput(self.index.shard_ids(), dict(self.totals), self.tree.result() or Summary(),
-                         self.image_format or "png", sorted(self.unsummarised))
+                         self.image_format or "png", sorted(self.unsummarised), self.gate)
 
 
 def summarise_tar(location: Location, shard_id: int) -> Summary:

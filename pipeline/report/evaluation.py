@@ -2,25 +2,38 @@
 
     python jobs/evaluate.py --prompts ../shared/data/PartiPrompts.tsv --limit 200 \\
         --methods cfg,answer,dnp --out outputs/eval [--config configs/sdxl.yaml] [dotted.key=value ...]
+    python jobs/evaluate.py --benchmark geneval --prompts evaluation_metadata.jsonl --methods cfg,answer \\
+        --out outputs/geneval --config configs/sdxl.yaml
 
-In-process (no Ray): one model load, then for every prompt and method one image from the same
-initial noise, batched by sampler.batch_size through pipeline.sampling.batch.generate_batch.
-Scorers: scoring.scorers, or clip, pickscore and aesthetic when the config names none.
+In-process (no Ray): one model load, then for every prompt and method --images-per-prompt images
+(candidates 0, 1, ...: the seeds a generated dataset gives them) from the same initial noise per
+method, batched by sampler.batch_size through pipeline.sampling.batch.generate_batch.
+Scorers: scoring.scorers, or clip, pickscore and aesthetic when the config names none. Every scorer
+also gets the prompt's row data (input.extra_columns), as in a generated dataset.
+
+--benchmark geneval: GenEval's 553 prompts (its prompts/evaluation_metadata.jsonl, read as it is),
+4 images per prompt unless --images-per-prompt says otherwise, judged by the `geneval` scorer
+(input.extra_columns gains tag, include, exclude; scoring.scorers defaults to [geneval]); adds
+GenEval's table (pipeline/report/geneval.py) to summary.json/.md and writes each method's
+verdicts in GenEval's own results format to geneval/<method>.jsonl.
 
 Prompts are read exactly as the generation job reads them (pipeline/data/source.py: Parquet, CSV,
 TSV or .txt, local or s3://), so a prompt has the same id (`<file>:<row>`, or --id-column's value)
 and therefore the same seed (seeding.row_seed) here as in a generated dataset, and rows are
 validated the same way (rejected rows are counted by reason). --prompt-column defaults to
-input.prompt_column, else the first of prompt, Prompt, caption, text the file has. --limit takes the
-first N usable prompts.
+input.prompt_column, and the column is chosen by the job's rule (pipeline/data/columns.py: `auto`,
+the default, takes the first of prompt, Prompt, Prompts, caption, text the file has). --limit takes
+the first N usable prompts.
 
 Writes (DIR may be local or s3://):
-    results.parquet   one row per prompt x method: prompt_id, row, prompt, method, seed, unet_evals,
+    results.parquet   one row per image (prompt x method x candidate): prompt_id, row, prompt, method,
+                      candidate, seed, extra (the row's input.extra_columns, JSON), unet_evals,
                       ae_evals (Attend-and-Excite's gradient passes), seconds (wall time of its batch /
-                      batch size, scoring excluded), score_<name>, score_errors, negative_prompt (e.g. DNP's
-                      caption), error
+                      batch size, scoring excluded), score_<name>, score_errors, score_details (what a judge
+                      saw, JSON), negative_prompt (e.g. DNP's caption), error
     summary.json      per method: images, UNet evals per image and the ratio to the baseline, seconds
-                      per image; per scorer: n, mean, std, 95% CI of the mean (Student t), and the
+                      per image; per scorer: n (prompts), mean, std, 95% CI of the mean (Student t) over
+                      the prompts' mean scores (a prompt's images are not independent), and the
                       per-prompt win rate against the baseline (ties count half; 95% Wilson score
                       interval); compute-matched notes
     summary.md        the same as tables
@@ -45,34 +58,23 @@ from typing import Any
 
 from pipeline.config import SCORERS, Config, ConfigError, InputConfig
 from pipeline.data.formats import InputError
-from pipeline.data.source import column_names, plan_shards, read_shard
+from pipeline.data.source import plan_shards, read_shard, resolve_prompt_column
 from pipeline.data.storage import Location, open_location
 from pipeline.records import PromptRecord, RowOutcome
+from pipeline.report import geneval as geneval_report
 from pipeline.report.figures import draw_grid
 from pipeline.report.stats import mean_ci, win_rate
 from pipeline.sampling.methods import METHODS
 
 log = logging.getLogger(__name__)
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
 DEFAULT_SCORERS = ["clip", "pickscore", "aesthetic"]
+BENCHMARKS = ("geneval",)
+GENEVAL_IMAGES_PER_PROMPT = 4  # GenEval's own protocol (generation/diffusers_generate.py --n_samples)
 CI_NOTE = ("95% CI: Student t interval of the mean (mean ± t(0.975, n−1)·s/√n); win rates: per prompt, "
            "method vs baseline on the same seed, win = 1, tie = ½, loss = 0, with a 95% Wilson score interval")
 
 
 MAX_SHARD_ROWS = 999_999  # one shard per file: prompts are read in file order
-
-
-def prompt_column_of(cfg: InputConfig) -> str:
-    """input.prompt_column when the file has it, else the first of PROMPT_COLUMNS it has (PartiPrompts:
-    "Prompt"); InputError naming the columns otherwise."""
-    names = column_names(cfg)
-    if cfg.prompt_column in names:
-        return cfg.prompt_column
-    found = next((c for c in PROMPT_COLUMNS if c in names), None)
-    if found is None:
-        raise InputError(f"{cfg.path}: no prompt column: none of {', '.join(PROMPT_COLUMNS)} is a column "
-                         f"({', '.join(names)}); pass --prompt-column")
-    return found
 
 
 def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = None,
@@ -81,6 +83,7 @@ def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = No
     (pipeline/data/source.py): the same prompt ids (`<file>:<row>`, or input.id_column), seeds,
     negatives and validation, so a prompt gets the same seed here as in a generated dataset.
     Rejected rows are counted by reason."""
+    cfg = resolve_prompt_column(cfg)
     specs = specs if specs is not None else plan_shards(cfg, MAX_SHARD_ROWS)
     out: list[PromptRecord] = []
     rejected: Counter[str] = Counter()
@@ -101,26 +104,34 @@ def read_prompts(cfg: InputConfig, limit: int | None = None, tokenizer: Any = No
 
 def summarize(rows: list[dict[str, Any]], methods: list[str], scorers: list[str], baseline: str,
               steps: int) -> dict[str, Any]:
-    """Per method and scorer figures from the results rows (one per prompt x method)."""
-    by = {m: {r["prompt_id"]: r for r in rows if r["method"] == m} for m in methods}
+    """Per method and scorer figures from the results rows (one per image: prompt x method x candidate).
+    A prompt's score is the mean over its images; intervals and win rates are over prompts."""
+    by: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in methods}
+    for r in rows:
+        by[r["method"]].setdefault(r["prompt_id"], []).append(r)
     pids = list(dict.fromkeys(r["prompt_id"] for r in rows))
+
+    def prompt_score(m: str, p: str, s: str) -> float | None:
+        vals = [r.get(f"score_{s}") for r in by[m].get(p, []) if r.get(f"score_{s}") is not None]
+        return sum(vals) / len(vals) if vals else None
+
     per: dict[str, Any] = {}
     base_evals = None
     for m in methods:
-        ok = [r for r in by[m].values() if r["error"] is None]
+        mine = [r for rs in by[m].values() for r in rs]
+        ok = [r for r in mine if r["error"] is None]
         evals = sum(r["unet_evals"] for r in ok) / len(ok) if ok else None
         secs = sum(r["seconds"] for r in ok) / len(ok) if ok else None
         if m == baseline:
             base_evals = evals
-        per[m] = {"images": len(ok), "failed": len(by[m]) - len(ok), "unet_evals_per_image": evals,
+        per[m] = {"images": len(ok), "failed": len(mine) - len(ok), "unet_evals_per_image": evals,
                   "seconds_per_image": secs, "scores": {}, "win_rate_vs_baseline": {}}
         for s in scorers:
-            vals = [by[m][p].get(f"score_{s}") for p in pids if p in by[m]]
+            vals = [prompt_score(m, p, s) for p in pids if p in by[m]]
             per[m]["scores"][s] = mean_ci([v for v in vals if v is not None])
             if m != baseline:
-                per[m]["win_rate_vs_baseline"][s] = win_rate(
-                    [by[m].get(p, {}).get(f"score_{s}") for p in pids],
-                    [by[baseline].get(p, {}).get(f"score_{s}") for p in pids])
+                per[m]["win_rate_vs_baseline"][s] = win_rate([prompt_score(m, p, s) for p in pids],
+                                                             [prompt_score(baseline, p, s) for p in pids])
     notes = []
     for m in methods:
         e = per[m]["unet_evals_per_image"]
@@ -138,10 +149,10 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], scorers: list[str]
 
 # ================================================================== the run
 def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], out: Location,
-             grid_rows: int = 8, tile: int = 256, save_images: bool = False
+             grid_rows: int = 8, tile: int = 256, save_images: bool = False, images_per_prompt: int = 1
              ) -> tuple[list[dict[str, Any]], list[PromptRecord], dict[str, Any]]:
     """Load the models, read the prompts (with the model's tokenizer, as the job does), sample and
-    score every prompt with every method; (results rows, prompts, prompt info)."""
+    score `images_per_prompt` images of every prompt with every method; (results rows, prompts, prompt info)."""
     import torch
     from PIL import Image
 
@@ -186,12 +197,13 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
     for g0 in range(0, len(prompts), grid_rows):
         chunk = prompts[g0:g0 + grid_rows]
         images: dict[tuple[str, str], Any] = {}
+        jobs = [(p, c) for p in chunk for c in range(images_per_prompt)]
         for m in methods:
             s = dataclasses.replace(cfg.sampler, method=m)
-            for b0 in range(0, len(chunk), bs):
-                batch = chunk[b0:b0 + bs]
-                reqs = [SampleRequest(p.prompt, row_seed(cfg.seed, p.prompt_id, 0, p.seed), p.negative_prompt,
-                                      p.subjects) for p in batch]
+            for b0 in range(0, len(jobs), bs):
+                batch = jobs[b0:b0 + bs]
+                reqs = [SampleRequest(p.prompt, row_seed(cfg.seed, p.prompt_id, c, p.seed), p.negative_prompt,
+                                      p.subjects) for p, c in batch]
                 sync()
                 t1 = time.perf_counter()
                 gens, _ = generate_batch(model, reqs, s, captioner)
@@ -199,23 +211,28 @@ def run_eval(cfg: Config, specs: list, limit: int | None, methods: list[str], ou
                 per_image = (time.perf_counter() - t1) / len(batch)
                 ok = [i for i, g in enumerate(gens) if g.finite]
                 scored = dict(zip(ok, scorers.score([gens[i].image.numpy() for i in ok],
-                                                    [batch[i].prompt for i in ok])))
-                for i, (p, g) in enumerate(zip(batch, gens)):
-                    scores, errors = scored.get(i, ({}, {}))
-                    row = {"prompt_id": p.prompt_id, "row": p.row, "prompt": p.prompt, "method": m,
-                           "seed": reqs[i].seed, "unet_evals": int(g.metadata["unet_evals"]),
-                           "ae_evals": int(g.metadata["ae_evals"]),
+                                                    [batch[i][0].prompt for i in ok], [batch[i][0].extra for i in ok])))
+                for i, ((p, c), g) in enumerate(zip(batch, gens)):
+                    result = scored.get(i)
+                    scores, errors = result or ({}, {})
+                    row = {"prompt_id": p.prompt_id, "row": p.row, "prompt": p.prompt, "method": m, "candidate": c,
+                           "seed": reqs[i].seed, "extra": json.dumps(p.extra) if p.extra else None,
+                           "unet_evals": int(g.metadata["unet_evals"]), "ae_evals": int(g.metadata["ae_evals"]),
                            "seconds": per_image, "negative_prompt": g.metadata.get("negative_prompt") or "",
                            "score_errors": json.dumps(errors) if errors else None,
+                           "score_details": json.dumps(result.details) if result and result.details else None,
                            "error": None if g.finite else "non-finite latents"}
                     row.update({f"score_{n}": scores.get(n) for n in scorers.names})
                     rows.append(row)
                     if g.finite:
-                        images[(p.prompt_id, m)] = Image.fromarray(g.image.numpy())
+                        image = Image.fromarray(g.image.numpy())
+                        if c == 0:  # the grids show candidate 0
+                            images[(p.prompt_id, m)] = image
                         if save_images:
                             buf = io.BytesIO()
-                            images[(p.prompt_id, m)].save(buf, "PNG")
-                            out.write_bytes_atomic(f"images/{m}/{p.key}.png", buf.getvalue())
+                            image.save(buf, "PNG")
+                            name = p.key if images_per_prompt == 1 else f"{p.key}_{c}"
+                            out.write_bytes_atomic(f"images/{m}/{name}.png", buf.getvalue())
             log.info("prompts %d-%d: %s done", g0, g0 + len(chunk) - 1, m)
         chunk_rows = [r for r in rows if r["prompt_id"] in {p.prompt_id for p in chunk}]
         grid = draw_grid(chunk, methods, images, chunk_rows, scorers.names, tile)
@@ -238,7 +255,8 @@ def render_md(summary: dict[str, Any]) -> str:
              f"model `{summary['model'].get('id')}` ({summary['model'].get('dtype')}), "
              f"{summary['sampler']['steps']} steps, guidance {summary['sampler']['guidance_scale']}, "
              f"{summary['sampler']['scheduler']}, {summary['sampler']['width']}x{summary['sampler']['height']}, "
-             f"run seed {summary['seed']}; every method uses the same per-prompt seed. "
+             f"run seed {summary['seed']}; {summary.get('images_per_prompt', 1)} image(s) per prompt and method, "
+             "every method using the same per-prompt seeds. "
              f"Device {summary['device']}.\n",
              f"{summary['ci']}.\n", "## Cost\n",
              f"| method | images | failed | UNet evals / image | evals vs {base} | seconds / image |",
@@ -264,6 +282,8 @@ def render_md(summary: dict[str, Any]) -> str:
                 wr = "n/a | n/a | 0 / 0 / 0"
             lines.append(f"| `{m}` | {c['n']} | {_fmt(c['mean'])} | {ci} | {_fmt(c['std'])} | {wr} |")
         lines.append("")
+    if summary.get("geneval"):
+        lines.append(geneval_report.render_table(summary["geneval"], summary["images_per_prompt"]))
     lines.append("## Grids\n")
     lines.append("Rows are prompts, columns are methods (same seed per row); scores under each image.\n")
     lines += [f"![{g}]({g})\n" for g in summary["grids"]]
@@ -275,10 +295,12 @@ def write_parquet(out: Location, rel: str, rows: list[dict[str, Any]], scorers: 
     import pyarrow.parquet as pq
 
     schema = pa.schema([("prompt_id", pa.string()), ("row", pa.int64()), ("prompt", pa.string()),
-                        ("method", pa.string()), ("seed", pa.uint64()), ("unet_evals", pa.int64()),
-                        ("ae_evals", pa.int64()), ("seconds", pa.float64())]
+                        ("method", pa.string()), ("candidate", pa.int64()), ("seed", pa.uint64()),
+                        ("extra", pa.string()), ("unet_evals", pa.int64()), ("ae_evals", pa.int64()),
+                        ("seconds", pa.float64())]
                        + [(f"score_{s}", pa.float64()) for s in scorers]
-                       + [("score_errors", pa.string()), ("negative_prompt", pa.string()), ("error", pa.string())])
+                       + [("score_errors", pa.string()), ("score_details", pa.string()),
+                          ("negative_prompt", pa.string()), ("error", pa.string())])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
     out.write_bytes_atomic(rel, sink.getvalue().to_pybytes())
@@ -286,31 +308,46 @@ def write_parquet(out: Location, rel: str, rows: list[dict[str, Any]], scorers: 
 
 def evaluate(cfg: Config, prompts_path: str | None, methods: list[str], out_path: str, limit: int | None = None,
              prompt_column: str | None = None, id_column: str | None = None, baseline: str | None = None,
-             grid_rows: int = 8, tile: int = 256, save_images: bool = False) -> dict[str, Any]:
+             grid_rows: int = 8, tile: int = 256, save_images: bool = False, images_per_prompt: int | None = None,
+             benchmark: str | None = None) -> dict[str, Any]:
     """The whole job; returns the summary dict (also written to out_path). `prompts_path`,
-    `prompt_column` and `id_column` override cfg.input's (None: keep them)."""
+    `prompt_column` and `id_column` override cfg.input's (None: keep them). `benchmark="geneval"`:
+    GenEval's protocol and table (see the module docstring)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: {', '.join(bad) or '(none)'} not valid; choose from {', '.join(METHODS)}")
     baseline = baseline or ("cfg" if "cfg" in methods else methods[0])
     if baseline not in methods:
         raise ConfigError(f"--baseline {baseline} must be one of --methods")
+    if benchmark not in (None, *BENCHMARKS):
+        raise ConfigError(f"--benchmark {benchmark} is not known; choose from {', '.join(BENCHMARKS)}")
+    if images_per_prompt is None:
+        images_per_prompt = GENEVAL_IMAGES_PER_PROMPT if benchmark == "geneval" else 1
+    if images_per_prompt < 1:
+        raise ConfigError(f"--images-per-prompt must be >= 1, not {images_per_prompt}")
+    if benchmark == "geneval":  # the judge reads each row's GenEval metadata
+        extra = list(dict.fromkeys([*cfg.input.extra_columns, "tag", "include", "exclude"]))
+        scorers = list(dict.fromkeys([*cfg.scoring.scorers, "geneval"]))
+        cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, extra_columns=extra),
+                                  scoring=dataclasses.replace(cfg.scoring, scorers=scorers))
     if not cfg.scoring.scorers:
         cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, scorers=list(DEFAULT_SCORERS)))
     inp = dataclasses.replace(cfg.input, path=prompts_path or cfg.input.path,
-                              id_column=id_column or cfg.input.id_column)
-    inp = dataclasses.replace(inp, prompt_column=prompt_column or prompt_column_of(inp))
+                              id_column=id_column or cfg.input.id_column,
+                              prompt_column=prompt_column or cfg.input.prompt_column)
+    inp = resolve_prompt_column(inp)  # the generation job's rule: the same column, logged
     cfg = dataclasses.replace(cfg, input=inp)
     specs = plan_shards(inp, MAX_SHARD_ROWS)  # a bad input fails here, before any model loads
     out = open_location(out_path, cfg.output.s3)
     t0 = time.perf_counter()
-    rows, prompts, info = run_eval(cfg, specs, limit, methods, out, grid_rows, tile, save_images)
+    rows, prompts, info = run_eval(cfg, specs, limit, methods, out, grid_rows, tile, save_images, images_per_prompt)
     scorers = [s for s in SCORERS if s in cfg.scoring.scorers]
     write_parquet(out, "results.parquet", rows, scorers)
     from pipeline.models.device import resolve_device
 
     summary = {
         "prompts": info, "methods": methods, "baseline": baseline, "scorers": scorers, "seed": cfg.seed,
+        "images_per_prompt": images_per_prompt, "benchmark": benchmark,
         "model": dataclasses.asdict(cfg.model), "device": str(resolve_device(cfg.model.device)),
         "sampler": {k: getattr(cfg.sampler, k) for k in ("steps", "guidance_scale", "scheduler", "height",
                                                          "width", "batch_size", "negative_prompt")},
@@ -321,6 +358,10 @@ def evaluate(cfg: Config, prompts_path: str | None, methods: list[str], out_path
         "results": "results.parquet", "wall_s": round(time.perf_counter() - t0, 3),
     }
     summary["model"].pop("cache_dir", None)
+    if benchmark == "geneval":
+        summary["geneval"] = geneval_report.task_table(rows, methods)
+        for m in methods:
+            out.write_text_atomic(f"geneval/{m}.jsonl", geneval_report.geneval_results_lines(rows, m))
     out.write_text_atomic("summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     out.write_text_atomic("summary.md", render_md(summary))
     return summary

@@ -12,9 +12,12 @@ model, the conditions and the sampler's loops.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.gate.escalate import try_samplers
 
 Batch = Any  # a pipeline.sampling.batch.Batch: the chain functions' argument (importing it would import torch)
 
@@ -174,6 +177,14 @@ def run_methods(cfg: Any) -> list[str]:
     return list(cfg.preference.methods) or [cfg.sampler.method]
 
 
+def run_samplers(cfg: Any) -> dict[str, list[Any]]:
+    """method -> the sampler config of each try of that method's images: [its own, the gate's
+    escalations of it (gate.escalate), ...]; one entry per method without escalations."""
+    return {m: try_samplers(dataclasses.replace(cfg.sampler, method=m), list(cfg.gate.escalate))
+            for m in run_methods(cfg)}
+
+
 def needs_captioner(cfg: Any) -> bool:
-    """Whether any method of the run captions images (and so needs captioner.id loaded)."""
-    return any(METHODS[m].needs_captioner(cfg.sampler) for m in run_methods(cfg))
+    """Whether any method of the run, or of the gate's escalations, captions images (and so needs
+    captioner.id loaded)."""
+    return any(METHODS[s.method].needs_captioner(s) for ss in run_samplers(cfg).values() for s in ss)

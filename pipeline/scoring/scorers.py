@@ -1,8 +1,9 @@
-"""Scorers behind one small interface: `load_scorers(cfg, device).score(images, prompts)`.
+"""Scorers behind one small interface: `load_scorers(cfg, device).score(images, prompts, extras)`.
 
-    scorers = load_scorers(cfg.scoring, device)            # models loaded once per worker
-    for scores, errors in scorers.score(images, prompts):  # one pair per sample, input order
-        ...                                                # {name: float | None}, {name: message}
+    scorers = load_scorers(cfg.scoring, device)                    # models loaded once per worker
+    for scores, errors in scorers.score(images, prompts, extras):  # one pair per sample, input order
+        ...                                                        # {name: float | None}, {name: message}
+    scorers.score(...)[i].details                                  # {name: what a judge saw}, JSON-able
     scorers.info                                           # ids, revisions, formulas, scored image
 
 Scorers (the names are the keys of `scores`; values are raw, never clamped or rescaled):
@@ -18,6 +19,14 @@ Scorers (the names are the keys of `scores`; values are raw, never clamped or re
 - `aesthetic`: the LAION improved aesthetic predictor v2 (`sac+logos+ava1-l14-linearMSE`) MLP on
   the L2-normalised CLIP ViT-L/14 image embedding. It reuses the image embeddings of `clip`'s
   model: one CLIP-L image forward per batch serves both.
+- `geneval`: GenEval's verdict (1.0 correct, 0.0 not) on the row's GenEval metadata (`tag`,
+  `include`, `exclude` from `extras`, i.e. input.extra_columns), by a Mask2Former COCO instance
+  detector (`scoring.geneval_detector_id`) and `clip`'s CLIP ViT-L/14 as the colour classifier
+  (pipeline/scoring/geneval.py); what it saw (objects, boxes, scores, counts, colours) is the
+  sample's `details["geneval"]`. A row without that metadata is a per-sample error.
+
+Row data reaches every scorer the same way: `score(images, prompts, extras)`, `extras[i]` being the
+sample's PromptRecord.extra (input.extra_columns; None or missing when the rows carry none).
 
 Which image is scored: the decoded uint8 RGB [H, W, 3] image exactly as the sample stores it,
 before encoding (identical pixels to the stored PNG; a jpg/webp file is a lossy encoding of it).
@@ -34,14 +43,15 @@ Everything loads through transformers `from_pretrained(..., use_safetensors=True
 CLIP classes (never remote code); `id: tiny` first builds a tiny random model offline
 (pipeline.scoring.tiny) and then loads it through the very same call.
 
-The CLIP models: pipeline/scoring/clip.py; the aesthetic head and its file: pipeline/scoring/aesthetic.py.
+The CLIP models: pipeline/scoring/clip.py; the aesthetic head and its file: pipeline/scoring/aesthetic.py;
+GenEval's judge: pipeline/scoring/geneval.py (models) and pipeline/scoring/geneval_rules.py (rules).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +62,7 @@ from pipeline.models.device import DTYPES, resolve_device
 from pipeline.models.provenance import hub_commit_from_path
 from pipeline.scoring.aesthetic import AestheticHead, load_aesthetic_head, resolve_aesthetic_head, sha256_file
 from pipeline.scoring.clip import ClipScorerModel, load_clip_model
+from pipeline.scoring.geneval import GenevalJudge, load_detector, request_of
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +75,25 @@ SCORED_IMAGE = {
 MAX_ERROR_CHARS = 500
 
 
-class SampleScores(NamedTuple):
-    """One sample's result of `Scorers.score` (unpacks as `scores, errors`)."""
+class SampleScores(tuple):
+    """One sample's result of `Scorers.score`: unpacks (and compares) as the pair `scores, errors`;
+    `details` holds what a judge saw, {scorer: JSON-able} ({} for the plain scores)."""
 
-    scores: dict[str, float | None]  # every enabled scorer, None where it failed
-    errors: dict[str, str]  # only the failed scorers, {} when all succeeded
+    def __new__(cls, scores: dict[str, float | None], errors: dict[str, str], details: dict | None = None):
+        self = super().__new__(cls, (scores, errors))
+        self.details = details or {}
+        return self
+
+    def __getnewargs__(self):
+        return self[0], self[1], self.details
+
+    @property
+    def scores(self) -> dict[str, float | None]:  # every enabled scorer, None where it failed
+        return self[0]
+
+    @property
+    def errors(self) -> dict[str, str]:  # only the failed scorers, {} when all succeeded
+        return self[1]
 
 
 def _error(e: BaseException) -> str:
@@ -130,24 +155,28 @@ class Scorers:
     """The enabled scorers of one worker. Use `load_scorers`."""
 
     def __init__(self, names: list[str], clip: ClipScorerModel | None, pickscore: ClipScorerModel | None,
-                 aesthetic: AestheticHead | None, batch_size: int, device: torch.device, info: dict):
+                 aesthetic: AestheticHead | None, batch_size: int, device: torch.device, info: dict,
+                 geneval: GenevalJudge | None = None):
         self.names = list(names)
-        self.clip, self.pickscore, self.aesthetic = clip, pickscore, aesthetic
+        self.clip, self.pickscore, self.aesthetic, self.geneval = clip, pickscore, aesthetic, geneval
         self.batch_size = batch_size
         self.device = device
         self.info = info
 
     @torch.inference_mode()
-    def score(self, images: list, prompts: list[str]) -> list[SampleScores]:
-        """Score `images[i]` against `prompts[i]`: one (scores, errors) per sample, in order.
+    def score(self, images: list, prompts: list[str], extras: list[dict | None] | None = None) -> list[SampleScores]:
+        """Score `images[i]` against `prompts[i]` (and its row's `extras[i]`, for judges that read row
+        data): one (scores, errors) per sample, in order, with `.details`.
 
         Per-sample failures become None + an error message; they never fail the call.
         """
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if len(images) != len(prompts) or (extras is not None and len(extras) != len(images)):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts"
+                             + (f" and {len(extras)} extras" if extras is not None else ""))
         n = len(images)
         scores: list[dict[str, float | None]] = [dict.fromkeys(self.names) for _ in range(n)]
         errors: list[dict[str, str]] = [{} for _ in range(n)]
+        details: list[dict[str, Any]] = [{} for _ in range(n)]
         if not self.names or not n:
             return [SampleScores(s, e) for s, e in zip(scores, errors)]
 
@@ -197,7 +226,36 @@ class Scorers:
                 self._text_scores(model, text_name, done, prompts, scores, errors)
         if "toy_judge" in self.names:
             self._toy_judge(prompts, pil, scores, errors)
-        return [SampleScores(s, e) for s, e in zip(scores, errors)]
+        if self.geneval is not None:
+            self._geneval(pil, extras or [None] * n, scores, errors, details)
+        return [SampleScores(s, e, d) for s, e, d in zip(scores, errors, details)]
+
+    def _geneval(self, pil, extras, scores, errors, details) -> None:
+        """GenEval's verdicts: detection batched over images of one size, then the rules per image."""
+        requests: dict[int, Any] = {}
+        for i, image in enumerate(pil):
+            if image is None:
+                continue
+            try:
+                requests[i] = request_of(extras[i])
+            except Exception as e:  # a row without (valid) GenEval metadata: this sample only
+                errors[i]["geneval"] = _error(e)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in requests:
+            by_size.setdefault(pil[i].size, []).append(i)
+        for group in by_size.values():
+            found, errs = _batched(self.geneval.detector.detect, [pil[i] for i in group], self.batch_size,
+                                   "geneval detection")
+            for i, detections, err in zip(group, found, errs):
+                try:
+                    if err:
+                        raise RuntimeError(err)
+                    verdict, seen = self.geneval.judge(pil[i], requests[i], detections)
+                except Exception as e:
+                    errors[i]["geneval"] = err or _error(e)
+                    continue
+                scores[i]["geneval"] = 1.0 if verdict.correct else 0.0
+                details[i]["geneval"] = seen
 
     @staticmethod
     def _toy_judge(prompts, pil, scores, errors) -> None:
@@ -256,8 +314,8 @@ def load_scorers(cfg: ScoringConfig, device: torch.device | str | None = None,
         raise ValueError(f"unknown scorers {unknown}; choose from {', '.join(SCORERS)}")
     info: dict[str, Any] = {"scorers": names, "image": dict(SCORED_IMAGE), "device": str(device),
                             "dtype": str(dtype).removeprefix("torch."), "batch_size": cfg.batch_size}
-    clip = pickscore = head = None
-    if "clip" in names or "aesthetic" in names:
+    clip = pickscore = head = geneval = None
+    if {"clip", "aesthetic", "geneval"} & set(names):
         clip = load_clip_model("clip", cfg.clip_id, cfg.clip_revision, cfg.clip_id, cfg.clip_revision,
                                device, dtype, cache_dir)
         info["text_max_tokens"] = clip.max_tokens
@@ -285,4 +343,9 @@ def load_scorers(cfg: ScoringConfig, device: torch.device | str | None = None,
             "commit": hub_commit_from_path(path), "sha256": sha256_file(path),
             "embedding": dict(clip.info, of="clip's CLIP ViT-L/14 image forward (shared)"),
             "value": "LAION improved aesthetic predictor v2 MLP(l2-normalised CLIP image_embeds), float32"}
-    return Scorers(names, clip, pickscore, head, cfg.batch_size, device, info)
+    if "geneval" in names:
+        detector = load_detector(cfg.geneval_detector_id, cfg.geneval_detector_revision, device, cache_dir)
+        geneval = GenevalJudge(detector, clip)
+        info["geneval"] = {"detector": detector.info, "colors": dict(clip.info, of="clip's CLIP ViT-L/14 (shared)"),
+                           "value": "GenEval's verdict: 1 correct, 0 not (evaluation/evaluate_images.py's rules)"}
+    return Scorers(names, clip, pickscore, head, cfg.batch_size, device, info, geneval)

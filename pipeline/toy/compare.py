@@ -160,3 +160,126 @@ def compare(out: Path, n: int = 500, steps: int = 20, batch_size: int = 50, over
                                                   "variants": summaries}, indent=1))
     (out / "table.md").write_text(md + "\n")
     return md
+
+
+# ------------------------------------------------------------------ the headline rows, re-measured
+HEADLINE = ("cfg", "answer K=1 A", "answer K=1 C", "answer K=3 C")
+KINDS = ("single", "count", "relation")
+BOOTSTRAP = 2000
+
+
+def headline_variants(cfg: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The headline rows and the compute-matched cfg: cfg with MATCHED's UNet evals per image (more steps;
+    MATCHED's K_i from the model's own scheduler, as the sampler computes them)."""
+    from pipeline.driver.dryrun import answer_ks
+    from pipeline.sampling.methods import METHODS
+
+    rows = [(name, ov) for name, ov in variants(cfg.sampler) if name in HEADLINE]
+    s = dataclasses.replace(cfg.sampler, **dict(variants(cfg.sampler))[MATCHED])
+    evals = METHODS["answer"].evals(s, answer_ks(cfg, s))
+    return rows + [(f"cfg, {evals // 2} steps (= {MATCHED}'s evals)", {"method": "cfg", "steps": evals // 2})]
+
+
+def headline(out: Path, seeds: int = 8, steps: int = 20, batch_size: int = 63, seed: int = 0,
+             budget_s: float | None = None, overrides: list[str] = ()) -> str | None:
+    """The headline rows on every distinct held-out caption x `seeds` seeds (the same seeds for every
+    variant): each variant's exact rate and its paired difference to cfg, with 95 % bootstrap intervals
+    over captions (resampled within each kind). One results file per (variant, seed index), so it runs
+    in pieces: no new piece after `budget_s`; returns the table once every piece is there, else None."""
+    from pipeline.config import SamplerConfig, load_config
+    from pipeline.models.diffusion import load_model
+    from pipeline.seeding import sample_seed
+
+    cfg = load_config(overrides=["model.id=toy", f"sampler.steps={steps}", "sampler.height=64", "sampler.width=64",
+                                 *overrides])
+    base: SamplerConfig = cfg.sampler
+    caps = world.heldout_captions()
+    named = headline_variants(cfg)
+    todo = [(name, ov, k) for k in range(seeds) for name, ov in named]
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    t0, model = time.perf_counter(), None
+    for name, ov, k in todo:
+        path = out / "results" / f"{_slug(name)}-s{k}.jsonl"
+        if path.exists():
+            continue
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            log.warning("budget spent: stopping before %s, seed %d", name, k)
+            return None
+        model = model or load_model(cfg.model)
+        seeds_k = [sample_seed(seed, f"toy-headline:{i}", k) for i in range(len(caps))]
+        t = time.perf_counter()
+        rows = run_variant(model, None, base, ov, caps, seeds_k, batch_size)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"variant": name, "seed_index": k, "caption": i, **r}) + "\n"
+                               for i, r in enumerate(rows)))
+        tmp.rename(path)  # a piece is there whole or not at all
+        log.warning("%s, seed %d: %.0f s", name, k, time.perf_counter() - t)
+    names = [name for name, _ in named]
+    rows = {n: [json.loads(line) for k in range(seeds)
+                for line in (out / "results" / f"{_slug(n)}-s{k}.jsonl").read_text().splitlines()] for n in names}
+    summaries = headline_summary(rows, caps, seed)
+    md = headline_table(summaries)
+    (out / "summary.json").write_text(json.dumps({"steps": steps, "seeds": seeds, "captions": len(caps),
+                                                  "variants": summaries}, indent=1))
+    (out / "table.md").write_text(md + "\n")
+    return md
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def headline_summary(rows: dict[str, list[dict]], caps: list[str], seed: int = 0) -> list[dict[str, Any]]:
+    """Exact rates (all captions alike; the world's mix, kinds a third each; per kind) with 95 % intervals,
+    and each variant's paired difference to the first (cfg): bootstrap over captions within kinds."""
+    kinds = np.array([world.parse(c).kind for c in caps])
+    strata = {k: np.flatnonzero(kinds == k) for k in KINDS}
+    names = list(rows)
+    exact = np.zeros((len(names), len(caps)))
+    n = np.zeros((len(names), len(caps)))
+    evals = {}
+    for v, name in enumerate(names):
+        for r in rows[name]:
+            exact[v, r["caption"]] += r["exact"]
+            n[v, r["caption"]] += 1
+        evals[name] = float(np.mean([r["unet_evals"] for r in rows[name]]))
+
+    def stats(idx: dict[str, np.ndarray]) -> np.ndarray:
+        """[variant, (all, mix, single, count, relation)] for captions idx (per kind)."""
+        per = np.stack([exact[:, i].sum(1) / n[:, i].sum(1) for i in idx.values()], 1)  # [variant, kind]
+        alls = np.concatenate(list(idx.values()))
+        return np.concatenate([(exact[:, alls].sum(1) / n[:, alls].sum(1))[:, None], per.mean(1, keepdims=True),
+                               per], 1)
+
+    point = stats(strata)
+    rng = np.random.default_rng(seed)
+    draws = np.stack([stats({k: rng.choice(v, len(v)) for k, v in strata.items()}) for _ in range(BOOTSTRAP)])
+    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    d = draws - draws[:, :1]  # paired with cfg: the same resampled captions and seeds
+    dlo, dhi = np.percentile(d, [2.5, 97.5], axis=0)
+    cols = ("all", "mix", *KINDS)
+    out = []
+    for v, name in enumerate(names):
+        out.append({"variant": name, "rows": int(n[v].sum()), "unet_evals_per_image": evals[name],
+                    **{f"exact_{c}": [float(point[v, j]), float(lo[v, j]), float(hi[v, j])]
+                       for j, c in enumerate(cols)},
+                    **({f"diff_{c}": [float(point[v, j] - point[0, j]), float(dlo[v, j]), float(dhi[v, j])]
+                        for j, c in enumerate(cols[:2])} if v else {})})
+    return out
+
+
+def headline_table(summaries: list[dict[str, Any]]) -> str:
+    def f(x, signed=False):
+        return f"{100 * x[0]:{'+' if signed else ''}.1f} ({100 * x[1]:{'+' if signed else ''}.1f} to " \
+               f"{100 * x[2]:{'+' if signed else ''}.1f})"
+
+    lines = ["| variant | rows | exact, all captions, % (95 % CI) | − cfg, paired (points) | exact, world mix, % | "
+             "− cfg, paired (points) | single | count | relation | UNet evals / image |",
+             "|---|---:|---|---|---|---|---|---|---|---:|"]
+    for s in summaries:
+        diff_all = f(s["diff_all"], True) if "diff_all" in s else "–"
+        diff_mix = f(s["diff_mix"], True) if "diff_mix" in s else "–"
+        lines.append(f"| {s['variant']} | {s['rows']} | {f(s['exact_all'])} | {diff_all} | {f(s['exact_mix'])} | "
+                     f"{diff_mix} | {f(s['exact_single'])} | {f(s['exact_count'])} | {f(s['exact_relation'])} | "
+                     f"{s['unet_evals_per_image']:.0f} |")
+    return "\n".join(lines)

@@ -275,6 +275,20 @@ def parse(prompt: str) -> Spec:
     return Spec("count" if numeral else "single", (item,))
 
 
+def heldout_captions() -> list[str]:
+    """Every distinct caption `sample(rng, "heldout")` can write, sorted: 3 single objects, 9 counts and
+    240 relations (ordered pairs of different colour-shape pairs, at least one held out, x 4 relations)."""
+    out = set()
+    for colour, shape in HELDOUT:
+        out.add(text(Spec("single", (Item(colour, shape),))))
+        out.update(text(Spec("count", (Item(colour, shape, n),))) for n in range(1, MAX_COUNT + 1))
+    for a in PAIRS:
+        for b in PAIRS:
+            if a != b and (a in HELDOUT or b in HELDOUT):
+                out.update(text(Spec("relation", (Item(*a), Item(*b)), r)) for r in RELATIONS)
+    return sorted(out)
+
+
 def make_dataset(n: int, seed: int, split: str) -> list[tuple[np.ndarray, str]]:
     """n (image, caption) pairs of a split; one Generator in sequence, so a larger n extends a smaller one."""
     rng = np.random.default_rng(seed)
