@@ -4,7 +4,7 @@
         for item in results:          # Sample (status OK) or RowOutcome, one per input row
             sink.write(item)
         sink.set_stats(wall_s=..., worker=...)
-        sink.summary.count("gate/rows_dropped", 2)   # optional: other per-shard figures for the card
+        sink.summary.count("part/rows", 2)           # optional: other per-shard figures for the card
     sink.stats                        # ShardStats, as committed (with .summary)
 
 Inside the block everything goes to local temp files (the tar is hashed while it is written).
