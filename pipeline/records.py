@@ -14,9 +14,11 @@ OK, REJECTED, FAILED = "ok", "rejected", "failed"
 
 
 def sample_key(shard_id: int, index: int) -> str:
-    """WebDataset key `{shard:06d}{index:06d}`: no dots, no slashes, cannot escape the prefix."""
-    if not (0 <= shard_id < 10**6 and 0 <= index < 10**6):
-        raise ValueError(f"shard {shard_id} / index {index} out of the 6-digit key range")
+    """WebDataset key `{shard:06d}{index:06d}`: no dots, no slashes, cannot escape the prefix. The
+    index always has 6 digits and the shard at least 6, so shards from 10^6 on get longer keys (the
+    shard is key[:-6]) and keys of fewer shards stay as they always were."""
+    if not (0 <= shard_id and 0 <= index < 10**6):
+        raise ValueError(f"shard {shard_id} / index {index}: the shard must be >= 0 and the index in 0..999999")
     return f"{shard_id:06d}{index:06d}"
 
 
@@ -114,6 +116,9 @@ class ShardStats:
     worker: str = ""  # node/actor/GPU that ran it, for per-GPU throughput
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # The shard's mergeable summary for the dataset card (pipeline/summaries/shard.py, as a dict);
+    # None in stats files written before summaries existed.
+    summary: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

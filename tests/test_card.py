@@ -1,11 +1,16 @@
 """The dataset card of a run (ShardWorker, no Ray): README.md with the run's real figures, the score
-histograms and the contact sheet; local and on the S3 server; with and without run/summary.json."""
+histograms and the contact sheet; local and on the S3 server; with and without run/summary.json.
+The card merges the shards' summaries: its statistics and histogram counts are checked against the
+exact values computed here from the tars; it reads the stats files and the bytes of the images it
+shows, nothing else; outputs whose stats files carry no summary get the same card from their tars."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
+import math
 import re
 import shutil
 import tarfile
@@ -19,8 +24,10 @@ from PIL import Image
 
 from pipeline.config import load_config, to_yaml
 from pipeline.data.layout import write_index
-from pipeline.data.storage import open_location
-from pipeline.report.card import CONTACT_SHEET, PALETTE, hist_path, write_card
+from pipeline.data.sink import ShardSink
+from pipeline.data.storage import Location, open_location
+from pipeline.records import Sample, ShardSpec, sample_key
+from pipeline.report.card import CONTACT_SHEET, PALETTE, STATS_JSON, hist_path, write_card
 
 PROMPTS = ["a red fox in snow", "", "a lighthouse at dusk with a very long description of the stormy sea, "
            "the waves, the clouds and a small boat far away", None, "two apples on a plate", "a steam train"]
@@ -94,18 +101,46 @@ def table_value(readme: str, label: str) -> str:
 
 def score_rows(readme: str) -> dict[tuple[str, str], list[float]]:
     rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (\d+) \| (\d+) \| ([-\d.]+) \| ([-\d.na/]+) \| ([-\d.]+) \| "
-                      r"([-\d.]+) \| ([-\d.]+) \|$", readme, re.M)
+                      r"([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", readme, re.M)
     return {(m, s): [float(v) if v != "n/a" else np.nan for v in rest] for m, s, *rest in rows}
 
 
-def expected_stats(metas: list[dict]) -> dict[tuple[str, str], list[float]]:
+def raw_scores(metas: list[dict]) -> dict[tuple[str, str], list[float]]:
     values: dict[tuple[str, str], list[float]] = {}
     for meta in metas:
         for c in meta.get("candidates", [meta]):
             for name, v in c["scores"].items():
                 values.setdefault((c["method"], name), []).append(v)
-    return {k: [len(v), 0, np.mean(v), np.std(v, ddof=1), np.min(v), np.median(v), np.max(v)]
-            for k, v in values.items()}
+    return values
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The smallest value with at least q of them at or below it (the card's definition)."""
+    v = sorted(values)
+    return v[max(0, math.ceil(q * len(v)) - 1)]
+
+
+def expected_stats(metas: list[dict]) -> dict[tuple[str, str], list[float]]:
+    return {k: [len(v), 0, np.mean(v), np.std(v, ddof=1), np.min(v), quantile(v, 0.1), quantile(v, 0.5),
+                quantile(v, 0.9), np.max(v)] for k, v in raw_scores(metas).items()}
+
+
+def assert_histograms_exact(out: Path, metas: list[dict]) -> None:
+    """card/stats.json's bins: equal power-of-two widths over every score, and per method the exact
+    count of scores in each [edge, next edge)."""
+    numbers = json.loads((out / STATS_JSON).read_text())
+    raw = raw_scores(metas)
+    for scorer, h in numbers["scores"].items():
+        edges = np.array(h["edges"])
+        w = edges[1] - edges[0]
+        assert np.allclose(np.diff(edges), w) and math.log2(w).is_integer()
+        for method, figures in h["methods"].items():
+            v = np.array(raw[(method, scorer)])
+            assert edges[0] <= v.min() and v.max() < edges[-1]
+            exact = np.histogram(v, edges[:-1].tolist() + [edges[-1]])[0]  # no value sits on the last edge
+            assert figures["histogram"] == exact.tolist(), (scorer, method)
+            assert figures["n"] == len(v) and figures["rank_error"] == 0.0
+            assert figures["q0.5"] == quantile(v.tolist(), 0.5)
 
 
 def run_snippet(readme: str) -> str:
@@ -139,6 +174,8 @@ def test_card_has_the_runs_figures(plain):
     assert set(got) == set(want) == {("cfg", "clip"), ("cfg", "pickscore")}
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=6e-5, err_msg=str(k))
+    assert "exact here (every sketch still holds all its scores)" in readme
+    assert_histograms_exact(out, metas)
     assert "| sampler-0 | node-a | cpu | – | 2 | 4 | 8.3 | 0.485 |" in readme
     # the loading snippet works as written
     printed = run_snippet(readme)
@@ -200,6 +237,11 @@ def test_card_of_a_preference_run_counts_each_method(groups):
     assert set(got) == set(want) == {(m, s) for m in ("cfg", "dns") for s in ("clip", "pickscore")}
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=6e-5, err_msg=str(k))
+    assert_histograms_exact(out, metas)
+    margins = [m["candidates"][m["preference"]["chosen"]]["scores"]["clip"]
+               - m["candidates"][m["preference"]["rejected"]]["scores"]["clip"]
+               for m in metas if m["preference"]["chosen"] is not None]
+    assert table_value(readme, "Score gap chosen − rejected, min") == f"{min(margins):.4f}"
     px = np.asarray(Image.open(out / hist_path("clip")).convert("RGB")).reshape(-1, 3)
     for colour in PALETTE[:2]:  # one colour per method
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
@@ -243,3 +285,113 @@ def test_card_on_s3(plain, s3_config, s3_bucket, s3_client):
     for rel in (CONTACT_SHEET, hist_path("clip"), hist_path("pickscore")):
         body = s3_client.get_object(Bucket=s3_bucket, Key=f"run1/{rel}")["Body"].read()
         assert Image.open(io.BytesIO(body)).format == "PNG"
+
+
+# ------------------------------------------------------------------ what the card reads
+class RecordingFS:
+    """A filesystem that passes every call through and records the reads (which file, what range)."""
+
+    def __init__(self, fs):
+        self._fs, self.reads = fs, []
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def cat(self, paths, **kw):
+        self.reads += [("cat", p, None) for p in paths]
+        return self._fs.cat(paths, **kw)
+
+    def cat_file(self, path, start=None, end=None, **kw):
+        data = self._fs.cat_file(path, start=start, end=end, **kw)
+        self.reads.append(("cat_file", path, None if start is None else (start, end)))
+        return data
+
+    def open(self, path, mode="rb", **kw):
+        if "r" in mode:
+            self.reads.append(("open", path, None))
+        return self._fs.open(path, mode, **kw)
+
+
+def fake_output(root: Path, shard_ids: list[int], per_shard: int = 3) -> Path:
+    """Shards written through ShardSink without a model: 8x8 images, rows alternating cfg and dns,
+    clip scores (one null), so only the first shards hold contact-sheet samples."""
+    loc = open_location(str(root))
+    rng = np.random.default_rng(0)
+    n = 0
+    for sid in shard_ids:
+        spec = ShardSpec(sid, "in.parquet", 0, per_shard)
+        with ShardSink(loc, spec) as sink:
+            for row in range(per_shard):
+                method = ("cfg", "dns")[n % 2]
+                score = None if n == 5 else float(rng.normal(30, 2))
+                img = np.full((8, 8, 3), (37 * n) % 256, np.uint8)
+                sink.write(Sample(sample_key(sid, row), row, f"p{n}", f"prompt {n}", [img],
+                                  {"seed": n, "method": method, "steps": 3, "scores": {"clip": score}}))
+                n += 1
+            sink.set_stats(wall_s=0.1)
+    write_index(loc)
+    return root
+
+
+def test_the_card_reads_stats_files_and_only_the_images_it_shows(tmp_path):
+    """8 shards of 3 samples, rows alternating cfg and dns: the 6 tiles per method lie in shards 0-3.
+    The card reads each stats file once and, from the tars, exactly the tiles' bytes by range; it
+    fails if it opens a tar that holds no tile, or reads a tar through."""
+    out = fake_output(tmp_path / "out", list(range(8)))
+    base = open_location(str(out))
+    spy = RecordingFS(base.fs)
+    write_card(Location(spy, base.root, False))
+    tars = [(kind, p, rng) for kind, p, rng in spy.reads if p.endswith(".tar")]
+    stats = [p for kind, p, _ in spy.reads if p.endswith(".stats.json")]
+    assert sorted(stats) == sorted(str(p) for p in (out / "shards").glob("*.stats.json"))  # once each
+    assert {Path(p).name for _, p, _ in tars} == {f"{i:06d}.tar" for i in range(4)}
+    assert all(kind == "cat_file" and rng is not None for kind, p, rng in tars)  # ranged reads only
+    numbers = json.loads((out / STATS_JSON).read_text())
+    assert len(tars) == sum(numbers["images"].values()) // 2 == 12
+    pngs = {}
+    for p in (out / "shards").glob("*.tar"):
+        with tarfile.open(p) as tf:
+            pngs.update({m.name: tf.extractfile(m).read() for m in tf if m.name.endswith(".png")})
+    assert sum(e - s for _, _, (s, e) in tars) == sum(len(pngs[f"{i:06d}{r:06d}.png"])
+                                                      for i in range(4) for r in range(3))
+    readme = (out / "README.md").read_text()
+    assert table_value(readme, "Images") == "24" and table_value(readme, "Committed shards") == "8"
+    assert re.search(r"^\| `cfg` \| `clip` \| 12 \| 0 \|", readme, re.M)
+    assert re.search(r"^\| `dns` \| `clip` \| 11 \| 1 \|", readme, re.M)  # the null score
+
+
+def test_old_outputs_get_the_same_card_from_their_tars_with_a_warning(tmp_path, caplog):
+    """Stats files written before summaries existed: the card streams those shards' tars (the old way)
+    and says so; its figures, tiles and contact sheet are the same as from the summaries."""
+    out = fake_output(tmp_path / "out", list(range(5)))
+    write_card(str(out))
+    new = {rel: (out / rel).read_bytes() for rel in (STATS_JSON, CONTACT_SHEET, hist_path("clip"))}
+    for p in (out / "shards").glob("*.stats.json"):  # the same output, as an older synthgen wrote it
+        st = json.loads(p.read_text())
+        del st["summary"]
+        p.write_text(json.dumps(st))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        write_card(str(out))
+    assert "5 of 5 committed shard(s) have stats files without a summary" in caplog.text
+    assert "streams those shards' tars" in caplog.text
+    a, b = json.loads(new[STATS_JSON]), json.loads((out / STATS_JSON).read_text())
+    assert b.pop("shards_summarised_from_tars") == 5 and a.pop("shards_summarised_from_tars") == 0
+    assert a == b
+    assert new[CONTACT_SHEET] == (out / CONTACT_SHEET).read_bytes()
+    assert new[hist_path("clip")] == (out / hist_path("clip")).read_bytes()
+    assert "were written before shards carried summaries" in (out / "README.md").read_text()
+
+
+def test_shard_ids_past_a_million_load_with_the_cards_pattern(tmp_path, monkeypatch):
+    """Ids from 10^6 on have 7 digits (keys 13): committed, indexed, summarised, and the card's
+    loading snippet reads them (its brace range split at 10^6)."""
+    out = fake_output(tmp_path / "out", [999_998, 999_999, 1_000_000, 1_000_001], per_shard=2)
+    assert (out / "shards" / "1000000.tar").exists()
+    write_card(str(out))
+    readme = (out / "README.md").read_text()
+    assert "shards/{999998..999999}.tar::" in readme and "shards/{1000000..1000001}.tar" in readme
+    monkeypatch.chdir(tmp_path)
+    printed = run_snippet(readme)
+    assert len(printed.splitlines()) == 8
+    index = json.loads((out / "index.json").read_text())
+    assert [s["shard"] for s in index["shards"]] == [999_998, 999_999, 1_000_000, 1_000_001]

@@ -1,5 +1,6 @@
 """Preference groups from a ShardWorker run (no Ray) and their Pick-a-Pic style Parquet export,
-local and from the S3 server."""
+local and from the S3 server; shard by shard through a staging area (resumable), and on Ray with
+the same rows."""
 
 from __future__ import annotations
 
@@ -220,3 +221,57 @@ def test_slot_order_is_balanced_and_deterministic():
     flips = [ep.slot_flip(f"{i:012d}") for i in range(2000)]
     assert flips == [ep.slot_flip(f"{i:012d}") for i in range(2000)]
     assert math.isclose(sum(flips) / len(flips), 0.5, abs_tol=0.05)
+
+
+def test_an_interrupted_export_resumes_with_the_missing_shards_only(runs, tmp_path):
+    """A run of the export that loses shard 1 stages shard 0, says so and writes nothing; the same
+    command again exports only shard 1 and gives the rows of an export that never stopped."""
+    src, dest = runs["m0"], tmp_path / "parts"
+
+    def losing_shard_1(specs, job):
+        ep.run_in_process([s for s in specs if s.shard_id != 1], job)
+        return [1]
+
+    with pytest.raises(ep.ExportFailed, match=r"1 shard\(s\) could not be exported \(\[1\]\)"):
+        ep.export_pairs(str(src), str(dest), rows_per_file=4, runner=losing_shard_1)
+    assert not list(dest.glob("part-*.parquet")) and (dest / ".staging" / "shards" / "000000.stats.json").exists()
+    ran = []
+
+    def counting(specs, job):
+        ran.extend(s.shard_id for s in specs)
+        return ep.run_in_process(specs, job)
+
+    report = ep.export_pairs(str(src), str(dest), rows_per_file=4, runner=counting)
+    assert ran == [1] and not (dest / ".staging").exists()
+    whole = ep.export_pairs(str(src), str(tmp_path / "whole.parquet"))
+    got = pa.concat_tables([pq.read_table(p) for p in sorted(dest.glob("part-*.parquet"))])
+    assert got.equals(pq.read_table(whole["files"][0])) and report["pairs"] == whole["pairs"] == len(PROMPTS)
+    assert [pq.read_metadata(p).num_rows for p in sorted(dest.glob("part-*.parquet"))] == [4, 2]
+    # staged shards of an export with other parameters are not reused
+    with pytest.raises(ep.ExportFailed):
+        ep.export_pairs(str(src), str(dest), rows_per_file=4, runner=losing_shard_1)
+    ran.clear()
+    ep.export_pairs(str(src), str(dest), min_margin=0.0, rows_per_file=4, runner=counting)
+    assert ran == [0, 1]
+
+
+@pytest.mark.ray
+def test_export_on_ray_gives_the_rows_of_the_single_process_export(ray_local, runs, tmp_path):
+    """Two Ray actors export the shards (the generation job's executor); the files equal the
+    in-process export's, for one file and for a directory of parts."""
+    from pipeline.driver.export import ray_runner
+
+    src = runs["margin"]
+    local_file = ep.export_pairs(str(src), str(tmp_path / "local.parquet"))
+    local_dir = ep.export_pairs(str(src), str(tmp_path / "local"), rows_per_file=2, row_group_size=1)
+    ray_file = ep.export_pairs(str(src), str(tmp_path / "ray.parquet"), runner=ray_runner(workers=2))
+    ray_dir = ep.export_pairs(str(src), str(tmp_path / "ray"), rows_per_file=2, row_group_size=1,
+                              runner=ray_runner(workers=2))
+    assert pq.read_table(ray_file["files"][0]).equals(pq.read_table(local_file["files"][0]))
+    assert [p.rsplit("/", 1)[-1] for p in ray_dir["files"]] == [p.rsplit("/", 1)[-1] for p in local_dir["files"]]
+    for a, b in zip(ray_dir["files"], local_dir["files"]):
+        assert pq.read_table(a).equals(pq.read_table(b))
+    for report in (ray_file, ray_dir):
+        assert {k: report[k] for k in ("pairs", "groups", "skipped", "scorers")} == \
+            {k: local_file[k] for k in ("pairs", "groups", "skipped", "scorers")}
+    assert 0 < local_file["pairs"] < len(PROMPTS)

@@ -438,14 +438,46 @@ def test_keep_rejected_exports_judge_labelled_pairs_that_diffusion_dpo_reads(toy
         assert np.abs(np.asarray(images[lose], dtype=float) - stored).mean() < 6  # that try's image
 
 
+class TarReads:
+    """A filesystem that passes every call through and records how the tars are read."""
+
+    def __init__(self, fs):
+        self._fs, self.tar_reads = fs, []
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def cat_file(self, path, start=None, end=None, **kw):
+        if str(path).endswith(".tar"):
+            self.tar_reads.append(None if start is None else (start, end))
+        return self._fs.cat_file(path, start=start, end=end, **kw)
+
+    def open(self, path, mode="rb", **kw):
+        if "r" in mode and str(path).endswith(".tar"):
+            self.tar_reads.append("open")
+        return self._fs.open(path, mode, **kw)
+
+
 def test_the_card_shows_acceptance_per_try_and_the_cost_per_kept_sample(gated):
-    from pipeline.data.storage import open_location
+    """The gate's figures come from the stats files (summed in the Ledger, any order), never a pass
+    over the tars: the only tar reads are the contact sheet's ranged ones."""
+    from pipeline.data.storage import Location, open_location
     from pipeline.report.card import write_card
+    from pipeline.report.collect import Ledger
 
     out, stats = gated
-    write_card(open_location(str(out)), summary={})
+    base = open_location(str(out))
+    spy = TarReads(base.fs)
+    write_card(Location(spy, base.root, False), summary={})
+    assert spy.tar_reads and all(isinstance(r, tuple) for r in spy.tar_reads)  # tiles, by range
     text = (out / "README.md").read_text()
     f = F.merge(stats[0].extra["gate"], stats[1].extra["gate"])
+    forward, backward = Ledger([s.shard_id for s in stats]), Ledger([s.shard_id for s in stats])
+    for st in stats:
+        forward.add(st)
+    for st in reversed(stats):
+        backward.add(st)
+    assert forward.card_input().gate == backward.card_input().gate == f and f["rows"] == sum(s.rows for s in stats)
     d = F.derived(f)
     assert "## Quality gate" in text and f"`{RULE}`" in text
     for t in d["by_try"]:

@@ -4,6 +4,7 @@ JSON with --json.
     python jobs/benchmark.py all --json report.json      # evals, efficiency, diffusers, driver, gpu
     python jobs/benchmark.py source | evals | efficiency | diffusers | driver | gpu  [options, see --help]
     python jobs/benchmark.py rehearsal --standins DIR     # configs/sdxl.yaml on full-size stand-ins, CPU
+    python jobs/benchmark.py card [--card-shards 100 1000 10000]   # the end of a run: card + index, export-pairs
     python jobs/benchmark.py gate --out DIR [--budget-s S] # the quality gate on the toy world, in pieces
 
 Every report carries the command, the machine (platform, CPUs, load average at start and end,
@@ -18,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.benchmarks.card import bench_card
 from pipeline.benchmarks.common import _loadavg, machine_info
 from pipeline.benchmarks.diffusers_loop import bench_diffusers
 from pipeline.benchmarks.driver import bench_driver
@@ -122,6 +124,17 @@ def build_parser(prog: str = "jobs/benchmark.py") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/rehearsal")
     p.add_argument("--runs", nargs="*", help="some of: cfg answer_k3 dnp preference geneval (default: all)")
     p.set_defaults(run=bench_rehearsal)
+    p = sub.add_parser("card", help="the end of a run at scale: card + index time, memory, bytes; export-pairs")
+    p.add_argument("--card-shards", type=int, nargs="+", default=[100, 1000, 10_000])
+    p.add_argument("--card-per-shard", type=int, default=100, help="samples (preference groups) a shard")
+    p.add_argument("--card-old", type=int, nargs="*", default=[100, 1000],
+                   help="sizes also measured by the old streaming path")
+    p.add_argument("--card-dir", default="outputs/bench-card", help="where the outputs are written (and reused)")
+    p.add_argument("--card-write-only", type=float, metavar="SECONDS",
+                   help="only write the outputs, for at most SECONDS (run again to go on); measure nothing")
+    p.add_argument("--pairs-shards", type=int, nargs="*", default=[1000])
+    p.add_argument("--pairs-workers", type=int, nargs="*", default=[0, 1, 2], help="0: in this process")
+    p.set_defaults(run=bench_card)
     p = sub.add_parser("gate", help="the quality gate on the toy world through real jobs (in pieces: --budget-s)")
     p.add_argument("--out", default="outputs/gate-bench", help="jobs' outputs, summary.json and table.md")
     p.add_argument("--budget-s", type=float, default=540.0,

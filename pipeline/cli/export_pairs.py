@@ -1,6 +1,7 @@
 """`jobs/export_pairs.py`: export a run's preference groups as Pick-a-Pic v2 style Parquet pairs
-(pipeline/data/pairs.py). Exit codes: 0 done (even with zero pairs: see the report); 2 bad arguments
-or no committed shards."""
+(pipeline/data/pairs.py), shard by shard, in this process or on Ray (pipeline/driver/export.py).
+Exit codes: 0 done (even with zero pairs: see the report); 1 a shard could not be exported (run the
+same command again to finish); 2 bad arguments or no committed shards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from pipeline.config import S3Config
 from pipeline.data import pairs
-from pipeline.data.pairs import export_pairs
+from pipeline.data.pairs import ExportFailed, export_pairs
+from pipeline.logs import setup_logging
 
 
 def main(argv: list[str] | None = None, prog: str = "jobs/export_pairs.py") -> int:
@@ -26,16 +28,32 @@ def main(argv: list[str] | None = None, prog: str = "jobs/export_pairs.py") -> i
     ap.add_argument("--image-format", choices=("jpg", "keep"), default="jpg")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality")
     ap.add_argument("--report", help="also write the JSON report to this local file")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Ray actors exporting shards in parallel (1 CPU each); 0: in this process. Default: "
+                         "one per cluster CPU when RAY_ADDRESS or --ray-address names a cluster, else 0")
+    ap.add_argument("--ray-address", help="the Ray cluster to run on (default: RAY_ADDRESS)")
     ap.add_argument("--s3-endpoint-url")
     ap.add_argument("--s3-region")
     a = ap.parse_args(argv)
+    if a.workers is not None and a.workers < 0:
+        print("error: --workers must be >= 0 (0: in this process)", file=sys.stderr)
+        return 2
+    setup_logging("WARNING")
     s3 = S3Config(endpoint_url=a.s3_endpoint_url, region=a.s3_region)
+    runner = None
+    from pipeline.driver.export import ray_runner, use_ray
+
+    if use_ray(a.workers, a.ray_address):
+        runner = ray_runner(a.workers, a.ray_address)
     try:
         report = export_pairs(a.source, a.dest, a.min_margin, a.rows_per_file, a.row_group_size,
-                              a.image_format, a.quality, s3=s3)
+                              a.image_format, a.quality, s3=s3, runner=runner)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ExportFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     text = json.dumps(report, indent=1, sort_keys=True)
     print(text)
     if a.report:

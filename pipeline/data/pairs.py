@@ -8,6 +8,13 @@ Reads the committed shards only (those with a stats file), streaming one sample 
 writes one row per preference group that has a chosen/rejected pair. Memory holds one Parquet row
 group (--row-group-size rows, default 64) at a time.
 
+Each source shard is exported on its own (PairShardWorker), exactly once, to a staging area beside
+the destination (pipeline/data/pair_files.py), then the staged shards are joined in shard order into
+the destination files; an interrupted export resumes where it stopped. The shards run in this
+process, or in parallel on Ray (`--workers N`, or by default when RAY_ADDRESS names a cluster:
+pipeline/driver/export.py runs them on the generation job's executor, with its retries). The rows are
+the same either way.
+
 Columns (Pick-a-Pic v2 names where Pick-a-Pic has them, so Diffusion-DPO's train.py reads it as is):
 
     caption            the prompt
@@ -40,7 +47,8 @@ directory of part-00000.parquet, part-00001.parquet, ... (--rows-per-file rows e
 Every file appears atomically (written locally, then published), local or s3://. S3 credentials
 come from the standard AWS environment; --s3-endpoint-url/--s3-region for other endpoints.
 
-Exit codes: 0 done (even with zero pairs: see the report); 2 bad arguments or no committed shards.
+Exit codes: 0 done (even with zero pairs: see the report); 1 a shard could not be exported (the
+staging stays: run the same command again); 2 bad arguments or no committed shards.
 """
 
 from __future__ import annotations
@@ -48,18 +56,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import posixpath
+import socket
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Config
-from pipeline.data.shards import committed, iter_samples
-from pipeline.data.storage import Location, is_s3, open_location
+from pipeline.data.layout import committed_shards, read_stats, read_stats_many, sidecar_path, stats_path
+from pipeline.data.pair_files import PartWriter, assemble, open_staging, split_dest, staging_rel
+from pipeline.data.shards import committed, iter_shard
+from pipeline.data.storage import Location, open_location
+from pipeline.records import ShardSpec, ShardStats
 
 PAIR_SCHEMA = pa.schema([
     ("caption", pa.string()),
@@ -193,90 +205,107 @@ def gate_rows(sample: Any, min_margin: float | None, image_format: str, quality:
     return rows, None if rows or not below else "below_min_margin"
 
 
-# ------------------------------------------------------------------ output files
-def _split_dest(dest: str) -> tuple[str, str | None]:
-    """(directory, file name) for a single .parquet file; (directory, None) for a directory."""
-    if not dest.endswith(".parquet"):
-        return dest, None
-    if is_s3(dest):
-        scheme, rest = dest.split("://", 1)
-        parent, name = posixpath.split(rest)
-        return f"{scheme}://{parent}", name
-    parent, name = os.path.split(os.path.abspath(os.path.expanduser(dest)))
-    return parent, name
+def sample_rows(sample: Any, min_margin: float | None, image_format: str, quality: int,
+                ) -> tuple[list[dict[str, Any]], str | None]:
+    """A sample's pair rows: a group's one pair, or a gated plain sample's pairs with its failed tries."""
+    if not sample.is_group and sample.meta.get("gate"):
+        return gate_rows(sample, min_margin, image_format, quality)
+    row, reason = pair_row(sample, min_margin, image_format, quality)
+    return ([row], None) if row is not None else ([], reason)
 
 
-@dataclass
-class PartWriter:
-    """Parquet files written row group by row group to a local temp file, then published."""
+# ------------------------------------------------------------------ one shard
+@dataclass(frozen=True)
+class PairJob:
+    """What every shard's export needs (sent to Ray actors: plain values only)."""
 
-    location: Location
-    single_name: str | None
-    rows_per_file: int
-    row_group_size: int
-    metadata: dict[str, str]
-    files: list[str] = field(default_factory=list)
-    rows_written: int = 0
-    _buf: list[dict[str, Any]] = field(default_factory=list)
-    _writer: Any = None
-    _tmp: str | None = None
-    _rel: str | None = None
-    _file_rows: int = 0
+    source: str
+    staging: str
+    min_margin: float | None = None
+    image_format: str = "jpg"
+    quality: int = 95
+    row_group_size: int = 64
+    s3: S3Config | None = None
+    out_s3: S3Config | None = None
 
-    def add(self, row: dict[str, Any]) -> None:
-        self._buf.append(row)
-        if len(self._buf) >= self.row_group_size:
-            self._flush()
 
-    def _open(self) -> None:
-        self._rel = self.single_name or f"part-{len(self.files):05d}.parquet"
-        self._tmp = self.location.local_temp(self._rel)
-        schema = PAIR_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in self.metadata.items()})
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
-        self._file_rows = 0
+class PairShardWorker:
+    """Exports one source shard's pairs to the staging area, exactly once; the shape of a sampler
+    worker (`worker_cls(cfg, captioner=..., name=...)`, `run(spec, attempt)`) so that the generation
+    job's executor can run it on Ray. `spec.shard_id` is the source shard."""
 
-    def _close(self) -> None:
-        self._writer.close()
-        self.location.publish(self._tmp, self._rel)
-        self.files.append(self.location.uri(self._rel))
-        self._writer = self._tmp = None
+    def __init__(self, cfg: Any = None, captioner: Any = None, name: str = "", job: PairJob | None = None):
+        if job is None:
+            raise ValueError("PairShardWorker needs a PairJob")
+        self.job, self.name = job, name or socket.gethostname()
+        self.src = open_location(job.source, job.s3)
+        self.staging = open_location(job.staging, job.out_s3 if job.out_s3 is not None else job.s3)
 
-    def _flush(self) -> None:
-        while self._buf:
-            if self._writer is None:
-                self._open()
-            room = self.rows_per_file - self._file_rows if self.rows_per_file else len(self._buf)
-            chunk, self._buf = self._buf[:room], self._buf[room:]
-            self._writer.write_table(pa.Table.from_pylist(chunk, schema=PAIR_SCHEMA))
-            self._file_rows += len(chunk)
-            self.rows_written += len(chunk)
-            if self.rows_per_file and self._file_rows >= self.rows_per_file:
-                self._close()
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "host": socket.gethostname(), "device": "cpu"}
 
-    def close(self) -> None:
-        self._flush()
-        if self._writer is None and not self.files:  # no pairs: still one (empty) file with the schema
-            self._open()
-        if self._writer is not None:
-            self._close()
-        if self.single_name is None:  # parts left over from an earlier, longer export
-            for name in self.location.listdir():
-                if name.startswith("part-") and name.endswith(".parquet") \
-                        and self.location.uri(name) not in self.files:
-                    self.location.remove(name)
+    def run(self, spec: ShardSpec, attempt: int = 1) -> ShardStats:
+        sid, job = spec.shard_id, self.job
+        if self.staging.exists(stats_path(sid)):  # committed by an earlier attempt
+            return read_stats(self.staging, sid)
+        t0 = time.perf_counter()
+        counts: Counter[str] = Counter()
+        tmp = self.staging.local_temp(sidecar_path(sid))
+        rows: list[dict[str, Any]] = []
+        with pq.ParquetWriter(tmp, PAIR_SCHEMA, compression="zstd") as w:
+            for sample in iter_shard(self.src, sid):
+                counts["samples"] += 1
+                counts["groups"] += sample.is_group
+                pairs, reason = sample_rows(sample, job.min_margin, job.image_format, job.quality)
+                if not pairs:
+                    counts[f"skipped/{reason}"] += 1
+                    continue
+                counts["gate_samples"] += "gate" in sample.meta
+                for row in pairs:
+                    counts["pairs"] += 1
+                    counts["ties_labelled_half"] += row["label_0"] == 0.5
+                    counts["slot0_chosen"] += row["label_0"] == 1.0
+                    counts[f"scorer/{row['scorer']}"] += 1
+                rows.extend(pairs)
+                if len(rows) >= job.row_group_size:
+                    w.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
+                    rows = []
+            if rows:
+                w.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
+        self.staging.publish(tmp, sidecar_path(sid))
+        stats = ShardStats(sid, rows=counts["samples"], samples=counts["pairs"], rejected=0, failed=0,
+                           wall_s=time.perf_counter() - t0, worker=self.name, attempt=attempt,
+                           extra={"export": dict(counts)})
+        try:  # the commit; a racing attempt wrote the same rows (the export is deterministic)
+            self.staging.create_exclusive(stats_path(sid), json.dumps(stats.to_dict(), sort_keys=True).encode())
+        except FileExistsError:
+            return read_stats(self.staging, sid)
+        return stats
 
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            if self._tmp and os.path.exists(self._tmp):
-                os.remove(self._tmp)
+
+def run_in_process(specs: list[ShardSpec], job: PairJob) -> list[int]:
+    """The shards one after the other in this process; returns the shards that failed (none: an
+    error propagates)."""
+    w = PairShardWorker(job=job, name="in-process")
+    for spec in specs:
+        w.run(spec)
+    return []
 
 
 # ------------------------------------------------------------------ the export
+Runner = Callable[[list[ShardSpec], PairJob], list[int]]  # -> shard ids that could not be exported
+
+
+class ExportFailed(RuntimeError):
+    """Some shards could not be exported; the staged ones stay for the next attempt."""
+
+
 def export_pairs(source: str | Location, dest: str, min_margin: float | None = None, rows_per_file: int = 0,
                  row_group_size: int = 64, image_format: str = "jpg", quality: int = 95,
-                 s3: S3Config | None = None, out_s3: S3Config | None = None) -> dict[str, Any]:
-    """Stream the committed shards of `source` into Parquet pairs at `dest`; returns the report."""
+                 s3: S3Config | None = None, out_s3: S3Config | None = None,
+                 runner: Runner | None = None) -> dict[str, Any]:
+    """Export the committed shards of `source` as Parquet pairs at `dest`; returns the report.
+    `runner` exports the staged shards (default: in this process; pipeline/driver/export.py: on Ray)."""
     if image_format not in ("jpg", "keep"):
         raise ValueError(f"image_format={image_format!r}; use jpg or keep")
     if row_group_size < 1 or rows_per_file < 0:
@@ -285,7 +314,7 @@ def export_pairs(source: str | Location, dest: str, min_margin: float | None = N
     shards = committed(src)
     if not shards:
         raise FileNotFoundError(f"{src.url}: no committed shards (shards/*.stats.json)")
-    out_dir, single = _split_dest(dest)
+    out_dir, single = split_dest(dest)
     if single is not None and rows_per_file:
         raise ValueError(f"{dest} is a single .parquet file; give a directory to split by --rows-per-file")
     if single is None and not rows_per_file:
@@ -294,37 +323,28 @@ def export_pairs(source: str | Location, dest: str, min_margin: float | None = N
     provenance = {"source": src.url, "min_margin": min_margin, "image_format": image_format,
                   "quality": quality, "convention": "pick-a-pic v2 (caption, jpg_0, jpg_1, label_0, label_1, "
                                                     "model_0, model_1)"}
-    writer = PartWriter(out, single, rows_per_file, row_group_size, {"synthgen": json.dumps(provenance)})
-    skipped: Counter[str] = Counter()
+    staging = open_staging(out, single, provenance)
+    job = PairJob(src.url, staging.url, min_margin, image_format, quality, row_group_size, s3,
+                  out_s3 if out_s3 is not None else s3)
+    done = committed_shards(staging)  # staged by an earlier, interrupted export
+    todo = [ShardSpec(st.shard_id, src.url, 0, st.samples)
+            for st in read_stats_many(src, [i for i in shards if i not in done])]
+    failed = (runner or run_in_process)(todo, job) if todo else []
+    if failed:
+        raise ExportFailed(f"{len(failed)} shard(s) could not be exported ({failed[:10]}); the "
+                           f"{len(shards) - len(failed)} others are staged in {staging.url}: run the same "
+                           "command again to finish")
     counts: Counter[str] = Counter()
-    scorers: Counter[str] = Counter()
-    try:
-        for sample in iter_samples(src, shards):
-            counts["samples"] += 1
-            counts["groups"] += sample.is_group
-            if not sample.is_group and sample.meta.get("gate"):
-                rows, reason = gate_rows(sample, min_margin, image_format, quality)
-            else:
-                row, reason = pair_row(sample, min_margin, image_format, quality)
-                rows = [row] if row is not None else []
-            if not rows:
-                skipped[reason] += 1
-                continue
-            counts["gate_samples"] += "gate" in sample.meta
-            for row in rows:
-                counts["ties_labelled_half"] += row["label_0"] == 0.5
-                counts["slot0_chosen"] += row["label_0"] == 1.0
-                scorers[row["scorer"]] += 1
-                writer.add(row)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    for st in read_stats_many(staging, shards):
+        counts.update(st.extra.get("export", {}))
+    writer = PartWriter(out, single, rows_per_file, row_group_size,
+                        PAIR_SCHEMA.with_metadata({b"synthgen": json.dumps(provenance).encode()}))
+    assemble(staging, shards, writer)
+    out.remove_tree(staging_rel(single))
     return {"source": src.url, "dest": dest, "files": writer.files, "shards": len(shards),
             "samples": counts["samples"], "groups": counts["groups"], "pairs": writer.rows_written,
             "pairs_slot0_chosen": counts["slot0_chosen"], "ties_labelled_half": counts["ties_labelled_half"],
             "gated_samples_with_pairs": counts["gate_samples"],
-            "scorers": dict(scorers), "min_margin": min_margin,
-            "skipped": {r: skipped.get(r, 0) for r in SKIP_REASONS}}
-
-
+            "scorers": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("scorer/")},
+            "min_margin": min_margin,
+            "skipped": {r: counts.get(f"skipped/{r}", 0) for r in SKIP_REASONS}}

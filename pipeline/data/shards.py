@@ -35,6 +35,7 @@ class ShardSample:
     key: str
     meta: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)  # "png" / "0.png" / "neg.png" / "txt" -> bytes
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # member suffix -> (offset, size) in the tar
 
     @property
     def is_group(self) -> bool:
@@ -79,6 +80,7 @@ def iter_shard(location: Location, shard_id: int, images: bool = True) -> Iterat
                 current = None
             if current is None:
                 current = ShardSample(shard_id, key, {})
+            current.spans[ext] = (member.offset_data, member.size)
             if not images and ext.rsplit(".", 1)[-1] in IMAGE_EXTS:
                 current.files.setdefault(ext, b"")  # listed, not read (the stream skips it)
                 continue
@@ -86,6 +88,27 @@ def iter_shard(location: Location, shard_id: int, images: bool = True) -> Iterat
             current.files[ext] = data.read() if data is not None else b""
         if current is not None:
             yield _finish(current)
+
+
+def member_spans(fileobj: Any, names: set[str]) -> dict[str, tuple[int, int]]:
+    """(offset, size) of the data of the named members of a tar in a seekable binary file (read from
+    its start), from its headers only (tarfile seeks over the data); stops once every name is found."""
+    out: dict[str, tuple[int, int]] = {}
+    if not names:
+        return out
+    fileobj.seek(0)
+    with tarfile.open(fileobj=fileobj, mode="r:") as tf:
+        for member in tf:
+            if member.name in names:
+                out[member.name] = (member.offset_data, member.size)
+                if len(out) == len(names):
+                    break
+    return out
+
+
+def read_member(location: Location, shard_id: int, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset` of a shard's tar: one member's data, without reading the rest."""
+    return location.read_range(tar_path(shard_id), offset, size)
 
 
 def _finish(s: ShardSample) -> ShardSample:

@@ -4,12 +4,17 @@
         for item in results:          # Sample (status OK) or RowOutcome, one per input row
             sink.write(item)
         sink.set_stats(wall_s=..., worker=...)
-    sink.stats                        # ShardStats, as committed
+        sink.summary.count("part/rows", 2)           # optional: other per-shard figures for the card
+    sink.stats                        # ShardStats, as committed (with .summary)
 
 Inside the block everything goes to local temp files (the tar is hashed while it is written).
 On a clean exit: check that every row of the spec was written once, publish the tar, then the
 sidecar parquet, then create `shards/{shard}.stats.json` exclusively: its presence is the commit.
 On an exception inside the block the temp files are deleted and nothing is published.
+
+The stats file also carries the shard's summary (pipeline/summaries/shard.py): counts, score
+distributions and contact-sheet candidates with the byte range of their images in the tar, built
+from the samples as they are written. The dataset card merges these instead of reading the tars.
 
 - A committed shard is never rewritten: entering the sink for one raises AlreadyCommitted (the
   caller reads the existing stats with read_stats()); losing the commit race to a concurrent
@@ -41,8 +46,10 @@ import pyarrow.parquet as pq
 
 from pipeline import faults
 from pipeline.data.layout import sidecar_path, stats_path, tar_path
+from pipeline.data.shards import member_spans
 from pipeline.data.storage import Location
 from pipeline.records import FAILED, OK, REJECTED, RowOutcome, Sample, ShardSpec, ShardStats, sample_key
+from pipeline.summaries.shard import SummaryBuilder
 
 TAR_MTIME = 0  # fixed, so that a rerun of a shard gives a byte-identical tar
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -109,6 +116,7 @@ class ShardSink:
         self.image_format, self.quality, self.attempt = image_format, quality, attempt
         self.gated = gated  # the sidecar gets the gate column
         self.stats: ShardStats | None = None
+        self.summary = SummaryBuilder()  # the shard's figures for the card; others may add to it
         self._extra_stats: dict[str, Any] = {}
         self._rows: dict[int, dict[str, Any]] = {}  # row -> sidecar row
         self._written_rows = self._written_samples = 0
@@ -125,7 +133,7 @@ class ShardSink:
         if self.location.exists(stats_path(self.spec.shard_id)):
             raise AlreadyCommitted(self.location, self.spec.shard_id)
         self._tar_tmp = self._temp(tar_path(self.spec.shard_id))
-        self._tar_file = open(self._tar_tmp, "wb")
+        self._tar_file = open(self._tar_tmp, "w+b")  # read back at the commit (the summary's tile offsets)
         self._tar_hash = _HashingWriter(self._tar_file)
         self._tar = TarWriter(self._tar_hash, encoder=False, mtime=TAR_MTIME)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"encode-{self.spec.name}")
@@ -148,6 +156,7 @@ class ShardSink:
             self._check(item)
             self._claim(item.key, item.row)
             self._queue(item)
+            self.summary.add(item.key, _meta(item), self._image_names(item))
             seed = item.metadata.get("seed")
             self._rows[item.row] = dict(key=item.key, row=item.row, prompt_id=item.prompt_id, status=OK,
                                         error=None, prompt=item.prompt,
@@ -223,16 +232,18 @@ class ShardSink:
                 raise ValueError(f"{s.key}: extra image name {name!r} must be letters, digits, '_' or '-' "
                                  "and not a number")
 
+    def _image_names(self, s: Sample) -> list[str]:
+        """Tar member suffixes of the main image(s): png, or 0.png, 1.png, ... for a preference group."""
+        ext = self.image_format
+        return [ext] if len(s.images) == 1 else [f"{i}.{ext}" for i in range(len(s.images))]
+
     def _entries(self, s: Sample) -> dict[str, Any]:
         ext = self.image_format
         out: dict[str, Any] = {"__key__": s.key}
-        if len(s.images) == 1:
-            out[ext] = encode_image(s.images[0], ext, self.quality)
-        else:  # a preference group: 0.png, 1.png, ...
-            out.update({f"{i}.{ext}": encode_image(im, ext, self.quality) for i, im in enumerate(s.images)})
+        out.update({name: encode_image(im, ext, self.quality) for name, im in zip(self._image_names(s), s.images)})
         for name, im in s.extra_images.items():
             out[f"{name}.{ext}"] = encode_image(im, ext, self.quality)
-        meta = {**s.metadata, "key": s.key, "prompt_id": s.prompt_id, "prompt": s.prompt}
+        meta = _meta(s)
         out["txt"] = s.prompt.encode("utf-8")
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=_json_default)
         out["json"] = meta_json.encode("utf-8")
@@ -248,6 +259,12 @@ class ShardSink:
         self._drain()
         faults.hit("before_tar", spec.name)
         self._tar.close()
+        self._tar_file.flush()
+        summary = self.summary.build(seed=spec.shard_id)
+        # through our own handle: a racing attempt that committed first may have deleted the path
+        spans = member_spans(self._tar_file, {t.member for t in summary.tiles})
+        for t in summary.tiles:
+            t.offset, t.size = spans[t.member]
         self._tar_file.close()
         rows = [self._rows[r] for r in sorted(self._rows)]
         side_tmp = self._temp(sidecar_path(spec.shard_id))
@@ -266,6 +283,7 @@ class ShardSink:
             else:
                 stats.extra[k] = v
         stats.extra.setdefault("image_format", self.image_format)
+        stats.summary = summary.to_dict()
         # A concurrent attempt may have committed while we were sampling: do not touch its files.
         faults.hit("after_tar", spec.name)  # the tar is complete locally, nothing is published
         if loc.exists(stats_path(spec.shard_id)):
@@ -281,7 +299,7 @@ class ShardSink:
                 raise AlreadyCommitted(loc, spec.shard_id) from None
             raise
         faults.hit("after_upload", spec.name)  # tar and sidecar are visible, the commit file is not
-        body = json.dumps(stats.to_dict(), sort_keys=True, indent=1, default=_json_default).encode("utf-8")
+        body = stats_json(stats).encode("utf-8")
         try:
             loc.create_exclusive(stats_path(spec.shard_id), body)
         except FileExistsError:
@@ -305,6 +323,24 @@ class ShardSink:
         for path in self._tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+
+
+def stats_json(stats: ShardStats) -> str:
+    """The stats file: its fields one per line, the summary (if any) on one line at the end (it is
+    read by programs; indented, it would be thousands of lines)."""
+    d = stats.to_dict()
+    summary = d.pop("summary", None)
+    text = json.dumps(d, sort_keys=True, indent=1, default=_json_default)
+    if summary is None:
+        return text
+    # insertion order kept: methods are listed in order of first appearance
+    compact = json.dumps(summary, separators=(",", ":"), default=_json_default)
+    return f'{text[:-2]},\n "summary": {compact}\n}}'
+
+
+def _meta(s: Sample) -> dict[str, Any]:
+    """The sample's json, as written to the tar."""
+    return {**s.metadata, "key": s.key, "prompt_id": s.prompt_id, "prompt": s.prompt}
 
 
 def _gate_json(tries: Any) -> str | None:

@@ -208,6 +208,13 @@ class Location:
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
 
+    def read_range(self, rel: str, start: int, size: int) -> bytes:
+        """`size` bytes of `rel` from `start` (one ranged GET on S3)."""
+        data = self.fs.cat_file(self.join(rel), start=start, end=start + size)
+        if len(data) != size:
+            raise ValueError(f"{self.uri(rel)}: {len(data)} bytes at {start}, expected {size} (the file is shorter)")
+        return data
+
     def read_many(self, rels: list[str]) -> dict[str, bytes]:
         """Several small files at once (s3fs fetches them concurrently)."""
         if not rels:
@@ -306,6 +313,13 @@ class Location:
         for n in stale:
             _remove_quietly(os.path.join(folder, n))
         return len(stale)
+
+    def remove_tree(self, rel: str) -> None:
+        """Delete the folder `rel` and everything below it, if it exists."""
+        try:
+            self.fs.rm(self.join(rel), recursive=True)
+        except FileNotFoundError:
+            pass
 
     def remove(self, rel: str) -> None:
         """Delete `rel` if it exists."""

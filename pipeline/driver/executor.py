@@ -8,6 +8,8 @@ committed just before its actor died is not sampled twice.
 Driver hooks, `hooks(event, payload)`, are called in the driver's thread at: actor_ready,
 actor_init_failed, actor_replaced, submitted, moved, committed, failed, timed_out, actor_died, requeued,
 quarantined, progress, stalled (fault-injection tests use them, e.g. to kill an actor at a chosen moment).
+`on_commit(stats)` is called once per committed shard with its full stats (summary included: the
+driver's Ledger keeps what the index and the card need); the book keeps them without the summary.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pipeline.config import Config
@@ -36,8 +39,9 @@ class Executor:
 
     def __init__(self, cfg: Config, rc: RayContext, location: Location, specs: list[ShardSpec],
                  worker_cls: type, captioners: list, hooks: Hook | None = None,
-                 total_rows: int = 0, rows_before: int = 0):
+                 total_rows: int = 0, rows_before: int = 0, on_commit: Callable[[ShardStats], None] | None = None):
         self.cfg, self.rc, self.loc, self.worker_cls, self.hooks = cfg, rc, location, worker_cls, hooks
+        self.on_commit = on_commit
         self.captioners = captioners
         r = cfg.ray
         self.limits = P.Limits(r.max_attempts, r.max_in_flight_per_worker, r.shard_timeout_s,
@@ -299,9 +303,12 @@ class Executor:
 
     def _done(self, task: P.Task, stats: ShardStats, info: dict[str, Any] | None) -> None:
         sid, slot = task.spec.shard_id, task.slot
-        if not self.book.succeeded(sid, stats):  # cannot happen with one attempt per shard at a time
+        # the book keeps every shard's stats: without the summary (the ledger has it), they stay small
+        if not self.book.succeeded(sid, replace(stats, summary=None)):  # one attempt per shard at a time
             log.warning("shard %06d reported twice; keeping the first", sid)
             return
+        if self.on_commit is not None:
+            self.on_commit(stats)
         if info:
             slot.info.update(info)
         slot.shards += 1

@@ -2,6 +2,11 @@
 actors (+ captioner actors) -> every shard committed or quarantined -> index.json, run/summary.json
 and the dataset card.
 
+The index and the card come from what each shard's task returned (its stats, with the shard's
+summary: pipeline/report/collect.py's Ledger); only shards committed by earlier runs are read from
+their stats files, in parallel and while the run goes on. The end of a run costs O(shards) small
+figures, never a pass over the samples.
+
     from pipeline.config import load_config
     from pipeline.driver.job import run_job
     result = run_job(load_config(overrides=["input.path=prompts.parquet", "output.path=out/"]))
@@ -12,15 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.data.layout import QUARANTINE_FILE, SUMMARY_FILE, write_index
+from pipeline.data.layout import QUARANTINE_FILE, SUMMARY_FILE, read_stats, stats_path
 from pipeline.driver.plan import prepare
 from pipeline.driver.policy import error_text
 from pipeline.driver.summary import build_summary
+from pipeline.report.collect import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +54,25 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Any = None) -> J
     log.info("output: %s", p.location.url)
     log.info("plan: %d shard(s), %d row(s); %d already committed, %d to run (fingerprint %s)", len(p.specs),
              total_rows, len(p.committed_before), len(todo), p.fingerprint[:12])
+    ledger = Ledger([s.shard_id for s in p.specs] + sorted(p.stray))
+    loader = _Loader(ledger, p.location, sorted(p.committed_before | p.stray))
     ex = rc = error = None
     if todo:
-        ex, rc, error = _execute(p.cfg, p.location, todo, worker_cls, hooks, total_rows, rows_before)
+        ex, rc, error = _execute(p.cfg, p.location, todo, worker_cls, hooks, total_rows, rows_before, ledger.add)
+    loader.join()
+    if ex is not None:  # an attempt may have committed after its shard was given up on
+        for sid in ex.book.quarantined:
+            if p.location.exists(stats_path(sid)):
+                ledger.add(read_stats(p.location, sid))
     if ex is None or not ex.book.quarantined:
         p.location.remove(QUARANTINE_FILE)  # a quarantine of an earlier run that has now been redone
-    index = write_index(p.location)
-    summary = build_summary(p, ex, rc, index, time.monotonic() - t0, error)
+    index = ledger.index.write(p.location)
+    summary = build_summary(p, ex, rc, index, time.monotonic() - t0, error, ledger.index.shard_ids())
     try:  # the card describes committed data; failing to draw it must not fail a finished run
         from pipeline.report.card import write_card
 
-        summary["card"] = write_card(p.location, p.cfg, summary)
+        ledger.summarise_old(p.location)  # shards an older synthgen wrote (no summary in their stats)
+        summary["card"] = write_card(p.location, p.cfg, summary, data=ledger.card_input())
     except Exception as e:  # noqa: BLE001
         log.error("could not write the dataset card (rerun: python -m pipeline.cli.card %s): %s", p.location.url,
                   error_text(e, 500))
@@ -66,8 +81,30 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Any = None) -> J
     return JobResult(summary["exit_code"], summary, p.location.url)
 
 
+class _Loader:
+    """Reads the stats files of shards committed before this run into the ledger, on a thread, while
+    the run goes on; join() waits and re-raises what it failed with."""
+
+    def __init__(self, ledger: Ledger, location: Any, ids: list[int]):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(ledger, location, ids), name="stats-loader",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, ledger: Ledger, location: Any, ids: list[int]) -> None:
+        try:
+            ledger.load(location, ids)
+        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread by join()
+            self.error = e
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _execute(cfg: Config, location: Any, todo: list, worker_cls: type | None, hooks: Any, total_rows: int,
-             rows_before: int):
+             rows_before: int, on_commit: Any = None):
     """Connect Ray, run the shards on sampler actors; (executor, ray context, abort reason)."""
     from pipeline.driver.actors import start_captioners
     from pipeline.driver.executor import Executor
@@ -81,7 +118,7 @@ def _execute(cfg: Config, location: Any, todo: list, worker_cls: type | None, ho
     try:
         check_resources(cfg, rc)
         ex = Executor(cfg, rc, location, todo, worker_cls, start_captioners(cfg, rc), hooks, total_rows,
-                      rows_before)
+                      rows_before, on_commit)
         try:
             ex.run()
         finally:

@@ -81,6 +81,7 @@ class Prepared:
     committed_before: set[int]
     fingerprint: str
     archived: str | None = None  # where new_run moved a previous run
+    stray: frozenset[int] = frozenset()  # committed shards that are not in the plan (kept in the index)
 
     @property
     def todo(self) -> list[ShardSpec]:
@@ -189,7 +190,7 @@ def prepare(given: Config) -> Prepared:
     if stray:
         log.warning("%d committed shard(s) are not in the plan (e.g. %s); they stay in index.json",
                     len(stray), sorted(stray)[:5])
-    return Prepared(cfg, loc, specs, committed & planned, fp, archived)
+    return Prepared(cfg, loc, specs, committed & planned, fp, archived, frozenset(stray))
 
 
 def check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | None:

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pipeline.data.layout import CONTACT_SHEET, QUARANTINE_FILE, SHARDS, tar_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float, error: str | None) -> dict[str, Any]:
-    """p: plan.Prepared; ex: executor.Executor or None (nothing to run); rc: localray.RayContext or None."""
-    planned = {s.shard_id for s in p.specs}
-    committed = {s["shard"] for s in index["shards"]} & planned
+def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float, error: str | None,
+                  committed_ids: Any) -> dict[str, Any]:
+    """p: plan.Prepared; ex: executor.Executor or None (nothing to run); rc: localray.RayContext or None;
+    index: index.json's content (its totals); committed_ids: every committed shard id."""
+    planned = np.fromiter((s.shard_id for s in p.specs), np.int64, len(p.specs))
+    is_committed = np.isin(planned, np.asarray(committed_ids, np.int64))
+    committed = int(is_committed.sum())
     quarantined = sorted(ex.book.quarantined) if ex else []
-    missing = sorted(planned - committed - set(quarantined))
+    missing = sorted(set(planned[~is_committed].tolist()) - set(quarantined))
     if error or missing:
         status, code = "failed", EXIT_FAILED
     elif quarantined:
@@ -41,7 +46,7 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
     return {
         "status": status, "exit_code": code, "error": error, "output": p.location.url,
         "fingerprint": p.fingerprint, "archived_previous_run": p.archived,
-        "planned_shards": len(planned), "committed_shards": len(committed),
+        "planned_shards": len(planned), "committed_shards": committed,
         "skipped_shards": len(p.committed_before), "new_shards": len(new),
         "quarantined_shards": quarantined, "missing_shards": missing,
         "rows": totals["rows"], "samples": totals["samples"], "rejected": totals["rejected"],
@@ -102,6 +107,9 @@ def look_at_it(s: dict[str, Any]) -> list[str]:
         last = committed[-1]
         if committed == list(range(committed[0], last + 1)):
             shards = f'"{root}/{SHARDS}/{{{committed[0]:06d}..{last:06d}}}.tar"'
+            if committed[0] < 10**6 <= last:  # a brace range pads both ends to one width: split at 7 digits
+                shards = (f'"{root}/{SHARDS}/{{{committed[0]:06d}..999999}}.tar::'
+                          f'{root}/{SHARDS}/{{1000000..{last}}}.tar"')
         else:  # quarantined shards leave gaps: the committed tars, listed
             shards = "[" + ", ".join(f'"{root}/{tar_path(i)}"' for i in committed) + "]"
         # a preference group stores its images as 0.png, 1.png, ...: the first one that exists

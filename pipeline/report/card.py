@@ -1,30 +1,38 @@
-"""The dataset card: `<out>/README.md` plus `card/hist_<scorer>.png` and `card/contact_sheet.png`.
+"""The dataset card: `<out>/README.md` plus `card/hist_<scorer>.png`, `card/contact_sheet.png` and
+`card/stats.json` (the numbers behind the tables and histograms).
 
     from pipeline.report.card import write_card
-    uri = write_card(location, cfg, summary)   # at the end of a run; returns the README's URI
-    python -m pipeline.cli.card <output path>  # (re)write the card of an existing output
+    uri = write_card(location, cfg, summary, data)   # at the end of a run (data: the driver's Ledger)
+    python -m pipeline.cli.card <output path>        # (re)write the card of an existing output
 
 Everything is read and written through the Location, so it works the same on local disk and S3.
-The figures come from the output itself: the committed shards' stats files (counts, sampling
-time) and one streaming pass over their tars that reads each sample's json (scores, methods,
-parameters) and the image bytes of the few samples shown on the contact sheet. The run summary
-(run/summary.json, pipeline/driver/summary.py) adds what only the driver knows: planned and
-quarantined shards, wall time, samples/s, per-worker figures. Missing keys are shown as "n/a".
+The figures come from the committed shards' stats files: each carries the shard's counts and a
+mergeable summary of its scores (pipeline/summaries), merged here in shard-id order (report/collect.py:
+one small read per shard; the driver passes what it kept from the shards' returned stats instead).
+The contact sheet reads only the images it shows: each summary records where its candidates' images
+lie in the tar. The run summary (run/summary.json, pipeline/driver/summary.py) adds what only the
+driver knows: planned and quarantined shards, wall time, samples/s, per-worker figures. Missing keys
+are shown as "n/a".
 
-Statistics: per method and scorer over every scored image (each candidate of a preference group
-counts under its own method): n, mean, std (sample, n−1), min, median, max; images whose score is
-null (a scorer error) are counted separately. Histograms share their bins across methods.
-The text is pipeline/report/card_text.py; the figures pipeline/report/figures.py.
+Statistics, per method and scorer over every scored image (each candidate of a preference group
+counts under its own method): n, null scores, mean, std (sample, n−1), min and max are exact; p10,
+median and p90 come from the merged quantile sketches and are within the rank error the card states
+(pipeline/summaries/sketch.py; exact while a series has at most sketch.K values). Histograms share
+their bins across methods: equal-width bins whose width is a power of two at least as wide as the
+summaries' finest buckets, so each count is the exact count of scores in [edge, next edge)
+(pipeline/summaries/histogram.py). The text is pipeline/report/card_text.py; the figures
+pipeline/report/figures.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from array import array
-from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from pipeline.data.layout import (
     CARD_DIR,
@@ -33,17 +41,19 @@ from pipeline.data.layout import (
     CONTACT_SHEET,
     SHARDS,
     SUMMARY_FILE,
-    committed_shards,
-    stats_path,
 )
-from pipeline.data.shards import candidates, iter_samples, read_json
+from pipeline.data.shards import read_json, read_member
 from pipeline.data.storage import Location, open_location
-from pipeline.gate.figures import merge as merge_gate
 from pipeline.report.card_text import get, render
+from pipeline.report.collect import CardInput, collect
 from pipeline.report.figures import PALETTE, contact_sheet, histogram, png_bytes
+from pipeline.summaries.histogram import display_edges
+from pipeline.summaries.series import Series
+from pipeline.summaries.shard import TILES_PER_METHOD, Summary
 
-PER_METHOD = 6  # contact-sheet columns
-_HIDDEN_PARAMS = {"k_schedule", "negatives_per_step"}  # long per-step traces stay in the json
+PER_METHOD = TILES_PER_METHOD  # contact-sheet columns (the summaries keep this many per method)
+QUANTILES = (0.1, 0.5, 0.9)
+STATS_JSON = f"{CARD_DIR}/stats.json"
 
 
 def hist_path(scorer: str) -> str:
@@ -52,6 +62,8 @@ def hist_path(scorer: str) -> str:
 
 @dataclass
 class Tile:
+    """A contact-sheet tile: one image and what is written under it."""
+
     prompt: str
     key: str
     name: str  # tar member suffix: "png", "0.png", ...
@@ -62,114 +74,112 @@ class Tile:
 
 @dataclass
 class CardData:
-    shards: list[int] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)  # summed over committed stats files
-    samples: int = 0
-    groups: int = 0
-    pairs: int = 0
-    images: Counter = field(default_factory=Counter)  # method -> images
-    scores: dict[tuple[str, str], array] = field(default_factory=dict)  # (method, scorer) -> values
-    missing: Counter = field(default_factory=Counter)  # (method, scorer) -> null scores
-    evals: Counter = field(default_factory=Counter)  # method -> summed unet_evals
-    settings: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # method -> json
-    models: Counter = field(default_factory=Counter)
-    margins: array = field(default_factory=lambda: array("d"))  # chosen − rejected score
-    tiles: dict[str, list[Tile]] = field(default_factory=lambda: defaultdict(list))
+    shards: np.ndarray  # committed shard ids, sorted
+    stats: dict[str, float]  # summed over the committed stats files
+    summary: Summary  # merged over the committed shards
     image_format: str = "png"
+    tiles: dict[str, list[Tile]] = field(default_factory=dict)
+    unsummarised: list[int] = field(default_factory=list)
     gate: dict[str, Any] | None = None  # the quality gate's figures, summed over shards (pipeline/gate)
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self.images)
-
     scorer_order: list[str] = field(default_factory=list)
 
     @property
+    def methods(self) -> list[str]:
+        return list(self.summary.methods)
+
+    @property
+    def images(self) -> dict[str, int]:
+        return {m: f.images for m, f in self.summary.methods.items()}
+
+    @property
+    def evals(self) -> dict[str, int]:
+        return {m: f.unet_evals for m, f in self.summary.methods.items()}
+
+    @property
+    def samples(self) -> int:
+        return self.summary.samples
+
+    @property
+    def groups(self) -> int:
+        return self.summary.groups
+
+    @property
+    def pairs(self) -> int:
+        return self.summary.pairs
+
+    @property
     def scorers(self) -> list[str]:
-        seen = list(dict.fromkeys(s for _, s in list(self.scores) + list(self.missing)))
+        seen = list(dict.fromkeys(s for f in self.summary.methods.values() for s in [*f.scores, *f.missing]))
         return [s for s in self.scorer_order if s in seen] + [s for s in seen if s not in self.scorer_order]
 
+    def series(self, method: str, scorer: str) -> Series:
+        f = self.summary.methods.get(method)
+        return f.scores.get(scorer, Series()) if f else Series()
 
-def _setting(meta: dict[str, Any]) -> str:
-    m = meta.get("method")
-    params = {k: v for k, v in meta.get(m, {}).items() if k not in _HIDDEN_PARAMS} \
-        if isinstance(meta.get(m), dict) else {}
-    return json.dumps({"guidance_scale": meta.get("guidance_scale"), "steps": meta.get("steps"),
-                       "scheduler": meta.get("scheduler"), "size": f"{meta.get('width')}x{meta.get('height')}",
-                       "params": params}, sort_keys=True)
-
-
-def collect(location: Location, per_method: int = PER_METHOD) -> CardData:
-    """One streaming pass over the committed output (json of every sample, a few images)."""
-    data = CardData(shards=sorted(committed_shards(location)))
-    raw = location.read_many([stats_path(i) for i in data.shards])
-    for i in data.shards:
-        st = json.loads(raw[stats_path(i)])
-        for k in ("rows", "samples", "rejected", "failed", "wall_s", "sample_s", "unet_evals", "ae_evals", "tar_bytes"):
-            data.stats[k] = data.stats.get(k, 0) + (st.get(k) or 0)
-        data.image_format = (st.get("extra") or {}).get("image_format", data.image_format)
-        data.gate = merge_gate(data.gate, (st.get("extra") or {}).get("gate"))
-    for s in iter_samples(location, data.shards, images=False):
-        data.samples += 1
-        cands = candidates(s)
-        pref = s.meta.get("preference") if s.is_group else None
-        if s.is_group:
-            data.groups += 1
-            if pref and pref.get("chosen") is not None and pref.get("rejected") is not None:
-                data.pairs += 1
-                sc = [(c.get("scores") or {}).get(pref.get("scorer")) for c in cands]
-                if sc[pref["chosen"]] is not None and sc[pref["rejected"]] is not None:
-                    data.margins.append(sc[pref["chosen"]] - sc[pref["rejected"]])
-        names = s.image_names()
-        shown = set()
-        for i, c in enumerate(cands):
-            m = str(c.get("method"))
-            data.images[m] += 1
-            data.evals[m] += int(c.get("unet_evals") or 0)
-            data.settings[m][_setting(c)] += 1
-            data.models[json.dumps(c.get("model"), sort_keys=True)] += 1
-            for name, v in (c.get("scores") or {}).items():
-                if v is None:
-                    data.missing[(m, name)] += 1
-                else:
-                    data.scores.setdefault((m, name), array("d")).append(float(v))
-            # contact sheet: the first samples of each method, one image per sample and method
-            # (in a group the chosen candidate when it has this method)
-            if len(data.tiles[m]) < per_method and m not in shown and i < len(names):
-                pick = i
-                if pref and pref.get("chosen") is not None and cands[pref["chosen"]].get("method") == m:
-                    pick = pref["chosen"]
-                note = ""
-                if pref and pick in (pref.get("chosen"), pref.get("rejected")):
-                    note = "chosen" if pick == pref.get("chosen") else "rejected"
-                data.tiles[m].append(Tile(s.meta.get("prompt", ""), s.key, names[pick],
-                                          dict(cands[pick].get("scores") or {}), note))
-                shown.add(m)
-    _load_tile_images(location, data)
-    return data
+    def missing(self, method: str, scorer: str) -> int:
+        f = self.summary.methods.get(method)
+        return f.missing.get(scorer, 0) if f else 0
 
 
-def _load_tile_images(location: Location, data: CardData) -> None:
-    """Second pass over only the shards holding contact-sheet samples, reading just those images."""
-    wanted = {(t.key, t.name): t for ts in data.tiles.values() for t in ts}
-    shards = sorted({int(k[:6]) for k, _ in wanted})
-    remaining = set(wanted)
-    for s in iter_samples(location, shards, images=True):
-        for name in s.image_names():
-            t = wanted.get((s.key, name))
-            if t is not None:
-                t.image = s.files[name]
-                remaining.discard((s.key, name))
-        if not remaining:
-            break
+def card_data(inp: CardInput, location: Location, per_method: int = PER_METHOD) -> CardData:
+    """The card's data with its contact-sheet images: one ranged read per tile, nothing else."""
+    chosen: dict[str, list] = {}
+    for t in inp.summary.tiles:
+        if len(chosen.setdefault(t.method, [])) < per_method:
+            chosen[t.method].append(t)
+    wanted = [t for ts in chosen.values() for t in ts]
+
+    def read(t: Any) -> bytes:
+        try:
+            return read_member(location, t.shard, t.offset, t.size)
+        except (OSError, ValueError):  # shown as unreadable on the sheet, not hidden
+            return b""
+
+    with ThreadPoolExecutor(8) as pool:
+        images = dict(zip((t.member for t in wanted), pool.map(read, wanted)))
+    tiles = {m: [Tile(t.prompt, t.key, t.name, dict(t.scores), t.note, images[t.member]) for t in ts]
+             for m, ts in chosen.items()}
+    return CardData(inp.shards, inp.stats, inp.summary, inp.image_format, tiles, inp.unsummarised, inp.gate)
+
+
+def score_bins(data: CardData, scorer: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The histogram of one scorer: shared edges, and per method the exact count in each bin."""
+    series = {m: data.series(m, scorer) for m in data.methods}
+    present = [s for s in series.values() if s.n]
+    if not present:
+        return np.array([0.0, 1.0]), {m: np.zeros(1, np.int64) for m in series}
+    n_max = max(s.n for s in present)
+    target = int(min(40, max(8, round(2 * n_max ** (1 / 3)))))
+    edges = display_edges(min(s.min for s in present), max(s.max for s in present),
+                          max(s.hist.widest() for s in present), target)
+    return edges, {m: s.hist.counts_in(edges) for m, s in series.items()}
+
+
+def card_numbers(data: CardData) -> dict[str, Any]:
+    """card/stats.json: the statistics and histogram counts the card shows, per method and scorer."""
+    scores: dict[str, Any] = {}
+    for scorer in data.scorers:
+        edges, counts = score_bins(data, scorer)
+        per = {}
+        for m in data.methods:
+            s, miss = data.series(m, scorer), data.missing(m, scorer)
+            if s.n or miss:
+                per[m] = {**s.describe(QUANTILES), "missing": miss, "histogram": counts[m].tolist()}
+        scores[scorer] = {"edges": edges.tolist(), "methods": per}
+    return {"quantiles": list(QUANTILES), "rank_error_confidence": 0.99, "scores": scores,
+            "margin": data.summary.margin.describe(QUANTILES), "counts": data.summary.counts,
+            "series": {k: v.describe(QUANTILES) for k, v in data.summary.series.items()},
+            "shards": len(data.shards), "samples": data.samples, "groups": data.groups, "pairs": data.pairs,
+            "images": data.images, "shards_summarised_from_tars": len(data.unsummarised), "gate": data.gate}
 
 
 def write_card(location: Location | str, cfg: Any = None, summary: dict[str, Any] | None = None,
-               per_method: int = PER_METHOD) -> str:
-    """Write `<out>/README.md`, `card/hist_<scorer>.png` and `card/contact_sheet.png`; returns the
-    README's URI. `cfg`: the run's Config (or its dict); None reads `run/config.yaml`. `summary`:
-    jobs/generate.py's summary dict; None reads `run/summary.json` (missing keys show as n/a).
-    `location` may be a path (local or s3://; S3 options from cfg.output.s3)."""
+               per_method: int = PER_METHOD, data: CardInput | None = None) -> str:
+    """Write `<out>/README.md`, `card/hist_<scorer>.png`, `card/contact_sheet.png` and `card/stats.json`;
+    returns the README's URI. `cfg`: the run's Config (or its dict); None reads `run/config.yaml`.
+    `summary`: jobs/generate.py's summary dict; None reads `run/summary.json` (missing keys show as
+    n/a). `data`: what the driver gathered from the shards (report/collect.py); None reads the
+    committed stats files. `location` may be a path (local or s3://; S3 options from cfg.output.s3)."""
     c = _config_dict(cfg)
     if not isinstance(location, Location):
         from pipeline.config import S3Config
@@ -181,23 +191,43 @@ def write_card(location: Location | str, cfg: Any = None, summary: dict[str, Any
         c = _config_dict(_read_config(location))
     if summary is None:
         summary = read_json(location, SUMMARY_FILE) or {}
-    data = collect(location, per_method)
+    d = card_data(data if data is not None else collect(location), location, per_method)
     order = list(get(c, "scoring", "scorers", default=[]))
-    data.scorer_order = [x for x in order if x in data.scorers] + [x for x in data.scorers if x not in order]
-    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(data.methods)}
+    d.scorer_order = [x for x in order if x in d.scorers] + [x for x in d.scorers if x not in order]
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(d.methods)}
     figures = []
-    for scorer in data.scorers:
-        series = {m: list(data.scores.get((m, scorer), [])) for m in data.methods
-                  if data.scores.get((m, scorer)) or data.missing.get((m, scorer))}
-        img = histogram(series, f"{scorer} score per method", f"{scorer} (raw score)", colours)
+    for scorer in d.scorers:
+        edges, counts = score_bins(d, scorer)
+        shown = {}
+        for m in d.methods:
+            s = d.series(m, scorer)
+            if s.n or d.missing(m, scorer):
+                shown[m] = (counts[m], s.n, s.mean if s.n else None)
+        img = histogram(shown, edges, f"{scorer} score per method", f"{scorer} (raw score)", colours)
         location.write_bytes_atomic(hist_path(scorer), png_bytes(img))
         figures.append((scorer, hist_path(scorer)))
-    sheet = contact_sheet(data, colours, title=f"Samples per method (the first {per_method} of each): {location.url}")
+    sheet = contact_sheet(d, colours, title=f"Samples per method (the first {per_method} of each): {location.url}")
     if sheet is not None:
         location.write_bytes_atomic(CONTACT_SHEET, png_bytes(sheet))
-    text = render(location, c, summary, data, figures, sheet is not None)
-    location.write_text_atomic(CARD_README, f"---\n{card_metadata(c, data).to_yaml()}\n---\n\n{text}")
+    location.write_text_atomic(STATS_JSON, json.dumps(_finite(card_numbers(d)), indent=1, default=_plain) + "\n")
+    text = render(location, c, summary, d, figures, sheet is not None)
+    location.write_text_atomic(CARD_README, f"---\n{card_metadata(c, d).to_yaml()}\n---\n\n{text}")
     return location.uri(CARD_README)
+
+
+def _plain(o: Any) -> Any:
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def _finite(o: Any) -> Any:
+    """NaN and infinities as null (strict JSON)."""
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
 
 
 SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

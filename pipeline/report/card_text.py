@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from array import array
 from typing import Any
 
 from pipeline.data.layout import CONTACT_SHEET, SUMMARY_FILE
 from pipeline.data.storage import Location
 from pipeline.gate.figures import derived
-from pipeline.report.stats import describe
 from pipeline.sampling.methods import METHODS
+from pipeline.summaries.shard import OTHER
 
 
 def get(d: Any, *keys: str, default: Any = None) -> Any:
@@ -50,12 +49,29 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _shard_pattern(ids: list[int]) -> str:
-    if not ids:
-        return "shards/{000000..000000}.tar"
-    if ids == list(range(ids[0], ids[-1] + 1)):
-        return f"shards/{{{ids[0]:06d}..{ids[-1]:06d}}}.tar" if len(ids) > 1 else f"shards/{ids[0]:06d}.tar"
-    return "shards/{" + ",".join(f"{i:06d}" for i in ids[:50]) + ("}" if len(ids) <= 50 else ",...}") + ".tar"
+def _range(a: int, b: int, prefix: str) -> str:
+    return f"{prefix}shards/{{{a:06d}..{b:06d}}}.tar" if b > a else f"{prefix}shards/{a:06d}.tar"
+
+
+def shard_pattern(ids: Any, prefix: str = "") -> str:
+    """The committed tars (sorted ids) as one WebDataset URL: a brace range when they are contiguous
+    (split with "::" at 10^6, where ids get a seventh digit, as a brace range pads both ends to one
+    width), else the first 50 listed."""
+    n = len(ids)
+    if not n:
+        return f"{prefix}shards/{{000000..000000}}.tar"
+    first, last = int(ids[0]), int(ids[-1])
+    if last - first + 1 == n:
+        if first < 10**6 <= last:
+            return f"{_range(first, 10**6 - 1, prefix)}::{_range(10**6, last, prefix)}"
+        return _range(first, last, prefix)
+    listed = ",".join(f"{int(i):06d}" for i in ids[:50]) + ("}" if n <= 50 else ",...}")
+    return f"{prefix}shards/{{{listed}.tar"
+
+
+def _top(counts: dict[str, int], k: int) -> list[tuple[str, int]]:
+    """The k most common labels (ties in label order), without the "others" count."""
+    return sorted(((lab, n) for lab, n in counts.items() if lab != OTHER), key=lambda x: (-x[1], x[0]))[:k]
 
 
 def _pct(n: Any, d: Any) -> str:
@@ -149,7 +165,9 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
     add("| Model | |\n|---|---|")
     # What the samples record as loaded (a pin that did not apply, e.g. to a local directory, is not
     # shown as if it had); the config's values when no sample says.
-    loaded = json.loads(data.models.most_common(1)[0][0]) if data.models else None
+    models = data.summary.models
+    top = _top(models, 1)
+    loaded = json.loads(top[0][0]) if top else None
     m = loaded if isinstance(loaded, dict) else model
     rows = [("id", _code(get(m, "id"))), ("revision", _code(get(m, "revision")))]
     if get(m, "commit"):
@@ -159,8 +177,9 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
     rows += [("variant", _code(get(m, "variant"))), ("dtype", _code(get(m, "dtype"))),
              ("VAE", _code(get(m, "vae_id")) if get(m, "vae_id") else "the model's own")]
     out.extend(f"| {k} | {v} |" for k, v in rows)
-    if len(data.models) > 1:
-        add("\nSamples record more than one model: " + "; ".join(f"{_code(k)} ({n})" for k, n in data.models.items()))
+    if len(models) > 1:
+        add("\nSamples record more than one model: " + "; ".join(
+            f"{_code(k) if k != OTHER else 'others'} ({n})" for k, n in models.items()))
     add("")
     s = get(c, "sampler", default={})
     add("Sampler (config): " + ", ".join(f"{k} `{get(s, k)}`" for k in (
@@ -170,15 +189,19 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
     add("Methods as recorded in the samples:\n")
     add("| method | images | UNet evals / image | guidance | steps | scheduler | size | parameters |")
     add("|---|---:|---:|---:|---:|---|---|---|")
-    for m in data.methods:
-        evals = data.evals[m] / data.images[m] if data.images[m] else math.nan
-        for j, (setting, n) in enumerate(data.settings[m].most_common(5)):
+    for m, f in data.summary.methods.items():
+        evals = f.unet_evals / f.images if f.images else math.nan
+        shown = _top(f.settings, 5)
+        for j, (setting, n) in enumerate(shown):
             p = json.loads(setting)
             params = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p["params"].items())) or "–"
             add(f"| `{m}` | {n} | {_num(evals, 1) if j == 0 else ''} | {p['guidance_scale']} | {p['steps']} | "
                 f"{p['scheduler']} | {p['size']} | {_cell(params)} |")
-        if len(data.settings[m]) > 5:
-            add(f"| `{m}` | … {len(data.settings[m]) - 5} more settings | | | | | | |")
+        rest = f.images - sum(n for _, n in shown)
+        if rest:
+            more = len(f.settings) - len(shown) - (OTHER in f.settings)
+            add(f"| `{m}` | {rest} | | | | | | … {'more than ' if OTHER in f.settings else ''}{more} more "
+                "settings |")
     if not data.methods:
         add("| n/a | 0 | | | | | | |")
     known = [m for m in data.methods if m in METHODS]
@@ -207,13 +230,13 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
             f"({', '.join(f'`{m}`' for m in data.methods)}); chosen/rejected picked by "
             f"`{get(pref, 'scorer', default='n/a')}` with margin {get(pref, 'margin', default='n/a')}, "
             f"ties `{get(pref, 'ties', default='n/a')}`.\n")
-        m = describe(data.margins)
+        gap = data.summary.margin
         add("| | |\n|---|---|")
         out.extend(f"| {k} | {v} |" for k, v in (
             ("Groups", str(data.groups)), ("Groups with a pair", str(data.pairs)),
             ("Groups without a pair", str(data.groups - data.pairs)),
-            ("Score gap chosen − rejected, mean", _num(m.get("mean"))),
-            ("Score gap chosen − rejected, min", _num(m.get("min")))))
+            ("Score gap chosen − rejected, mean", _num(gap.mean if gap.n else None)),
+            ("Score gap chosen − rejected, min", _num(gap.min if gap.n else None))))
         add("\nExport the pairs (Pick-a-Pic v2 columns) with "
             f"`python jobs/export_pairs.py {location.url} pairs.parquet`.")
     add("")
@@ -223,18 +246,27 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
 
     add("## Score statistics\n")
     if data.scorers:
-        add("Per method and scorer, over every scored image; std is the sample standard deviation (n−1); "
-            "`missing` counts images whose score is null (scorer error, see `score_errors` in the json).\n")
-        add("| method | scorer | n | missing | mean | std | min | median | max |")
-        add("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        rows, worst = [], 0.0
         for scorer in data.scorers:
             for m in data.methods:
-                vals, miss = data.scores.get((m, scorer), array("d")), data.missing.get((m, scorer), 0)
-                if not len(vals) and not miss:
+                ser, miss = data.series(m, scorer), data.missing(m, scorer)
+                if not ser.n and not miss:
                     continue
-                z = describe(vals)
-                add(f"| `{m}` | `{scorer}` | {z['n']} | {miss} | {_num(z.get('mean'))} | {_num(z.get('std'))} | "
-                    f"{_num(z.get('min'))} | {_num(z.get('median'))} | {_num(z.get('max'))} |")
+                z = ser.describe((0.1, 0.5, 0.9))
+                worst = max(worst, z.get("rank_error", 0.0))
+                cells = [_num(z.get(k)) for k in ("mean", "std", "min", "q0.1", "q0.5", "q0.9", "max")]
+                rows.append(f"| `{m}` | `{scorer}` | {z['n']} | {miss} | " + " | ".join(cells) + " |")
+        add("Per method and scorer, over every scored image; std is the sample standard deviation (n−1); "
+            "`missing` counts images whose score is null (scorer error, see `score_errors` in the json). "
+            "n, mean, std, min and max are exact. p10, median and p90 are the smallest scores with at least "
+            "10 %, 50 %, 90 % of the images at or below them, from quantile sketches merged over the shards: "
+            + ("exact here (every sketch still holds all its scores)." if not worst else
+               f"each is within ±{100 * worst:.2f} % of n in rank of the exact one (99 % confidence).")
+            + " Histogram bins: equal widths (a power of two), exact counts; the numbers are in "
+              "`card/stats.json`.\n")
+        add("| method | scorer | n | missing | mean | std | min | p10 | median | p90 | max |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.extend(rows)
         add("")
         for scorer, path in figures:
             add(f"![{scorer} histogram]({path})\n")
@@ -247,6 +279,18 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
         add(f"![contact sheet]({CONTACT_SHEET})\n")
     else:
         add("No samples were committed.\n")
+
+    other = _other_figures(data.summary)
+    if other:
+        add("## Other figures\n")
+        add("Per-shard figures the pipeline recorded besides the above, summed (counts) or merged "
+            "(distributions) over the committed shards.\n")
+        out.extend(other)
+        add("")
+
+    if data.unsummarised:
+        add(f"_{len(data.unsummarised)} shard(s) were written before shards carried summaries: their "
+            "figures were read from their tars._\n")
 
     workers = summary.get("workers") or {}
     if isinstance(workers, dict) and workers:
@@ -262,8 +306,8 @@ def render(location: Location, c: dict[str, Any], summary: dict[str, Any], data:
         add("")
 
     fmt = data.image_format
-    pattern = _shard_pattern(data.shards)
-    ds = f'ds = wds.WebDataset("{location.url}/{pattern}", shardshuffle=False).decode("pil")'
+    urls = shard_pattern(data.shards, f"{location.url}/")
+    ds = f'ds = wds.WebDataset("{urls}", shardshuffle=False).decode("pil")'
     if data.groups:
         load = f"""{ds}
 for s in ds:                 # images -> PIL, json -> dict, txt -> str
@@ -281,19 +325,21 @@ for image, meta in ds:       # PIL image, metadata dict
   shards/000000.tar           WebDataset shard: per sample <key>.{fmt}, <key>.txt (prompt), <key>.json (metadata)
   shards/000000.parquet       one row per input row: key, row, prompt_id, status (ok/rejected/failed), error, ...
   shards/000000.stats.json    written last: a shard is committed when this file exists
-  index.json                  committed shards with sample counts, byte sizes and sha256
+  index.parquet, index.json   committed shards with sample counts, byte sizes and sha256 (index.parquet lists
+                              every shard; index.json the totals, and the shards too up to 10,000 of them)
   run/config.yaml             the resolved config (secrets redacted); run/summary.json: run figures
   README.md, card/            this card
 ```
 
-Keys are `{{shard:06d}}{{index:06d}}` (no dots). A preference group stores its candidates as
+Keys are `{{shard:06d}}{{index:06d}}` (no dots; a shard id from 10^6 on has 7 digits or more). A preference
+group stores its candidates as
 `<key>.0.{fmt}`, `<key>.1.{fmt}`, … with per-candidate metadata under `candidates` and the pick under
 `preference` (`chosen`, `rejected`: candidate indices, or null when no pair met the margin).
 The json holds: key, prompt, prompt_id, seed, method, guidance_scale, steps, scheduler, width, height,
 model (id, revision, dtype), negative_prompt, method parameters, unet_evals, scores.
 
 Load with [webdataset](https://github.com/webdataset/webdataset) (read only the committed shards
-listed in `index.json`):
+listed in `index.parquet`):
 
 ```python
 import webdataset as wds
@@ -303,9 +349,29 @@ import webdataset as wds
 """)
     if location.s3:
         add("On S3, stream shards through the AWS CLI: "
-            f"`wds.WebDataset(\"pipe:aws s3 cp {location.url}/{pattern} -\")`, or download them first.\n")
+            f"`wds.WebDataset(\"pipe:aws s3 cp {urls} -\")`, or download them first.\n")
     add("Reproduce: run `jobs/generate.py` with `run/config.yaml`; seeds derive from (run seed, prompt id, "
         "candidate), so a rerun reproduces every sample.\n")
     return "\n".join(out)
 
 
+
+
+def _other_figures(summary: Any) -> list[str]:
+    """Tables of the named counts and distributions (`group/name`), one table per group."""
+    groups: dict[str, list[str]] = {}
+    for name, v in sorted(summary.counts.items()):
+        group, _, rest = name.partition("/")
+        value = _num(v, 0) if float(v).is_integer() else _num(v)
+        groups.setdefault(group, []).append(f"| {_cell(rest or name)} | {value} | | | | |")
+    for name, ser in sorted(summary.series.items()):
+        group, _, rest = name.partition("/")
+        z = ser.describe((0.5,))
+        groups.setdefault(group, []).append(
+            f"| {_cell(rest or name)} | {z['n']} | {_num(z.get('mean'))} | {_num(z.get('min'))} | "
+            f"{_num(z.get('q0.5'))} | {_num(z.get('max'))} |")
+    out = []
+    for group, rows in groups.items():
+        out += [f"**{_cell(group)}**\n", "| figure | value (or n) | mean | min | median | max |",
+                "|---|---:|---:|---:|---:|---:|", *rows, ""]
+    return out

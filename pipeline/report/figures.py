@@ -120,28 +120,28 @@ def _tile(ax: Axes, img: Image.Image | None, frame: str, error: str = "", tile: 
     ax.spines[:].set(color=frame, linewidth=3)
 
 
-def histogram(series: dict[str, list[float]], title: str, xlabel: str, colours: dict[str, str],
-              width_px: int = 820, plot_h: int = 330) -> Image.Image:
-    """Overlaid histograms (shared bins) of several series, one colour each, a dashed line at each
-    mean, and a legend with each series' n and mean above the plot (so it never hides a bar)."""
+def histogram(series: dict[str, tuple[Any, int, float | None]], edges: Any, title: str, xlabel: str,
+              colours: dict[str, str], width_px: int = 820, plot_h: int = 330) -> Image.Image:
+    """Overlaid histograms on shared bins (`edges`) of several series, given as (count per bin, n,
+    mean): one colour each, a dashed line at each mean, and a legend with each series' n and mean above
+    the plot (so it never hides a bar)."""
     with mpl.rc_context(RC):
         ncols = min(3, len(series)) or 1
         fig = _figure(width_px, plot_h + 130 + 22 * math.ceil(len(series) / ncols))  # 22 px a legend row
         fig.set_layout_engine("constrained")  # room for title, legend and labels; the figure size stays
         fig.suptitle(title, fontsize=17, fontweight="bold")
         ax = fig.add_subplot()
-        values = [v for vs in series.values() for v in vs]
-        n_max = max((len(vs) for vs in series.values()), default=0)
-        edges = np.histogram_bin_edges(values or [0, 1], bins=int(min(40, max(8, round(2 * n_max ** (1 / 3))))))
-        for name, vs in series.items():
+        edges = np.asarray(edges, np.float64)
+        for name, (counts, n, mean) in series.items():
             c = colours[name]
-            label = f"{name}  n={len(vs)}" + (f", mean {np.mean(vs):.4g}" if vs else "")
-            ax.hist(vs, edges, histtype="stepfilled", facecolor=(c, 0.25), edgecolor=c, linewidth=2, label=label)
-            if vs:
-                ax.axvline(np.mean(vs), color=c, linestyle="--", linewidth=2)
+            label = f"{name}  n={n}" + (f", mean {mean:.4g}" if n else "")
+            ax.hist(edges[:-1], edges, weights=np.asarray(counts, np.float64), histtype="stepfilled",
+                    facecolor=(c, 0.25), edgecolor=c, linewidth=2, label=label)
+            if n:
+                ax.axvline(mean, color=c, linestyle="--", linewidth=2)
         ax.set(xlabel=f"{xlabel}   (dashed: mean)", ylabel="images per bin")
         ax.yaxis.get_major_locator().set_params(integer=True)  # counts
-        if not values:
+        if not any(n for _, n, _ in series.values()):
             ax.text(0.5, 0.5, "no scores recorded", transform=ax.transAxes, ha="center", va="center", color=GREY)
             ax.set(xticks=[], yticks=[], ylim=(0, 1))
         if series:  # above the plot, inside the layout (constrained layout counts an axes' legend)
