@@ -149,7 +149,26 @@ def _blank(part: bytes, start: int, end: int) -> bool:
     return not part[start:end].strip()
 
 
-class Window:
+class ForwardStream:
+    """What a forward-only binary stream answers to pyarrow and the csv module (subclasses keep `pos`)."""
+
+    pos = 0
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Window(ForwardStream):
     """A read-only, forward-only file object over byte ranges [(start, stop), ...] of `f`."""
 
     def __init__(self, f: Any, ranges: list[tuple[int, int]], chunk: int = 1 << 20):
@@ -190,14 +209,3 @@ class Window:
         self.pos += len(data)
         return data
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        self.closed = True

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.config import InputConfig
-from pipeline.data.lines import Window
+from pipeline.data.lines import ForwardStream, Window
 from pipeline.data.storage import is_s3, transient
 from pipeline.records import ShardSpec
 
@@ -95,7 +95,7 @@ def window(fs: Any, path: str, cfg: InputConfig, what: str, ranges: list[tuple[i
                          "or narrow input.path") from e
 
 
-class Counted:
+class Counted(ForwardStream):
     """A file object that reports how many bytes were read through it (the plan's progress) and
     hands them to `sink` (the row scanner), in order."""
 
@@ -109,18 +109,6 @@ class Counted:
             self.sink(data)
         self.report(len(data))
         return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def wanted_columns(cfg: InputConfig) -> list[tuple[str, str]]:
