@@ -154,6 +154,26 @@ def test_rerun_is_byte_identical_and_replaces_leftovers(tmp_path):
     assert read_stats(second, 3).attempt == 2
 
 
+def test_our_tar_writer_writes_the_bytes_of_webdatasets(tmp_path):
+    """The sink writes tars itself (pipeline/data/sink.py TarStream: webdataset's import pulls torch
+    into every writing process); a shard must stay byte for byte what webdataset's TarWriter wrote."""
+    from webdataset import TarWriter
+
+    from pipeline.data.sink import TarStream
+
+    samples = [{"__key__": sample_key(3, i), "png": bytes([i]) * (700 + i), "json": b'{"a": 1}', "txt": "é".encode(),
+                "neg.png": b"x" * 513, "0.png": b""} for i in range(3)]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    w = TarStream(ours)
+    ref = TarWriter(theirs, encoder=False, mtime=TAR_MTIME)
+    for s in samples:
+        w.write(s)
+        ref.write(s)
+    w.close()
+    ref.close()
+    assert len(ours.getvalue()) > 3 * 1200 and ours.getvalue() == theirs.getvalue()
+
+
 def test_commit_removes_temp_files_of_attempts_that_died(tmp_path):
     """A killed actor never runs its cleanup: its half-written temps stay beside the shard until the
     shard commits; other shards' temps are not touched."""

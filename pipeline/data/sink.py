@@ -37,6 +37,7 @@ import io
 import json
 import os
 import re
+import tarfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -105,6 +106,30 @@ class _HashingWriter:
         self.f.flush()
 
 
+class TarStream:
+    """A WebDataset tar, written as a stream: `write({"__key__": key, ext: bytes, ...})` adds the
+    sample's members as `key.ext`, in sorted order, with a fixed mtime, owner and mode, so that a
+    rerun gives the same bytes. These are the bytes webdataset's TarWriter(encoder=False,
+    mtime=TAR_MTIME) writes (tests/test_sink.py compares them); importing webdataset imports torch,
+    about a second and a few hundred MB in every process that writes a shard without a model (test
+    doubles, export workers)."""
+
+    def __init__(self, fileobj: Any):
+        self._tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if k != "__key__"):
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+
 class ShardSink:
     """Context manager writing one shard; see the module docstring for the guarantees."""
 
@@ -128,14 +153,12 @@ class ShardSink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> ShardSink:
-        from webdataset import TarWriter
-
         if self.location.exists(stats_path(self.spec.shard_id)):
             raise AlreadyCommitted(self.location, self.spec.shard_id)
         self._tar_tmp = self._temp(tar_path(self.spec.shard_id))
         self._tar_file = open(self._tar_tmp, "w+b")  # read back at the commit (the summary's tile offsets)
         self._tar_hash = _HashingWriter(self._tar_file)
-        self._tar = TarWriter(self._tar_hash, encoder=False, mtime=TAR_MTIME)
+        self._tar = TarStream(self._tar_hash)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"encode-{self.spec.name}")
         return self
 
