@@ -42,8 +42,8 @@ class JobResult:
 def run_job(cfg: Config, worker_cls: type | None = None, hooks: Any = None) -> JobResult:
     """Run one job for a validated config. Raises InputError/ConfigError/RunRefused before Ray starts.
 
-    `worker_cls` (default pipeline.worker.ShardWorker) is constructed in each sampler actor as
-    `worker_cls(cfg, captioner=..., name=...)`; tests pass doubles. `hooks(event, payload)`: see
+    `worker_cls` (default: pipeline.worker.ShardWorker, through actors.shard_worker) is constructed in each
+    sampler actor as `worker_cls(cfg, captioner=..., name=...)`; tests pass doubles. `hooks(event, payload)`: see
     pipeline/driver/executor.py.
     """
     t0 = time.monotonic()
@@ -106,18 +106,14 @@ class _Loader:
 def _execute(cfg: Config, location: Any, todo: list, worker_cls: type | None, hooks: Any, total_rows: int,
              rows_before: int, on_commit: Any = None):
     """Connect Ray, run the shards on sampler actors; (executor, ray context, abort reason)."""
-    from pipeline.driver.actors import start_captioners
+    from pipeline.driver.actors import shard_worker, start_captioners
     from pipeline.driver.executor import Executor
     from pipeline.driver.localray import check_resources, connect_ray
 
-    if worker_cls is None:
-        from pipeline.worker import ShardWorker
-
-        worker_cls = ShardWorker
     rc = connect_ray(cfg)
     try:
         check_resources(cfg, rc)
-        ex = Executor(cfg, rc, location, todo, worker_cls, start_captioners(cfg, rc), hooks, total_rows,
+        ex = Executor(cfg, rc, location, todo, worker_cls or shard_worker, start_captioners(cfg, rc), hooks, total_rows,
                       rows_before, on_commit)
         try:
             ex.run()
