@@ -35,6 +35,7 @@ MAX_LEVEL = 64 // FANOUT_BITS - 1
 SCHEMA = pa.schema([("h", pa.uint64()), ("pos", pa.int64()), ("id", pa.large_binary())])
 _P = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so each byte's weight is a unit mod 2**64
 _POWERS = np.ones(1, np.uint64)
+HASH_BYTES = 1 << 18  # text hashed at a time
 
 
 def id_text(arr: pa.Array) -> pa.Array:
@@ -62,16 +63,28 @@ def id_text(arr: pa.Array) -> pa.Array:
 
 
 def hash64(arr: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each value of a large_binary array without nulls (numpy, no Python loop)."""
-    global _POWERS
+    """A 64-bit hash of each value of a large_binary array without nulls (numpy, no Python loop per
+    row). Rows are hashed HASH_BYTES of text at a time: the per-byte temporaries (~40 bytes per byte of
+    text) stay a few MB whatever the batch."""
     n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64)[arr.offset:arr.offset + n + 1]
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    out = np.empty(n, np.uint64)
+    lo = 0
+    while lo < n:  # the longest run of rows from lo with at most HASH_BYTES of text (at least one row)
+        hi = max(int(np.searchsorted(offsets, offsets[lo] + HASH_BYTES, "right")) - 1, lo + 1)
+        hi = min(hi, n)
+        out[lo:hi] = _hash_rows(arr, offsets[lo:hi + 1])
+        lo = hi
+    return out
+
+
+def _hash_rows(arr: pa.Array, offsets: np.ndarray) -> np.ndarray:
+    global _POWERS
     lo, hi = int(offsets[0]), int(offsets[-1])
     lengths = np.diff(offsets)
     h = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     if hi > lo:
-        data = np.frombuffer(bufs[2], np.uint8)[lo:hi]
+        data = np.frombuffer(arr.buffers()[2], np.uint8)[lo:hi]
         starts = offsets[:-1] - lo
         longest = int(lengths.max())
         if len(_POWERS) < longest:
@@ -145,7 +158,7 @@ class IdIndex:
         if not self.pending:
             return
         table = pa.Table.from_batches(self.pending, SCHEMA)
-        self._held(2 * self.pending_bytes)  # the batches and their copy split by partition
+        self._held(3 * self.pending_bytes)  # the batches, their copy in partition order, Arrow's gather
         self.pending, self.pending_bytes = [], 0
         for part, piece in _split(table, 0):
             if part not in self.writers:
@@ -153,6 +166,8 @@ class IdIndex:
                 self.writers[part] = pa.ipc.new_stream(sink, SCHEMA)
             self.writers[part].write_table(piece)
         self.spilled_bytes = max(self.spilled_bytes, _du(self.dir))
+        del table, piece
+        pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages per thread otherwise
 
     def duplicates(self) -> Iterator[tuple[int, int, bytes]]:
         """(position, position of the id's first occurrence, id) of every later occurrence."""
@@ -215,14 +230,17 @@ class IdIndex:
 
 
 def _split(table: pa.Table, level: int) -> Iterator[tuple[int, pa.Table]]:
-    """The rows of `table` by partition: the hash's 6 bits below the top 6 * level."""
+    """The rows of `table` by partition: the hash's 6 bits below the top 6 * level. One take of the
+    whole table in partition order, then zero-copy slices (a take per partition would re-gather the
+    table's chunks 64 times)."""
     shift = np.uint64(64 - FANOUT_BITS * (level + 1))
     part = (table.column("h").to_numpy() >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
-    order = np.argsort(part, kind="stable")
+    order = np.argsort(part.astype(np.uint8), kind="stable")
     sorted_parts = part[order]
+    grouped = table.take(pa.array(order))
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
     for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(order)]))):
-        yield int(sorted_parts[lo]), table.take(pa.array(order[lo:hi]))
+        yield int(sorted_parts[lo]), grouped.slice(int(lo), int(hi - lo))
 
 
 def _check(table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
