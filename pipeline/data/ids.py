@@ -38,6 +38,13 @@ _POWERS = np.ones(1, np.uint64)
 HASH_BYTES = 1 << 18  # text hashed at a time
 
 
+def from_numpy(a: np.ndarray) -> pa.Array:
+    """A numeric numpy array as an Arrow array without pa.array(), which imports pandas (~40 MB of
+    driver memory) to look for its types."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
+
+
 def id_text(arr: pa.Array) -> pa.Array:
     """The ids as large_binary: the UTF-8 of validate.id_str of each value (nulls kept), computed
     in Arrow for text that is valid UTF-8 and for integers, one value at a time otherwise."""
@@ -140,7 +147,7 @@ class IdIndex:
         if not len(text):
             return
         pos = (np.int64(file_no) << np.int64(ROW_BITS)) + np.int64(row0) + rows.astype(np.int64)
-        batch = pa.record_batch([pa.array(hash64(text)), pa.array(pos), text], schema=SCHEMA)
+        batch = pa.record_batch([from_numpy(hash64(text)), from_numpy(pos), text], schema=SCHEMA)
         with self.lock:
             self.ids += len(text)
             self.pending.append(batch)
@@ -234,20 +241,26 @@ def _split(table: pa.Table, level: int) -> Iterator[tuple[int, pa.Table]]:
     whole table in partition order, then zero-copy slices (a take per partition would re-gather the
     table's chunks 64 times)."""
     shift = np.uint64(64 - FANOUT_BITS * (level + 1))
-    part = (table.column("h").to_numpy() >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
+    part = (_hashes(table) >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
     order = np.argsort(part.astype(np.uint8), kind="stable")
     sorted_parts = part[order]
-    grouped = table.take(pa.array(order))
+    grouped = table.take(from_numpy(order))
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
     for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(order)]))):
         yield int(sorted_parts[lo]), grouped.slice(int(lo), int(hi - lo))
+
+
+def _hashes(table: pa.Table) -> np.ndarray:
+    """The "h" column as numpy, read from its buffers (to_numpy imports pandas); it has no nulls."""
+    chunks = [np.frombuffer(c.buffers()[1], np.uint64)[c.offset:c.offset + len(c)] for c in table.column("h").chunks]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
 
 
 def _check(table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
     """Later occurrences among the rows of one partition: hashes first, then the ids themselves."""
     if table.num_rows < 2:
         return
-    h = table.column("h").to_numpy()
+    h = _hashes(table)
     order = np.argsort(h)
     hs = h[order]
     same = hs[1:] == hs[:-1]
@@ -256,11 +269,15 @@ def _check(table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
     mark = np.zeros(len(hs), bool)
     mark[1:] |= same
     mark[:-1] |= same
-    suspects = table.take(pa.array(order[mark])).select(["pos", "id"])
-    firsts = suspects.group_by("id").aggregate([("pos", "min")])
-    joined = suspects.join(firsts, "id")
-    later = joined.filter(pc.not_equal(joined["pos"], joined["pos_min"])).sort_by("pos")
-    yield from zip(later["pos"].to_pylist(), later["pos_min"].to_pylist(), later["id"].to_pylist())
+    suspects = table.take(from_numpy(order[mark]))
+    # few rows (the repeated ids, and hash collisions): exact comparison of the ids in Python, without
+    # Arrow's group_by/join (Acero imports pandas: ~40 MB of driver memory)
+    first: dict[bytes, int] = {}
+    for pos, ident in sorted(zip(suspects["pos"].to_pylist(), suspects["id"].to_pylist())):
+        if ident in first:
+            yield pos, first[ident], ident
+        else:
+            first[ident] = pos
 
 
 def _du(path: str) -> int:

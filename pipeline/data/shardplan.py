@@ -35,6 +35,14 @@ class PlanFile:
     version: str
 
 
+def strings(items: list[str]) -> pa.Array:
+    """Python strings as an Arrow string array (pa.array imports pandas: ~40 MB of driver memory)."""
+    data = [x.encode("utf-8", "surrogatepass") for x in items]
+    offsets = np.zeros(len(data) + 1, np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 class ShardPlan(Sequence[ShardSpec]):
     """Every shard of the input (or a subset: `without`), shard ids consecutive from 0 in file order."""
 
@@ -47,7 +55,7 @@ class ShardPlan(Sequence[ShardSpec]):
         # (total, 5) int64, NO_SPAN rows where the file has none (Parquet); None when no file has spans
         self.spans = spans
         # planned rejections, sorted by (shard, row): shard ids, rows, reasons
-        self.rejections = rejections or (np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string()))
+        self.rejections = rejections or (np.zeros(0, np.int64), np.zeros(0, np.int64), pa.nulls(0, pa.string()))
         self.keep = keep  # None: every shard; else the sorted shard ids in this view
 
     # -- the sequence --------------------------------------------------------------------------

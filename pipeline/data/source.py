@@ -37,9 +37,9 @@ import pyarrow as pa
 from pipeline.config import InputConfig
 from pipeline.data.columns import AUTO, PROMPT_COLUMNS, with_prompt_column
 from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, file_uri, format_of, suffix
-from pipeline.data.ids import IdIndex, split_pos
+from pipeline.data.ids import IdIndex, from_numpy, split_pos
 from pipeline.data.reading import Scan
-from pipeline.data.shardplan import NO_SPAN, PlanFile, ShardPlan
+from pipeline.data.shardplan import NO_SPAN, PlanFile, ShardPlan, strings
 from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
@@ -310,7 +310,7 @@ def _duplicates(index: IdIndex, files: list[str], cfg: InputConfig, first_shard:
         if chunk:
             sids.append(np.array([c[0] for c in chunk], np.int64))
             rows.append(np.array([c[1] for c in chunk], np.int64))
-            reasons.append(pa.array([c[2] for c in chunk], pa.string()))
+            reasons.append(strings([c[2] for c in chunk]))
             chunk.clear()
 
     for pos, first, ident in index.duplicates():
@@ -322,10 +322,10 @@ def _duplicates(index: IdIndex, files: list[str], cfg: InputConfig, first_shard:
             flush()
     flush()
     if not sids:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string())
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.nulls(0, pa.string())
     sid, row = np.concatenate(sids), np.concatenate(rows)
     order = np.lexsort((row, sid))
-    return sid[order], row[order], pa.concat_arrays(reasons).take(pa.array(order))
+    return sid[order], row[order], pa.concat_arrays(reasons).take(from_numpy(order))
 
 
 # -- reading -------------------------------------------------------------------------------------
