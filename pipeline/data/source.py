@@ -83,7 +83,7 @@ class InputPlan:
     def figures(self) -> dict[str, Any]:
         keys = ("files", "rows", "seconds", "bytes_scanned", "ids", "duplicates", "spill_bytes", "id_partitions",
                 "id_peak_bytes")
-        return {k: getattr(self, k) for k in keys} | {"shards": len(self.specs)}
+        return {k: getattr(self, k) for k in keys} | {"shards": len(self.specs), "plan_bytes": self.specs.nbytes()}
 
 
 def plan_shards(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = None) -> ShardPlan:
