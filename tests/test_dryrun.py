@@ -103,6 +103,7 @@ def test_dry_run_starts_no_ray_writes_the_plan_and_a_run_may_follow(tmp_path, mo
     assert re.search(r"input: 1 file\(s\) planned in \d+\.\d s, driver peak \d+ MB", printed), printed
     plan = json.loads((out / "run" / "plan.json").read_text())
     assert plan["plan"]["files"] == 1 and plan["plan"]["seconds"] >= 0 and plan["plan"]["driver_peak_mb"] > 0
+    assert 0 < plan["plan"]["plan_bytes"] < 1000 * plan["shards"]  # the plan's arrays: bytes a shard, not a KB
     assert plan["unet_evals"] == 480 and set(plan["memory_gb"]["gpus"]) == {"L4", "A10G", "A100-40GB", "A100-80GB",
                                                                           "H100-80GB", "H200"}
     prepare(load_config(overrides=[f"output.path={out}"]))  # the output with only a plan is not "foreign"

@@ -206,6 +206,7 @@ def test_replacements_are_budgeted():
 
 def test_a_shard_reported_twice_keeps_the_first():
     book = P.ShardBook(specs(1), P.Limits())
-    first, again = ShardStats(0, 2, 2, 0, 0, attempt=1), ShardStats(0, 2, 2, 0, 0, attempt=2)
+    first, again = ShardStats(0, 2, 2, 0, 0, attempt=1), ShardStats(0, 2, 1, 1, 0, attempt=2)
     assert book.succeeded(0, first) and not book.succeeded(0, again)
-    assert book.done[0] is first
+    assert (len(book.done), book.done.rows, book.done.samples, book.done.rejected) == (1, 2, 2, 0)  # the first
+    assert 0 in book.done and list(book.done) == [0] and 0 not in book.states

@@ -71,14 +71,14 @@ def measure_driver(path: str, shard_size: int, workers: int, in_flight: int, id_
     plan_peak = _peak_mb()
     dispatch_base = _reset_peak()
     cfg = Config(ray=RayConfig(num_workers=workers, max_in_flight_per_worker=in_flight))
-    rows = sum(s.num_rows for s in specs)
+    rows = plan.rows
     d = Executor(cfg, RayContext("simulated", "", {}, False), None, specs, object, [], total_rows=rows)
     d.slots = [Slot(f"sampler-{i}", _Actor(), ready=True, ready_at=time.monotonic()) for i in range(workers)]
     submitted = simulate_dispatch(d)
     t2, c2 = time.perf_counter(), time.process_time()
     peak = _peak_mb()
     return {"prompts": rows, "files": plan.files, "id_column": id_column, "shards": len(specs),
-            "planned_rejections": sum(len(s.planned_rejections) for s in specs),
+            "planned_rejections": plan.duplicates, "plan_arrays_mb": round(specs.nbytes() / 2**20, 2),
             "submitted": submitted, "completed": len(d.book.done), "rows_done": d.progress.rows_done,
             "plan_s": round(t1 - t0, 3), "plan_cpu_s": round(c1 - c0, 3), "dispatch_s": round(t2 - t1, 3),
             "dispatch_cpu_s": round(c2 - c1, 3), "base_mb": round(base, 1), "plan_peak_mb": round(plan_peak, 1),

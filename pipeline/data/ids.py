@@ -2,8 +2,8 @@
 
 Every non-null id goes in with its position (file number, row) as its text (the bytes
 validate.id_str gives it) and a 64-bit hash of that text. Up to a quarter of `memory_bytes` they
-stay in memory; beyond, they spill to hash-partitioned Arrow files in a temporary directory (64
-partitions by the hash's top 6 bits; a partition still too large is split again by the next 6
+stay in memory; beyond, they spill to hash-partitioned Arrow files in a temporary directory (256
+partitions by the hash's top 8 bits; a partition still too large is split again by the next 8
 bits). Each partition is then checked alone: ids whose hashes repeat are compared exactly (a hash
 collision never rejects a row), and every occurrence after an id's first (the smallest position:
 files in plan order, then rows) is a duplicate. The spill files are removed when the check ends.
@@ -30,11 +30,19 @@ from pipeline.data.reading import column_values
 from pipeline.data.validate import id_str
 
 ROW_BITS = 40  # position = file number << 40 | row: 10**12 rows per file, 2**23 files
-FANOUT_BITS = 6
+FANOUT_BITS = 8  # 256 partitions: 100 M ids (~3.4 GB) spill ~13 MB each, checked without a second split
 MAX_LEVEL = 64 // FANOUT_BITS - 1
 SCHEMA = pa.schema([("h", pa.uint64()), ("pos", pa.int64()), ("id", pa.large_binary())])
 _P = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so each byte's weight is a unit mod 2**64
 _POWERS = np.ones(1, np.uint64)
+HASH_BYTES = 1 << 18  # text hashed at a time
+
+
+def from_numpy(a: np.ndarray) -> pa.Array:
+    """A numeric numpy array as an Arrow array without pa.array(), which imports pandas (~40 MB of
+    driver memory) to look for its types."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
 
 
 def id_text(arr: pa.Array) -> pa.Array:
@@ -62,16 +70,28 @@ def id_text(arr: pa.Array) -> pa.Array:
 
 
 def hash64(arr: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each value of a large_binary array without nulls (numpy, no Python loop)."""
-    global _POWERS
+    """A 64-bit hash of each value of a large_binary array without nulls (numpy, no Python loop per
+    row). Rows are hashed HASH_BYTES of text at a time: the per-byte temporaries (~40 bytes per byte of
+    text) stay a few MB whatever the batch."""
     n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64)[arr.offset:arr.offset + n + 1]
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    out = np.empty(n, np.uint64)
+    lo = 0
+    while lo < n:  # the longest run of rows from lo with at most HASH_BYTES of text (at least one row)
+        hi = max(int(np.searchsorted(offsets, offsets[lo] + HASH_BYTES, "right")) - 1, lo + 1)
+        hi = min(hi, n)
+        out[lo:hi] = _hash_rows(arr, offsets[lo:hi + 1])
+        lo = hi
+    return out
+
+
+def _hash_rows(arr: pa.Array, offsets: np.ndarray) -> np.ndarray:
+    global _POWERS
     lo, hi = int(offsets[0]), int(offsets[-1])
     lengths = np.diff(offsets)
     h = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     if hi > lo:
-        data = np.frombuffer(bufs[2], np.uint8)[lo:hi]
+        data = np.frombuffer(arr.buffers()[2], np.uint8)[lo:hi]
         starts = offsets[:-1] - lo
         longest = int(lengths.max())
         if len(_POWERS) < longest:
@@ -127,7 +147,7 @@ class IdIndex:
         if not len(text):
             return
         pos = (np.int64(file_no) << np.int64(ROW_BITS)) + np.int64(row0) + rows.astype(np.int64)
-        batch = pa.record_batch([pa.array(hash64(text)), pa.array(pos), text], schema=SCHEMA)
+        batch = pa.record_batch([from_numpy(hash64(text)), from_numpy(pos), text], schema=SCHEMA)
         with self.lock:
             self.ids += len(text)
             self.pending.append(batch)
@@ -145,7 +165,7 @@ class IdIndex:
         if not self.pending:
             return
         table = pa.Table.from_batches(self.pending, SCHEMA)
-        self._held(2 * self.pending_bytes)  # the batches and their copy split by partition
+        self._held(3 * self.pending_bytes)  # the batches, their copy in partition order, Arrow's gather
         self.pending, self.pending_bytes = [], 0
         for part, piece in _split(table, 0):
             if part not in self.writers:
@@ -153,6 +173,8 @@ class IdIndex:
                 self.writers[part] = pa.ipc.new_stream(sink, SCHEMA)
             self.writers[part].write_table(piece)
         self.spilled_bytes = max(self.spilled_bytes, _du(self.dir))
+        del table, piece
+        pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages per thread otherwise
 
     def duplicates(self) -> Iterator[tuple[int, int, bytes]]:
         """(position, position of the id's first occurrence, id) of every later occurrence."""
@@ -215,21 +237,30 @@ class IdIndex:
 
 
 def _split(table: pa.Table, level: int) -> Iterator[tuple[int, pa.Table]]:
-    """The rows of `table` by partition: the hash's 6 bits below the top 6 * level."""
+    """The rows of `table` by partition: the hash's FANOUT_BITS bits below the top FANOUT_BITS * level. One take of the
+    whole table in partition order, then zero-copy slices (a take per partition would re-gather the
+    table's chunks 64 times)."""
     shift = np.uint64(64 - FANOUT_BITS * (level + 1))
-    part = (table.column("h").to_numpy() >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
-    order = np.argsort(part, kind="stable")
+    part = (_hashes(table) >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
+    order = np.argsort(part.astype(np.uint8), kind="stable")
     sorted_parts = part[order]
+    grouped = table.take(from_numpy(order))
     bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
     for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(order)]))):
-        yield int(sorted_parts[lo]), table.take(pa.array(order[lo:hi]))
+        yield int(sorted_parts[lo]), grouped.slice(int(lo), int(hi - lo))
+
+
+def _hashes(table: pa.Table) -> np.ndarray:
+    """The "h" column as numpy, read from its buffers (to_numpy imports pandas); it has no nulls."""
+    chunks = [np.frombuffer(c.buffers()[1], np.uint64)[c.offset:c.offset + len(c)] for c in table.column("h").chunks]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
 
 
 def _check(table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
     """Later occurrences among the rows of one partition: hashes first, then the ids themselves."""
     if table.num_rows < 2:
         return
-    h = table.column("h").to_numpy()
+    h = _hashes(table)
     order = np.argsort(h)
     hs = h[order]
     same = hs[1:] == hs[:-1]
@@ -238,11 +269,15 @@ def _check(table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
     mark = np.zeros(len(hs), bool)
     mark[1:] |= same
     mark[:-1] |= same
-    suspects = table.take(pa.array(order[mark])).select(["pos", "id"])
-    firsts = suspects.group_by("id").aggregate([("pos", "min")])
-    joined = suspects.join(firsts, "id")
-    later = joined.filter(pc.not_equal(joined["pos"], joined["pos_min"])).sort_by("pos")
-    yield from zip(later["pos"].to_pylist(), later["pos_min"].to_pylist(), later["id"].to_pylist())
+    suspects = table.take(from_numpy(order[mark]))
+    # few rows (the repeated ids, and hash collisions): exact comparison of the ids in Python, without
+    # Arrow's group_by/join (Acero imports pandas: ~40 MB of driver memory)
+    first: dict[bytes, int] = {}
+    for pos, ident in sorted(zip(suspects["pos"].to_pylist(), suspects["id"].to_pylist())):
+        if ident in first:
+            yield pos, first[ident], ident
+        else:
+            first[ident] = pos
 
 
 def _du(path: str) -> int:

@@ -19,7 +19,6 @@ How each format is read: pipeline/data/formats.py. Which rows are rejected, and 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import logging
@@ -32,11 +31,15 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from pipeline.config import InputConfig
 from pipeline.data.columns import AUTO, PROMPT_COLUMNS, with_prompt_column
 from pipeline.data.formats import FORMATS, JSONL, TEXT, InputError, file_uri, format_of, suffix
-from pipeline.data.ids import IdIndex, split_pos
+from pipeline.data.ids import IdIndex, from_numpy, split_pos
 from pipeline.data.reading import Scan
+from pipeline.data.shardplan import NO_SPAN, PlanFile, ShardPlan, strings
 from pipeline.data.storage import filesystem_for, normalize_path
 from pipeline.data.validate import RowValidator, short
 from pipeline.records import PromptRecord, RowOutcome, ShardSpec
@@ -44,6 +47,7 @@ from pipeline.records import PromptRecord, RowOutcome, ShardSpec
 log = logging.getLogger(__name__)
 _MAGIC = re.compile(r"[*?\[]")
 _READ_BATCH = 8 * 1024  # rows decoded at a time in read_shard (output is re-chunked to batch_size)
+DUP_CHUNK = 1 << 16  # duplicates turned into arrays at a time
 HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # written by datasets' save_to_disk
 # A directory's data files: every known format but .txt and .json (a README.txt or a schema.json
 # beside the data is not prompts); name such a file or glob for it explicitly.
@@ -65,7 +69,7 @@ class PlanLimits:
 class InputPlan:
     """The shards, and what making them cost."""
 
-    specs: list[ShardSpec]
+    specs: ShardPlan  # a sequence of ShardSpec, held as columns (pipeline/data/shardplan.py)
     files: int
     rows: int
     seconds: float
@@ -79,10 +83,10 @@ class InputPlan:
     def figures(self) -> dict[str, Any]:
         keys = ("files", "rows", "seconds", "bytes_scanned", "ids", "duplicates", "spill_bytes", "id_partitions",
                 "id_peak_bytes")
-        return {k: getattr(self, k) for k in keys} | {"shards": len(self.specs)}
+        return {k: getattr(self, k) for k in keys} | {"shards": len(self.specs), "plan_bytes": self.specs.nbytes()}
 
 
-def plan_shards(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = None) -> list[ShardSpec]:
+def plan_shards(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = None) -> ShardPlan:
     """Split the input into row ranges of at most `shard_size` rows, one file per shard."""
     return plan_input(cfg, shard_size, limits).specs
 
@@ -98,22 +102,21 @@ def plan_input(cfg: InputConfig, shard_size: int, limits: PlanLimits | None = No
     progress = _Progress(len(files), limits.progress_s)
     with IdIndex(int(limits.id_memory_mb * 2**20), limits.spill_dir) if cfg.id_column else _nothing() as index:
         scans = _scan_all(fs, files, infos, cfg, shard_size, index, progress, limits.threads)
-        counts = [scan.rows for scan, _ in scans]
+        counts = [rows for rows, _, _ in scans]
         if sum(counts) == 0:
             raise InputError(f"input.path={cfg.path!r} has no rows ({len(files)} file(s), all empty)")
-        rejections = _duplicates(index, files, cfg) if index is not None else {}
-    specs: list[ShardSpec] = []
-    for i, (f, (scan, (size, version))) in enumerate(zip(files, scans)):
-        rejected = sorted(rejections.get(i, {}).items())
-        rows = [r for r, _ in rejected]
-        uri = file_uri(f, cfg)
-        for k, start in enumerate(range(0, scan.rows, shard_size)):
-            stop = min(start + shard_size, scan.rows)
-            planned = tuple(rejected[bisect.bisect_left(rows, start):bisect.bisect_left(rows, stop)])
-            span = scan.spans[k] if scan.spans is not None else None
-            specs.append(ShardSpec(len(specs), uri, start, stop, planned, span, size, version))
-    plan = InputPlan(specs, len(files), sum(counts), round(time.monotonic() - t0, 3), progress.bytes,
-                     index.ids if index is not None else 0, sum(len(r) for r in rejections.values()),
+        plan_files = [PlanFile(file_uri(f, cfg), rows, *identity) for f, (rows, _, identity) in zip(files, scans)]
+        shards = ShardPlan(plan_files, shard_size)  # the layout; spans and rejections join below
+        rejections = _duplicates(index, files, cfg, shards.first, shard_size) if index is not None else None
+    spans = None
+    if any(sp is not None for _, sp, _ in scans):
+        spans = np.full((shards.total, 5), NO_SPAN, np.int64)
+        for k, (_, sp, _) in enumerate(scans):
+            if sp is not None:
+                spans[shards.first[k]:shards.first[k + 1]] = sp
+    shards = ShardPlan(plan_files, shard_size, spans, rejections)
+    plan = InputPlan(shards, len(files), sum(counts), round(time.monotonic() - t0, 3), progress.bytes,
+                     index.ids if index is not None else 0, shards.rejected,
                      *((index.spilled_bytes, index.partitions, index.peak_bytes) if index is not None else ()))
     progress.done(plan)
     return plan
@@ -155,14 +158,17 @@ class _Progress:
 
 
 def _scan_all(fs: Any, files: list[str], infos: dict[str, dict], cfg: InputConfig, shard_size: int,
-              index: IdIndex | None, progress: _Progress, threads: int) -> list[tuple[Scan, tuple[int, str]]]:
-    """Every file's scan and identity, in file order; `threads` files at a time."""
-    def one(i: int) -> tuple[Scan, tuple[int, str]]:
+              index: IdIndex | None, progress: _Progress, threads: int) -> list[_Scanned]:
+    """Every file's rows, shard spans (an int64 array of 5 columns; None: the file has none) and
+    identity, in file order; `threads` files at a time. The spans become an array as each file is done:
+    the plan holds no Python tuple per shard."""
+    def one(i: int) -> _Scanned:
         identity = _identity(infos.get(files[i]) or fs.info(files[i]))
         ids = (lambda row, arr: index.add(i, row, arr)) if index is not None else None
         scan = _scan(fs, files[i], cfg, shard_size, ids, progress.read)
         progress.file_done(scan.rows)
-        return scan, identity
+        spans = np.array(scan.spans, np.int64).reshape(-1, 5) if scan.spans is not None else None
+        return scan.rows, spans, identity
 
     if threads <= 1 or len(files) == 1:
         return [one(i) for i in range(len(files))]
@@ -179,6 +185,9 @@ def _scan_all(fs: Any, files: list[str], infos: dict[str, dict], cfg: InputConfi
                 f.cancel()
             raise failed[0].exception()  # the first failing file's error
         return [f.result() for f in futures]
+
+
+_Scanned = tuple[int, "np.ndarray | None", tuple[int, str]]
 
 
 def _identity(info: dict) -> tuple[int, str]:
@@ -287,15 +296,36 @@ def _columns(cfg: InputConfig) -> list[tuple[str, str]]:
     return out + [("extra_columns", c) for c in cfg.extra_columns]
 
 
-def _duplicates(index: IdIndex, files: list[str], cfg: InputConfig) -> dict[int, dict[int, str]]:
-    """{file index: {row: reason}} for every later occurrence of an id (the first one is kept)."""
-    out: dict[int, dict[int, str]] = {}
+def _duplicates(index: IdIndex, files: list[str], cfg: InputConfig, first_shard: np.ndarray,
+                shard_size: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(shard ids, rows, reasons), sorted by shard then row, of every later occurrence of an id (the
+    first one is kept). Gathered into Arrow arrays DUP_CHUNK at a time: no Python tuple per duplicate
+    outlives its chunk."""
+    sids: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    reasons: list[pa.Array] = []
+    chunk: list[tuple[int, int, str]] = []
+
+    def flush() -> None:
+        if chunk:
+            sids.append(np.array([c[0] for c in chunk], np.int64))
+            rows.append(np.array([c[1] for c in chunk], np.int64))
+            reasons.append(strings([c[2] for c in chunk]))
+            chunk.clear()
+
     for pos, first, ident in index.duplicates():
         (i, row), (fi, frow) = split_pos(pos), split_pos(first)
         where = f"{_stable_name(file_uri(files[fi], cfg), cfg.path)}:{frow}"
         s = ident.decode("utf-8", "surrogatepass")
-        out.setdefault(i, {})[row] = f"duplicate id {short(s)} (first seen at {where})"
-    return out
+        chunk.append((int(first_shard[i]) + row // shard_size, row, f"duplicate id {short(s)} (first seen at {where})"))
+        if len(chunk) >= DUP_CHUNK:
+            flush()
+    flush()
+    if not sids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.nulls(0, pa.string())
+    sid, row = np.concatenate(sids), np.concatenate(rows)
+    order = np.lexsort((row, sid))
+    return sid[order], row[order], pa.concat_arrays(reasons).take(from_numpy(order))
 
 
 # -- reading -------------------------------------------------------------------------------------

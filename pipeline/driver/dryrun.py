@@ -54,7 +54,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     plan = plan_input(cfg.input, cfg.output.shard_size, plan_limits(cfg))
     plan_figures = {**plan.figures(), "driver_peak_mb": peak_rss_mb()}
     specs = plan.specs
-    rows = sum(s.num_rows for s in specs)
+    rows = specs.rows
     rejected = 0
     for spec in specs:
         for batch in read_shard(spec, cfg.input, 4096):
@@ -446,7 +446,8 @@ def format_plan(p: dict[str, Any]) -> str:
 
     pl = p["plan"]
     lines = [
-        f"input: {pl['files']} file(s) planned in {pl['seconds']:.1f} s, driver peak {pl['driver_peak_mb']:.0f} MB"
+        f"input: {pl['files']} file(s) planned in {pl['seconds']:.1f} s, driver peak {pl['driver_peak_mb']:.0f} MB "
+        f"(the plan's shard table {pl['plan_bytes'] / 1e6:.1f} MB)"
         + (f"; {pl['ids']:,} ids checked, {pl['duplicates']:,} duplicate(s), "
            f"{pl['spill_bytes'] / 1e6:.0f} MB spilled" if pl["ids"] else ""),
         f"plan: {p['shards']} shard(s), {p['rows']} row(s), {p['rejected_rows']} rejected, {p['samples']} sample(s), "

@@ -9,7 +9,7 @@ Driver hooks, `hooks(event, payload)`, are called in the driver's thread at: act
 actor_init_failed, actor_replaced, submitted, moved, committed, failed, timed_out, actor_died, requeued,
 quarantined, progress, stalled (fault-injection tests use them, e.g. to kill an actor at a chosen moment).
 `on_commit(stats)` is called once per committed shard with its full stats (summary included: the
-driver's Ledger keeps what the index and the card need); the book keeps them without the summary.
+driver's Ledger keeps what the index and the card need); the book counts them (totals and a bitmap of shard ids).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.config import Config
@@ -37,7 +36,7 @@ Hook = Callable[[str, dict], None]
 class Executor:
     """Runs the shards on `ray.num_workers` sampler actors until each is committed or quarantined."""
 
-    def __init__(self, cfg: Config, rc: RayContext, location: Location, specs: list[ShardSpec],
+    def __init__(self, cfg: Config, rc: RayContext, location: Location, specs: Sequence[ShardSpec],
                  worker_cls: type, captioners: list, hooks: Hook | None = None,
                  total_rows: int = 0, rows_before: int = 0, on_commit: Callable[[ShardStats], None] | None = None):
         self.cfg, self.rc, self.loc, self.worker_cls, self.hooks = cfg, rc, location, worker_cls, hooks
@@ -303,8 +302,8 @@ class Executor:
 
     def _done(self, task: P.Task, stats: ShardStats, info: dict[str, Any] | None) -> None:
         sid, slot = task.spec.shard_id, task.slot
-        # the book keeps every shard's stats: without the summary (the ledger has it), they stay small
-        if not self.book.succeeded(sid, replace(stats, summary=None)):  # one attempt per shard at a time
+        # the book counts the shard (its totals, not its stats: the ledger keeps what the index needs)
+        if not self.book.succeeded(sid, stats):  # one attempt per shard at a time
             log.warning("shard %06d reported twice; keeping the first", sid)
             return
         if self.on_commit is not None:

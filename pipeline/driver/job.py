@@ -15,6 +15,7 @@ figures, never a pass over the samples.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -49,12 +50,12 @@ def run_job(cfg: Config, worker_cls: type | None = None, hooks: Any = None) -> J
     t0 = time.monotonic()
     p = prepare(cfg)
     todo = p.todo
-    total_rows = sum(s.num_rows for s in p.specs)
-    rows_before = sum(s.num_rows for s in p.specs if s.shard_id in p.committed_before)
+    total_rows = p.specs.rows
+    rows_before = total_rows - todo.rows
     log.info("output: %s", p.location.url)
     log.info("plan: %d shard(s), %d row(s); %d already committed, %d to run (fingerprint %s)", len(p.specs),
              total_rows, len(p.committed_before), len(todo), p.fingerprint[:12])
-    ledger = Ledger([s.shard_id for s in p.specs] + sorted(p.stray))
+    ledger = Ledger(itertools.chain(range(len(p.specs)), sorted(p.stray)))  # shard ids: 0 .. len - 1
     loader = _Loader(ledger, p.location, sorted(p.committed_before | p.stray))
     ex = rc = error = None
     if todo:

@@ -26,8 +26,11 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from pipeline.config import Config, ConfigError, to_dict, to_yaml
 from pipeline.data.layout import (
@@ -42,6 +45,7 @@ from pipeline.data.layout import (
     SUMMARY_FILE,
     committed_shards,
 )
+from pipeline.data.shardplan import ShardPlan
 from pipeline.data.source import PlanLimits, plan_input, resolve_prompt_column
 from pipeline.data.storage import Location, is_s3, open_location
 from pipeline.models.family import model_family
@@ -77,15 +81,16 @@ class RunRefused(Exception):
 class Prepared:
     cfg: Config  # for actors: paths resolved
     location: Location
-    specs: list[ShardSpec]
+    specs: ShardPlan  # every planned shard, as columns (pipeline/data/shardplan.py)
     committed_before: set[int]
     fingerprint: str
     archived: str | None = None  # where new_run moved a previous run
     stray: frozenset[int] = frozenset()  # committed shards that are not in the plan (kept in the index)
 
     @property
-    def todo(self) -> list[ShardSpec]:
-        return [s for s in self.specs if s.shard_id not in self.committed_before]
+    def todo(self) -> ShardPlan:
+        """The shards still to run: the plan less the committed ones (compact too)."""
+        return self.specs.without(self.committed_before)
 
 
 def _local_abs(path: str | None, must_exist: bool = True) -> str | None:
@@ -136,10 +141,15 @@ def fingerprint(cfg: Config, family: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def plan_digest(specs: list[ShardSpec]) -> str:
+def plan_digest(specs: Sequence[ShardSpec]) -> str:
     """The plan without where the input happens to be mounted: relative file names, each file's size
-    and ETag/mtime, row ranges and planned rejections (streamed into the hash: no copy of the plan)."""
-    files = sorted({s.path.split("://", 1)[-1] for s in specs})
+    and ETag/mtime, row ranges and planned rejections (streamed into the hash, one ShardSpec made at a
+    time: no copy of the plan). The same bytes as when the plan was a list of ShardSpec: outputs written
+    then resume."""
+    if isinstance(specs, ShardPlan):  # its files, without a pass over the shards
+        files = sorted({f.uri.split("://", 1)[-1] for f, n in zip(specs.files, np.diff(specs.first)) if n})
+    else:
+        files = sorted({s.path.split("://", 1)[-1] for s in specs})
     root = posixpath.dirname(files[0]) if len(files) == 1 else posixpath.commonpath(files)
     h = hashlib.sha256()
     for s in specs:
@@ -177,20 +187,20 @@ def prepare(given: Config) -> Prepared:
         archived = check_resume(loc, given, fp, digest)
         if archived is not None or not loc.exists(FINGERPRINT_FILE):
             record = {"fingerprint": fp, "plan_digest": digest, "family": family, "planned_shards": len(specs),
-                      "rows": sum(s.num_rows for s in specs), "version": FINGERPRINT_VERSION,
+                      "rows": specs.rows, "version": FINGERPRINT_VERSION,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "excluded": list(FINGERPRINT_EXCLUDE), "config": fingerprint_config(given)}
             loc.write_text_atomic(FINGERPRINT_FILE, json.dumps(record, indent=1, sort_keys=True, default=str))
         loc.write_text_atomic(CONFIG_FILE, to_yaml(cfg, redact=True))
-        planned = {s.shard_id for s in specs}
         committed = committed_shards(loc)
     except OSError as e:  # unwritable directory, missing bucket, bad credentials
         raise RunRefused(f"cannot use output.path={loc.url}: {type(e).__name__}: {e}") from e
+    planned = {i for i in committed if 0 <= i < len(specs)}  # shard ids are 0 .. len - 1: no set of them all
     stray = committed - planned
     if stray:
         log.warning("%d committed shard(s) are not in the plan (e.g. %s); they stay in index.json",
                     len(stray), sorted(stray)[:5])
-    return Prepared(cfg, loc, specs, committed & planned, fp, archived, frozenset(stray))
+    return Prepared(cfg, loc, specs, planned, fp, archived, frozenset(stray))
 
 
 def check_resume(loc: Location, given: Config, fp: str, digest: str) -> str | None:

@@ -26,8 +26,11 @@ Rules:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from pipeline.records import ShardSpec, ShardStats
 
@@ -198,14 +201,104 @@ def replace_actor(slot: Slot, budget: int, now: float) -> bool:
 
 
 # ------------------------------------------------------------------ shards
-class ShardBook:
-    """The queue of shards and what became of each: done, quarantined, or still to do."""
+class ShardQueue:
+    """The shards to submit, in order: those put back at the front (requeued, moved), then the plan's
+    shards not yet taken, then those put at the back (retries). A ShardState is made (and entered in
+    `states`) only when its shard is first taken: a plan of a million shards is not a million objects.
+    It behaves as a deque for the few operations the book uses; anything else (indexing, rotate, pop,
+    iteration) first makes the remaining states, for tests and inspection."""
 
-    def __init__(self, specs: list[ShardSpec], limits: Limits):
+    def __init__(self, specs: Sequence[ShardSpec], states: dict[int, ShardState]):
+        self.front: deque[ShardState] = deque()
+        self.specs, self.next, self.states = specs, 0, states
+        self.back: deque[ShardState] = deque()
+
+    def __len__(self) -> int:
+        return len(self.front) + len(self.specs) - self.next + len(self.back)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def _new(self) -> ShardState:
+        st = ShardState(self.specs[self.next])
+        self.next += 1
+        self.states[st.spec.shard_id] = st
+        return st
+
+    def popleft(self) -> ShardState:
+        if self.front:
+            return self.front.popleft()
+        if self.next < len(self.specs):
+            return self._new()
+        return self.back.popleft()
+
+    def appendleft(self, st: ShardState) -> None:
+        self.front.appendleft(st)
+
+    def append(self, st: ShardState) -> None:
+        self.back.append(st)
+
+    def _all(self) -> deque[ShardState]:
+        while self.next < len(self.specs):
+            self.front.append(self._new())
+        self.front.extend(self.back)
+        self.back.clear()
+        return self.front
+
+    def __iter__(self) -> Iterator[ShardState]:
+        return iter(self._all())
+
+    def __getitem__(self, i: int) -> ShardState:
+        return self._all()[i]
+
+    def pop(self) -> ShardState:
+        return self._all().pop()
+
+    def rotate(self, n: int) -> None:
+        self._all().rotate(n)
+
+
+class DoneShards:
+    """The shards committed in this run: which (a bitmap over shard ids) and their totals, not every
+    shard's stats (the ledger keeps what the index and the card need)."""
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(0, bool)
+        self.count = self.rows = self.samples = self.rejected = self.failed = 0
+
+    def add(self, sid: int, stats: ShardStats) -> bool:
+        """Count a committed shard; False when it was counted already (the first report is kept)."""
+        if sid in self:
+            return False
+        if sid >= len(self.bits):
+            self.bits = np.concatenate((self.bits, np.zeros(max(sid + 1 - len(self.bits), len(self.bits)), bool)))
+        self.bits[sid] = True
+        self.count += 1
+        self.rows += stats.rows
+        self.samples += stats.samples
+        self.rejected += stats.rejected
+        self.failed += stats.failed
+        return True
+
+    def __contains__(self, sid: object) -> bool:
+        return isinstance(sid, (int, np.integer)) and 0 <= sid < len(self.bits) and bool(self.bits[sid])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        return (int(i) for i in np.flatnonzero(self.bits))
+
+
+class ShardBook:
+    """The queue of shards and what became of each: done, quarantined, or still to do. A shard's
+    ShardState lives from its first submission until it is committed (or for good when quarantined)."""
+
+    def __init__(self, specs: Sequence[ShardSpec], limits: Limits):
         self.limits = limits
-        self.pending: deque[ShardState] = deque(ShardState(s) for s in specs)
-        self.states: dict[int, ShardState] = {st.spec.shard_id: st for st in self.pending}
-        self.done: dict[int, ShardStats] = {}
+        self.states: dict[int, ShardState] = {}
+        self.pending = ShardQueue(specs, self.states)
+        self.done = DoneShards()
         self.quarantined: dict[int, ShardState] = {}
         self.failed_attempts = self.requeues = self.actor_deaths = self.moves = 0
 
@@ -219,9 +312,9 @@ class ShardBook:
 
     def succeeded(self, shard_id: int, stats: ShardStats) -> bool:
         """Record a committed shard; False when it was already reported (kept: the first)."""
-        if shard_id in self.done:
+        if not self.done.add(shard_id, stats):
             return False
-        self.done[shard_id] = stats
+        self.states.pop(shard_id, None)  # nothing is asked of a committed shard's attempts any more
         return True
 
     def failed(self, task: Task, error: str, kind: str = "exception") -> str:

@@ -19,7 +19,7 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
                   committed_ids: Any) -> dict[str, Any]:
     """p: plan.Prepared; ex: executor.Executor or None (nothing to run); rc: localray.RayContext or None;
     index: index.json's content (its totals); committed_ids: every committed shard id."""
-    planned = np.fromiter((s.shard_id for s in p.specs), np.int64, len(p.specs))
+    planned = p.specs.shard_ids()
     is_committed = np.isin(planned, np.asarray(committed_ids, np.int64))
     committed = int(is_committed.sum())
     quarantined = sorted(ex.book.quarantined) if ex else []
@@ -30,8 +30,8 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
         status, code = "quarantined", EXIT_FAILED
     else:
         status, code = "succeeded", EXIT_OK
-    new = ex.book.done if ex else {}
-    run_samples = sum(s.samples for s in new.values())
+    new = ex.book.done if ex else None
+    run_samples = new.samples if new else 0
     sampling_s = ex.progress.sampling_s if ex else 0.0
     workers = {}
     for s in ex.slots if ex else []:
@@ -47,11 +47,11 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
         "status": status, "exit_code": code, "error": error, "output": p.location.url,
         "fingerprint": p.fingerprint, "archived_previous_run": p.archived,
         "planned_shards": len(planned), "committed_shards": committed,
-        "skipped_shards": len(p.committed_before), "new_shards": len(new),
+        "skipped_shards": len(p.committed_before), "new_shards": len(new) if new else 0,
         "quarantined_shards": quarantined, "missing_shards": missing,
         "rows": totals["rows"], "samples": totals["samples"], "rejected": totals["rejected"],
         "failed": totals["failed"], "bytes": totals["bytes"],
-        "this_run": {"shards": len(new), "rows": sum(s.rows for s in new.values()), "samples": run_samples,
+        "this_run": {"shards": len(new) if new else 0, "rows": new.rows if new else 0, "samples": run_samples,
                      "sampling_s": round(sampling_s, 3),
                      "samples_per_s": round(run_samples / sampling_s, 4) if sampling_s else 0.0,
                      "failed_attempts": ex.book.failed_attempts if ex else 0,
