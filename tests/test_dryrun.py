@@ -1,5 +1,6 @@
-"""`--dry-run` (pipeline/driver/dryrun.py) and the full-size architectures it plans with
-(pipeline/models/architectures.py): everything on the meta device, no weights, no Ray."""
+"""`--dry-run` (pipeline/driver/dryrun.py, pipeline/driver/architecture.py) and the full-size
+architectures it plans with (pipeline/models/architectures.py): everything on the meta device, no
+weights, no Ray."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_bundled_configs_have_the_published_parameter_counts(model_id, component
 def test_sdxl_flops_at_1024_match_the_physical_figures():
     """torch's FLOP counter on the bundled SDXL at 1024²: UNet 6.76 TFLOP per eval, VAE decode 10.47
     TFLOP per image (within 2 %)."""
-    from pipeline.driver.dryrun import Architecture
+    from pipeline.driver.architecture import Architecture
 
     cfg = load_config(["configs/sdxl.yaml"])
     arch = Architecture(cfg)
