@@ -46,8 +46,10 @@ def test_sdxl_flops_at_1024_match_the_physical_figures():
 
 
 def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
+    from torch.utils.flop_counter import FlopCounterMode
+
     q = torch.empty(1, 8, 4096, 64, device="meta")
-    with A.PeakMemory() as p:
+    with A.PassCost() as p:
         a = torch.empty(1000, device="meta")  # 4000 bytes, alive
         b = torch.empty(1000, device="meta")
         del b  # freed: the peak stays, the live count drops
@@ -56,6 +58,15 @@ def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
     assert out.shape == q.shape and p.peak == 4000 + out.numel() * 4
     assert p.live == 4000 + out.numel() * 4
     del a
+    # its FLOPs, and those of every other op, are the ones torch counts (attention: QK^T and PV)
+    kv, v = torch.empty(1, 8, 77, 64, device="meta"), torch.empty(1, 8, 77, 40, device="meta")
+    with A.PassCost() as p:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, v)
+        torch.empty(3, 5, device="meta") @ torch.empty(5, 7, device="meta")
+    with FlopCounterMode(display=False) as torch_count:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, v)
+    assert torch_count.get_total_flops() == 2 * 8 * 4096 * 77 * (64 + 40)
+    assert p.flops == torch_count.get_total_flops() + 2 * 3 * 5 * 7
 
 
 def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
@@ -87,6 +98,14 @@ def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
     assert plan["unet_evals_per_image"] == per and per["answer"] > per["cfg"]
     assert plan["unet_evals"] == 4 * 2 * (per["cfg"] + per["answer"])
     assert plan["total_flops"] == plan["unet_evals"] * plan["unet_flops_per_eval"] + 16 * plan["vae_flops_per_decode"]
+    # one eval's FLOPs (measured on the CFG pair the sampler runs) are torch's count for one sample
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.driver.architecture import Architecture
+
+    with FlopCounterMode(display=False) as counter:
+        Architecture(cfg)._unet_forward(1)
+    assert plan["unet_flops_per_eval"] == counter.get_total_flops() > 0
     assert plan["memory_gb"]["sampler_weights"].keys() == {"unet", "text_encoders", "vae", "scorer_clip"}
     json.dumps(plan)  # JSON-able as written
 

@@ -84,15 +84,17 @@ class Architecture:
             text.append(("clip_text_projection", self._config(cfg.model.id, "text_encoder_2", local)))
         self.params = {"unet": A.params(self.unet), "vae": A.params(self.vae),
                        "text_encoders": sum(_meta_params(kind, c) for kind, c in text)}
-        self.unet_flops = self._measure("flops", "unet", 1, lambda: self._unet_forward(1))
-        self.vae_flops = self._measure("flops", "vae", 1, lambda: self._vae_decode(1))
+        # The sampler calls the UNet on a CFG pair: memory() reads that pass's peak, and every op's FLOPs
+        # are linear in the batch (no op mixes samples), so half the pair's are one eval's.
+        self.unet_flops = self._pass("unet", 2).flops // 2
+        self.vae_flops = self._pass("vae", 1).flops
         self.judge, self.judge_flops = None, 0
         if "geneval" in cfg.scoring.scorers:  # the judge's detector runs in the sampler actor, once per image
             det_cfg = self._config(cfg.scoring.geneval_detector_id, "", _tiny_detector(cfg), "geneval_detector")
             self._ids["judge"] = (_config_key(det_cfg),)
             self.judge = _cached(("model", "judge", *self._ids["judge"]),
                                  lambda: A.meta_transformers("mask2former", det_cfg))
-            self.judge_flops = self._measure("flops", "judge", 1, lambda: self._judge_forward(1))
+            self.judge_flops = self._pass("judge", 1).flops
 
     def _config(self, model_id: str, component: str, local: Any, label: str | None = None) -> dict:
         from pipeline.models.architectures import component_config
@@ -142,26 +144,22 @@ class Architecture:
         with torch.no_grad():
             self.vae.decode(z)
 
-    def _measure(self, what: str, part: str, shape: Any, run) -> int:
-        """`what` ("flops" or "peak") of `run`, a call of model `part` on input `shape` at the configured size."""
-        key = (what, part, *self._ids[part], self.cfg.sampler.height, self.cfg.sampler.width, self.scale, shape)
-        return _cached(key, lambda: self._flops(run) if what == "flops" else self._peak(run))
+    def _pass(self, part: str, batch: int, grad: bool = False) -> Any:
+        """The `PassCost` (FLOPs, peak bytes) of one call of model `part` on `batch` inputs at the
+        configured size; `grad`: the UNet as Attend-and-Excite calls it."""
+        from pipeline.models.architectures import PassCost
 
-    @staticmethod
-    def _flops(run) -> int:
-        from torch.utils.flop_counter import FlopCounterMode
+        key = ("pass", part, *self._ids[part], self.cfg.sampler.height, self.cfg.sampler.width, self.scale,
+               batch, grad)
+        run = {"unet": lambda: self._unet_forward(batch, grad), "vae": lambda: self._vae_decode(batch),
+               "judge": lambda: self._judge_forward(batch)}[part]
 
-        with FlopCounterMode(display=False) as counter:
-            run()
-        return int(counter.get_total_flops())
+        def measure() -> PassCost:
+            with PassCost() as cost:
+                run()
+            return cost
 
-    @staticmethod
-    def _peak(run) -> int:
-        from pipeline.models.architectures import PeakMemory
-
-        with PeakMemory() as p:
-            run()
-        return p.peak
+        return _cached(key, measure)
 
     def memory(self) -> dict[str, Any]:
         """Weights by dtype plus activation peaks, per sampler actor and per captioner actor, and which
@@ -193,18 +191,17 @@ class Architecture:
             weights["scorer_geneval_detector"] = A.params(self.judge) * 4
             per_call = min(cfg.scoring.batch_size,
                            cfg.sampler.batch_size * len(run_methods(cfg)) * cfg.preference.candidates)
-            j1, j2 = (self._measure("peak", "judge", b, lambda b=b: self._judge_forward(b)) for b in (1, 2))
+            j1, j2 = (self._pass("judge", b).peak for b in (1, 2))
             judge_act = j1 + (j2 - j1) * (per_call - 1)
         # The UNet sees a CFG pair per sample (2 x batch); the VAE decodes vae_slice images at a time.
         # Attend-and-Excite's passes (one row a sample) keep activations for their backward.
-        calls = [(False, lambda b: self._unet_forward(2 * b))]
+        calls = [lambda b: self._pass("unet", 2 * b)]
         if cfg.sampler.attend_excite.enabled:
-            calls.append((True, lambda b: self._unet_forward(b, grad=True)))
-        peaks = [[self._measure("peak", "unet", (b, grad), lambda b=b, call=call: call(b)) for b in (1, 2)]
-                 for grad, call in calls]
+            calls.append(lambda b: self._pass("unet", b, grad=True))
+        peaks = [[call(b).peak for b in (1, 2)] for call in calls]
         one, per_sample = max(p[0] for p in peaks), max(p[1] - p[0] for p in peaks)  # batch 1, each more
         unet_act = one + per_sample * (cfg.sampler.batch_size - 1)
-        vae_act = self._measure("peak", "vae", cfg.model.vae_slice, lambda: self._vae_decode(cfg.model.vae_slice))
+        vae_act = self._pass("vae", cfg.model.vae_slice).peak
         fixed = sum(weights.values())
         sampler = fixed + max(unet_act, vae_act, judge_act)
         fits = {}
