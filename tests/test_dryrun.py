@@ -1,5 +1,6 @@
-"""`--dry-run` (pipeline/driver/dryrun.py) and the full-size architectures it plans with
-(pipeline/models/architectures.py): everything on the meta device, no weights, no Ray."""
+"""`--dry-run` (pipeline/driver/dryrun.py, pipeline/driver/architecture.py) and the full-size
+architectures it plans with (pipeline/models/architectures.py): everything on the meta device, no
+weights, no Ray."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def test_bundled_configs_have_the_published_parameter_counts(model_id, component
 def test_sdxl_flops_at_1024_match_the_physical_figures():
     """torch's FLOP counter on the bundled SDXL at 1024²: UNet 6.76 TFLOP per eval, VAE decode 10.47
     TFLOP per image (within 2 %)."""
-    from pipeline.driver.dryrun import Architecture
+    from pipeline.driver.architecture import Architecture
 
-    cfg = load_config(["configs/sdxl.yaml"])
+    # FLOPs do not depend on the dtype: bfloat16 at 1024² makes the passes the planner test below makes
+    # (one pass per model and shape per process), the preset's float16 would make its own
+    cfg = load_config(["configs/sdxl.yaml"], ["model.dtype=bfloat16"])
     arch = Architecture(cfg)
     assert arch.unet_flops == pytest.approx(6.76e12, rel=0.02)
     assert arch.vae_flops == pytest.approx(10.47e12, rel=0.02)
@@ -45,8 +48,10 @@ def test_sdxl_flops_at_1024_match_the_physical_figures():
 
 
 def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
+    from torch.utils.flop_counter import FlopCounterMode
+
     q = torch.empty(1, 8, 4096, 64, device="meta")
-    with A.PeakMemory() as p:
+    with A.PassCost() as p:
         a = torch.empty(1000, device="meta")  # 4000 bytes, alive
         b = torch.empty(1000, device="meta")
         del b  # freed: the peak stays, the live count drops
@@ -55,6 +60,15 @@ def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
     assert out.shape == q.shape and p.peak == 4000 + out.numel() * 4
     assert p.live == 4000 + out.numel() * 4
     del a
+    # its FLOPs, and those of every other op, are the ones torch counts (attention: QK^T and PV)
+    kv, v = torch.empty(1, 8, 77, 64, device="meta"), torch.empty(1, 8, 77, 40, device="meta")
+    with A.PassCost() as p:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, v)
+        torch.empty(3, 5, device="meta") @ torch.empty(5, 7, device="meta")
+    with FlopCounterMode(display=False) as torch_count:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, v)
+    assert torch_count.get_total_flops() == 2 * 8 * 4096 * 77 * (64 + 40)
+    assert p.flops == torch_count.get_total_flops() + 2 * 3 * 5 * 7
 
 
 def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
@@ -86,6 +100,14 @@ def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
     assert plan["unet_evals_per_image"] == per and per["answer"] > per["cfg"]
     assert plan["unet_evals"] == 4 * 2 * (per["cfg"] + per["answer"])
     assert plan["total_flops"] == plan["unet_evals"] * plan["unet_flops_per_eval"] + 16 * plan["vae_flops_per_decode"]
+    # one eval's FLOPs (measured on the CFG pair the sampler runs) are torch's count for one sample
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.driver.architecture import Architecture
+
+    with FlopCounterMode(display=False) as counter:
+        Architecture(cfg)._unet_forward(1)
+    assert plan["unet_flops_per_eval"] == counter.get_total_flops() > 0
     assert plan["memory_gb"]["sampler_weights"].keys() == {"unet", "text_encoders", "vae", "scorer_clip"}
     json.dumps(plan)  # JSON-able as written
 
@@ -121,7 +143,7 @@ def test_dry_run_starts_no_ray_writes_the_plan_and_a_run_may_follow(tmp_path, mo
 
 
 def test_the_planner_predicts_a_cpu_host_that_cannot_hold_the_actors(tmp_path, monkeypatch):
-    """The rehearsal's stall: full SDXL and full BLIP-2 in one float32 actor on a 24 GiB host (the
+    """The rehearsal's stall: full SDXL at 1024² and full BLIP-2 in one float32 actor on a 24 GiB host (the
     weights are memory-mapped, so nothing fails; the run pages and stops moving). The plan says so;
     in bfloat16 with the captioner in its own actor the same host holds both."""
     import psutil
@@ -132,11 +154,13 @@ def test_the_planner_predicts_a_cpu_host_that_cannot_hold_the_actors(tmp_path, m
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"total": total})())
     base = ["configs/sdxl.yaml"]
     common = [f"output.path={tmp_path / 'o'}", "ray.gpus_per_worker=0", "ray.num_workers=1", "sampler.method=dnp",
-              "scoring.scorers=[]", "sampler.height=128", "sampler.width=128", "sampler.steps=2"]
+              "scoring.scorers=[]", "sampler.steps=2"]
     fp32 = dry_run(load_config(base, common + ["model.dtype=float32", "captioner.dtype=float32",
                                                 "captioner.workers=0"]))
-    host = fp32["memory_gb"]["host"]
-    assert not host["fits"] and host["needed_gb"] > 28 and fp32["memory_gb"]["sampler_weights"]["captioner"] > 14
+    host, m = fp32["memory_gb"]["host"], fp32["memory_gb"]
+    # at the preset's 1024² the activations come on top: the weights alone are over 28 GB
+    assert not host["fits"] and host["needed_gb"] == m["sampler_actor"] and sum(m["sampler_weights"].values()) > 28
+    assert m["sampler_weights"]["captioner"] > 14
     bf16 = dry_run(load_config(base, common + ["model.dtype=bfloat16", "captioner.dtype=bfloat16",
                                                 "captioner.workers=1"]))
     host = bf16["memory_gb"]["host"]

@@ -558,7 +558,8 @@ def test_the_plan_counts_the_judges_weights_flops_and_memory(tmp_path, tiny_cach
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.config import load_config
-    from pipeline.driver.dryrun import Architecture, dry_run
+    from pipeline.driver.architecture import Architecture
+    from pipeline.driver.dryrun import dry_run
     from pipeline.models import architectures as A
 
     inp = tmp_path / "p.parquet"

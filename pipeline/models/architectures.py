@@ -8,7 +8,7 @@ in order: its own files when it is a local directory (or `tiny`), a copy in the 
 cache, else the bundled config; anything else is an error that says what to give.
 
 `meta_*` build a component on the meta device (shapes only, no memory, no weights), so torch's
-FLOP counter and a live-tensor tracker can run a forward pass of the real architecture.
+FLOP formulas and a live-tensor tracker (`PassCost`) can run a pass of the real architecture.
 """
 
 from __future__ import annotations
@@ -219,26 +219,33 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class PeakMemory:
-    """Peak bytes of live tensors created during a forward pass on the meta device (inference, so
-    no saved activations). Attention is taken as fused (flash / memory-efficient SDPA, as on GPUs and
-    in PyTorch's CPU kernels): the score matrix is never materialised, only the output."""
+class PassCost:
+    """FLOPs and peak bytes of live tensors of a pass on the meta device, counted on the same ops, so
+    one pass gives both. FLOPs use torch's own formulas (torch.utils.flop_counter's registry: matmuls,
+    convolutions, attention). Attention is taken as fused (flash / memory-efficient SDPA, as on GPUs
+    and in PyTorch's CPU kernels): the score matrix is never materialised, only the output; its FLOPs
+    are QK^T and PV, as torch counts them. In inference nothing is saved for a backward; a pass that
+    runs one (Attend-and-Excite's) counts what autograd keeps alive."""
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> PassCost:
         import torch
         from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
 
         tracker = self
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if (formula := flop_registry.get(func._overloadpacket)) is not None:
+                    tracker.flops += formula(*args, **kwargs, out_val=out)
                 tracker._created(out)
                 return out
 
-        self.live = self.peak = 0
+        self.live = self.peak = self.flops = 0
         self._sdpa = torch.nn.functional.scaled_dot_product_attention
-        torch.nn.functional.scaled_dot_product_attention = _fused_attention_shape
+        torch.nn.functional.scaled_dot_product_attention = self._fused_attention
         self._mode = Mode()
         self._mode.__enter__()
         return self
@@ -248,6 +255,14 @@ class PeakMemory:
 
         self._mode.__exit__(*exc)
         torch.nn.functional.scaled_dot_product_attention = self._sdpa
+
+    def _fused_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any):
+        """What a fused attention kernel allocates: its output [..., L, Ev] (and no L x S scores); its
+        FLOPs, 2·n·L·S·E for QK^T plus 2·n·L·S·Ev for PV over the n = batch x heads rows of q."""
+        *_, L, E = q.shape
+        S, Ev = k.shape[-2], v.shape[-1]
+        self.flops += 2 * (q.numel() // (L * E)) * L * S * (E + Ev)
+        return q.new_empty((*q.shape[:-1], Ev))
 
     def _created(self, out: Any) -> None:
         import torch
@@ -264,8 +279,3 @@ class PeakMemory:
 
     def _freed(self, n: int) -> None:
         self.live -= n
-
-
-def _fused_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any):
-    """What a fused attention kernel allocates: its output [..., L, Ev] (and no L x S scores)."""
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
