@@ -45,3 +45,6 @@ def quiet_libraries() -> None:
         lib.disable_progress_bar()
     # diffusers >= 0.36 renamed from_pretrained's torch_dtype to dtype; older ones know only torch_dtype
     warnings.filterwarnings("ignore", message=".*`torch_dtype` is deprecated", category=FutureWarning)
+    # diffusers still passes hf_hub_download's retired local_dir_use_symlinks when it loads a hub id
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated",
+                            category=UserWarning)

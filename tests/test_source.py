@@ -25,9 +25,10 @@ def read_all(specs, cfg, batch_size=2, tokenizer=None):
     """{(file, row): item} over all shards, failing on any row seen twice or out of order."""
     out = {}
     for spec in specs:
-        rows = [item.row for batch in read_shard(spec, cfg, batch_size, tokenizer) for item in batch]
+        batches = list(read_shard(spec, cfg, batch_size, tokenizer))  # one read: the rows and their batches
+        rows = [item.row for batch in batches for item in batch]
         assert rows == list(range(spec.row_start, spec.row_stop)), spec
-        for batch in read_shard(spec, cfg, batch_size, tokenizer):
+        for batch in batches:
             assert 0 < len(batch) <= batch_size
             for item in batch:
                 assert (spec.path, item.row) not in out

@@ -92,7 +92,7 @@ def test_the_comparison_writes_every_row(micro, tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare, "CNP_SUBSET", 2)
     monkeypatch.setattr(S, "load_model", lambda cfg, device=None: micro)
-    md = compare.compare(tmp_path, n=3, steps=4, batch_size=3)
+    md = compare.compare(tmp_path, n=3, steps=2, batch_size=3)
     names = [v for v, _ in compare.variants(SamplerConfig())] + [
         "cfg, seen combinations", "chance, held-out prompts (random world image)",
         "chance, seen combinations (random world image)"]
@@ -100,9 +100,9 @@ def test_the_comparison_writes_every_row(micro, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     by = {v["variant"]: v for v in summary["variants"]}
     matched = next(v for k, v in by.items() if k.endswith(f"(= {compare.MATCHED}'s evals)"))
-    assert matched["unet_evals_per_image"] == by[compare.MATCHED]["unet_evals_per_image"] > 8
+    assert matched["unet_evals_per_image"] == by[compare.MATCHED]["unet_evals_per_image"] > 4
     assert by["cnp"]["n"] == 2 and by["dns"]["n"] == 3 and by["np"]["win_vs_cfg"]["n"] == 3
-    assert by["cfg"]["unet_evals_per_image"] == 8 and "win_vs_cfg" not in by["cfg, seen combinations"]
+    assert by["cfg"]["unet_evals_per_image"] == 4 and "win_vs_cfg" not in by["cfg, seen combinations"]
 
 
 def test_a_dnp_job_with_the_toy_describer_and_judge(micro_dir, tmp_path):
@@ -132,13 +132,14 @@ def test_a_dnp_job_with_the_toy_describer_and_judge(micro_dir, tmp_path):
 
 
 def test_the_shipped_toy_model_does_better_than_chance():
-    """40 prompts of seen combinations at 20 steps: the trained model's exact compliance beats what the
-    judge gives a random world image on the same prompts."""
+    """40 prompts of seen combinations at 10 steps (half the default: the UNet is this test's cost): the
+    trained model's exact compliance beats what the judge gives a random world image on the same prompts
+    by more than 0.2 (measured 2026-12-04: 0.45 against 0.025; 0.525 at 20 steps)."""
     from pipeline.toy import compare
 
     m = S.load_model(ModelConfig(id="toy"))
     texts = compare.prompts(40, "train", 1)
-    rows = compare.run_variant(m, None, SamplerConfig(steps=20, height=64, width=64), {"method": "cfg"},
+    rows = compare.run_variant(m, None, SamplerConfig(steps=10, height=64, width=64), {"method": "cfg"},
                                texts, list(range(40)), 40)
     model_rate = sum(r["exact"] for r in rows) / 40
     chance_rate = sum(r["exact"] for r in compare.chance(texts, 1)) / 40
@@ -175,15 +176,15 @@ def test_the_headline_rows_run_in_pieces_with_paired_differences(micro, tmp_path
     monkeypatch.setattr(world, "heldout_captions", lambda: caps[:5])
     monkeypatch.setattr(S, "load_model", lambda cfg, device=None: micro)
     monkeypatch.setattr(compare, "BOOTSTRAP", 50)
-    assert compare.headline(tmp_path, seeds=2, steps=4, budget_s=0) is None  # the budget: no piece started
+    assert compare.headline(tmp_path, seeds=2, steps=2, budget_s=0) is None  # the budget: no piece started
     assert not list((tmp_path / "results").iterdir())
-    md = compare.headline(tmp_path, seeds=2, steps=4)
-    names = [n for n, _ in compare.headline_variants(load_toy_cfg(4))]
+    md = compare.headline(tmp_path, seeds=2, steps=2)
+    names = [n for n, _ in compare.headline_variants(load_toy_cfg(2))]
     assert names[:4] == list(compare.HEADLINE) and names[4].endswith("steps (= answer K=3 A's evals)")
     assert len(list((tmp_path / "results").iterdir())) == 2 * len(names)
     summary = {v["variant"]: v for v in json.loads((tmp_path / "summary.json").read_text())["variants"]}
     assert all(v["rows"] == 10 for v in summary.values()) and "diff_all" not in summary["cfg"]
-    assert summary[names[4]]["unet_evals_per_image"] > summary["cfg"]["unet_evals_per_image"] == 8
+    assert summary[names[4]]["unet_evals_per_image"] > summary["cfg"]["unet_evals_per_image"] == 4
     rows = [json.loads(line) for p in sorted((tmp_path / "results").glob("answer-k-1-a-s*.jsonl"))
             for line in p.read_text().splitlines()]
     cfg_rows = [json.loads(line) for p in sorted((tmp_path / "results").glob("cfg-s*.jsonl"))
@@ -194,7 +195,7 @@ def test_the_headline_rows_run_in_pieces_with_paired_differences(micro, tmp_path
     assert [r["seed"] for r in rows] == [r["seed"] for r in cfg_rows]  # paired: the same seeds
     lo, hi = summary["answer K=1 A"]["exact_all"][1:]
     assert lo <= rate <= hi
-    assert compare.headline(tmp_path, seeds=2, steps=4, budget_s=0) == md  # all pieces there: read back
+    assert compare.headline(tmp_path, seeds=2, steps=2, budget_s=0) == md  # all pieces there: read back
 
 
 def load_toy_cfg(steps):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -218,13 +217,15 @@ def test_bfloat16_runs_on_cpu_for_the_sampler_and_the_captioner(tiny_cache):
         load_model(load_config(overrides=["model.dtype=float16"]).model, torch.device("cpu"))
 
 
-def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, tmp_path, caplog):
+def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, tmp_path, caplog, monkeypatch):
     """A local directory with a revision pin: the pin is reported and dropped, the directory's config
     hash recorded. A hub id (an offline Hugging Face cache holding the tiny model): the revision asked
-    for and the commit it resolved to."""
+    for and the commit it resolved to. The cache is pointed to here in this process: huggingface_hub
+    read HF_HUB_CACHE and HF_HUB_OFFLINE when it was imported, so its constants are set beside the
+    environment (a fresh process for this would cost seconds of CPU importing torch and diffusers)."""
     import shutil
-    import subprocess
-    import sys
+
+    import huggingface_hub.constants
 
     from pipeline.config import load_config
     from pipeline.models.diffusion import load_model
@@ -243,10 +244,10 @@ def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, 
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(local, repo / "snapshots" / commit)
-    code = ("from pipeline.config import load_config; from pipeline.models.diffusion import load_model; "
-            "m = load_model(load_config(overrides=['model.id=synthgen/tiny-sdxl', 'model.revision=main', "
-            "'model.device=cpu']).model); print(m.info['revision'], m.info['commit'], 'local_config_sha256' in m.info)")
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.split() == ["main", commit, "False"]
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    m = load_model(load_config(overrides=["model.id=synthgen/tiny-sdxl", "model.revision=main",
+                                          "model.device=cpu"]).model)
+    assert [m.info["revision"], m.info["commit"], "local_config_sha256" in m.info] == ["main", commit, False]
