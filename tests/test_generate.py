@@ -405,10 +405,10 @@ class HangingWorker(FakeWorker):
 
 @pytest.mark.ray
 def test_a_hung_shard_times_out_its_actor_is_replaced_and_the_shard_requeued(ray_local, tmp_path, prompts6):
-    """ray.shard_timeout_s: 8 s here, 40x what a FakeWorker shard takes; the hung attempt never ends."""
+    """ray.shard_timeout_s: 5 s here, 25x what a FakeWorker shard takes; the hung attempt never ends."""
     out = tmp_path / "out"
     ev = Events()
-    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1", "ray.shard_timeout_s=8", "ray.max_attempts=3"),
+    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1", "ray.shard_timeout_s=5", "ray.max_attempts=3"),
                   worker_cls=HangingWorker, hooks=ev)
     assert res.exit_code == 0, res.summary
     assert [(p["shard"], p["attempt"]) for p in ev.of("timed_out")] == [(1, 1)]
@@ -460,9 +460,9 @@ def test_a_hung_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tm
     handles = captioner_actors(HangingFirstCall(str(tmp_path / "a")), HangingFirstCall(str(tmp_path / "b")))
     images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
     t0 = time.monotonic()
-    caps = RemoteCaptioner(handles, batch_size=2, retries=3, timeout_s=3)(images)
+    caps = RemoteCaptioner(handles, batch_size=2, retries=3, timeout_s=1.5)(images)
     assert caps == ["caption of 10", "caption of 20", "caption of 30"]  # input order kept
-    assert time.monotonic() - t0 >= 3  # it waited for the timeout, then went on
+    assert time.monotonic() - t0 >= 1.5  # it waited for the timeout, then went on
     never = captioner_actors(HangingFirstCall(str(tmp_path / "never")))
     with pytest.raises(TimeoutError, match="captioner.timeout_s"):  # every try silent: a clear error
         RemoteCaptioner(never, batch_size=2, retries=0, timeout_s=1)(images)
@@ -470,16 +470,16 @@ def test_a_hung_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tm
 
 @pytest.mark.ray
 def test_a_busy_captioner_actor_is_waited_for_not_restarted(ray_local):
-    """Five 1-second chunks queue on one actor: the last waits ~5 s, past captioner.timeout_s = 4 s,
-    but the actor's current call never runs 4 s, so nothing is killed."""
+    """Five half-second chunks queue on one actor: the last waits ~2.5 s, past captioner.timeout_s = 2 s,
+    but the actor's current call never runs 2 s, so nothing is killed."""
     from pipeline.driver.actors import RemoteCaptioner
 
-    (handle,) = captioner_actors(SlowCalls(1.0))
+    (handle,) = captioner_actors(SlowCalls(0.5))
     pid = ray_local.get(handle.describe.remote())["pid"]
     images = [np.full((4, 4, 3), v, np.uint8) for v in range(5)]
     t0 = time.monotonic()
-    caps = RemoteCaptioner([handle], batch_size=1, retries=0, timeout_s=4)(images)
-    assert caps == [f"caption of {v}" for v in range(5)] and time.monotonic() - t0 >= 5
+    caps = RemoteCaptioner([handle], batch_size=1, retries=0, timeout_s=2)(images)
+    assert caps == [f"caption of {v}" for v in range(5)] and time.monotonic() - t0 >= 2.5
     assert ray_local.get(handle.describe.remote())["pid"] == pid  # the same process: not restarted
 
 
