@@ -11,9 +11,9 @@ import json
 import tarfile
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_generate import write_prompts
 
 from pipeline import faults
 from pipeline.config import ConfigError, SamplerConfig, load_config
@@ -198,9 +198,7 @@ def toy():
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gate-in") / "prompts.parquet"
-    pq.write_table(pa.table({"id": [f"p{i}" for i in range(len(PROMPTS))], "prompt": PROMPTS}), path)
-    return path
+    return write_prompts(tmp_path_factory.mktemp("gate-in") / "prompts.parquet", PROMPTS)
 
 
 def gate_args(prompts_file, out, *extra):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from test_generate import write_prompts
 
 from pipeline import faults
 from pipeline.config import load_config
@@ -27,9 +28,7 @@ PROMPTS = ["a red fox in snow", "", "a lighthouse at dusk", None, "two apples on
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("in") / "prompts.parquet"
-    pq.write_table(pa.table({"id": [f"p{i}" for i in range(len(PROMPTS))], "prompt": PROMPTS}), path)
-    return path
+    return write_prompts(tmp_path_factory.mktemp("in") / "prompts.parquet", PROMPTS)
 
 
 def make_cfg(prompts_file, out, *extra):

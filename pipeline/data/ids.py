@@ -237,9 +237,9 @@ class IdIndex:
 
 
 def _split(table: pa.Table, level: int) -> Iterator[tuple[int, pa.Table]]:
-    """The rows of `table` by partition: the hash's FANOUT_BITS bits below the top FANOUT_BITS * level. One take of the
-    whole table in partition order, then zero-copy slices (a take per partition would re-gather the
-    table's chunks 64 times)."""
+    """The rows of `table` by partition: the hash's FANOUT_BITS bits below the top FANOUT_BITS * level.
+    One take of the whole table in partition order, then zero-copy slices (a take per partition would
+    re-gather the table's chunks once per partition)."""
     shift = np.uint64(64 - FANOUT_BITS * (level + 1))
     part = (_hashes(table) >> shift) & np.uint64((1 << FANOUT_BITS) - 1)
     order = np.argsort(part.astype(np.uint8), kind="stable")

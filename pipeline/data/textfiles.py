@@ -163,37 +163,45 @@ def json_rows(lines: Iterator[bytes], wanted: list[tuple[str, str]], row: int, s
         yield row, jsonl.fields(batch, wanted)
 
 
-def json_scan(fs: Any, path: str, cfg: InputConfig, every: int, ids: Ids | None, read: Read) -> Scan:
-    starts, size = RowStarts("jsonl", every), 0
-    with reading(fs, path, cfg, JSON_WHAT) as f:
+def line_scan(fs: Any, path: str, cfg: InputConfig, kind: str, what: str, every: int, read: Read) -> Scan:
+    """One pass over a JSON Lines or text file: its rows and where every shard's first row starts."""
+    starts, size = RowStarts(kind, every), 0
+    with reading(fs, path, cfg, what) as f:
         while block := f.read(4 * BLOCK):
             starts.feed(block)
             size += len(block)
             read(len(block))
     starts.finish()
-    spans = spans_of(starts.marks, every, size)
+    return Scan(starts.rows, spans_of(starts.marks, every, size))
+
+
+def json_scan(fs: Any, path: str, cfg: InputConfig, every: int, ids: Ids | None, read: Read) -> Scan:
+    scan = line_scan(fs, path, cfg, "jsonl", JSON_WHAT, every, read)
     if ids is not None:
-        _json_ids(fs, path, cfg, spans, starts.rows, ids)
-    return Scan(starts.rows, spans)
+        _json_ids(fs, path, cfg, scan.spans, scan.rows, ids)
+    return scan
 
 
 def _json_ids(fs: Any, path: str, cfg: InputConfig, spans: list[Span], rows: int, ids: Ids) -> None:
     """The id column, a window of whole shards (~8 MiB) at a time."""
+    types = [pa.string(), pa.int64()]  # the one that read the last window first: each window read once
     i = 0
     while i < len(spans):
         j = i
         while j + 1 < len(spans) and spans[j + 1][4] - spans[i][2] <= ID_WINDOW:
             j += 1
         row, n = spans[i][3], (spans[j + 1][3] if j + 1 < len(spans) else rows) - spans[i][3]
-        ids(row, _json_id_window(fs, path, cfg, (spans[i][2], spans[j][4]), n))
+        ids(row, _json_id_window(fs, path, cfg, (spans[i][2], spans[j][4]), n, types))
         i = j + 1
 
 
-def _json_id_window(fs: Any, path: str, cfg: InputConfig, where: tuple[int, int], rows: int) -> pa.Array:
+def _json_id_window(fs: Any, path: str, cfg: InputConfig, where: tuple[int, int], rows: int,
+                    types: list[pa.DataType]) -> pa.Array:
     """The ids of the rows in bytes `where`: pyarrow's JSON reader for a column of strings or of
-    integers (every other column skipped unparsed); Python's json for anything else (mixed types,
-    a line that is not an object), which is what a shard's reader sees."""
-    for t in (pa.string(), pa.int64()):
+    integers (every other column skipped unparsed; `types` in the order to try, the one that works
+    moved to the front); Python's json for anything else (mixed types, a line that is not an object),
+    which is what a shard's reader sees."""
+    for t in list(types):
         schema = pa.schema([(cfg.id_column, t)])
         with window(fs, path, cfg, JSON_WHAT, [where]) as w:
             try:
@@ -203,6 +211,8 @@ def _json_id_window(fs: Any, path: str, cfg: InputConfig, where: tuple[int, int]
             except pa.ArrowInvalid:  # another type, a line that is not an object: not this way
                 continue
         if table.num_rows == rows:  # else a line held two objects: Python's json rejects that row
+            types.remove(t)
+            types.insert(0, t)
             return table.column(0)
     with window(fs, path, cfg, JSON_WHAT, [where]) as w:
         values = [v for _, cols in json_rows(split_lines(w), [("id", cfg.id_column)], 0, rows, 64 * 1024)
@@ -231,14 +241,7 @@ TEXT_WHAT = "text file"
 
 
 def text_scan(fs: Any, path: str, cfg: InputConfig, every: int, ids: Ids | None, read: Read) -> Scan:
-    starts, size = RowStarts("text", every), 0
-    with reading(fs, path, cfg, TEXT_WHAT) as f:
-        while block := f.read(4 * BLOCK):
-            starts.feed(block)
-            size += len(block)
-            read(len(block))
-    starts.finish()
-    return Scan(starts.rows, spans_of(starts.marks, every, size))
+    return line_scan(fs, path, cfg, "text", TEXT_WHAT, every, read)
 
 
 def text_chunks(fs: Any, path: str, spec: ShardSpec, cfg: InputConfig, batch_size: int) -> Chunks:

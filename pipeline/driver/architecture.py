@@ -33,7 +33,6 @@ def model_dir(cfg: Config):
     return path if path.is_dir() else None
 
 
-
 # Meta-device models, and what they measure, are pure functions of (config, dtype, input shape): a
 # process that describes several configs (the evaluation, a notebook, the tests) builds and runs each once.
 _MEASURED: dict[tuple, Any] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.layout import CONTACT_SHEET, QUARANTINE_FILE, SHARDS, tar_path
+from pipeline.driver.policy import DoneShards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -30,8 +31,8 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
         status, code = "quarantined", EXIT_FAILED
     else:
         status, code = "succeeded", EXIT_OK
-    new = ex.book.done if ex else None
-    run_samples = new.samples if new else 0
+    new = ex.book.done if ex else DoneShards()
+    run_samples = new.samples
     sampling_s = ex.progress.sampling_s if ex else 0.0
     workers = {}
     for s in ex.slots if ex else []:
@@ -47,11 +48,11 @@ def build_summary(p: Any, ex: Any, rc: Any, index: dict[str, Any], wall_s: float
         "status": status, "exit_code": code, "error": error, "output": p.location.url,
         "fingerprint": p.fingerprint, "archived_previous_run": p.archived,
         "planned_shards": len(planned), "committed_shards": committed,
-        "skipped_shards": len(p.committed_before), "new_shards": len(new) if new else 0,
+        "skipped_shards": len(p.committed_before), "new_shards": len(new),
         "quarantined_shards": quarantined, "missing_shards": missing,
         "rows": totals["rows"], "samples": totals["samples"], "rejected": totals["rejected"],
         "failed": totals["failed"], "bytes": totals["bytes"],
-        "this_run": {"shards": len(new) if new else 0, "rows": new.rows if new else 0, "samples": run_samples,
+        "this_run": {"shards": len(new), "rows": new.rows, "samples": run_samples,
                      "sampling_s": round(sampling_s, 3),
                      "samples_per_s": round(run_samples / sampling_s, 4) if sampling_s else 0.0,
                      "failed_attempts": ex.book.failed_attempts if ex else 0,
