@@ -125,16 +125,18 @@ def pytest_collection_modifyitems(config, items):
     starts its own shared head when its first Ray test comes (tests/raycluster.py gives the two heads
     separate ports and temp dirs), so at most two heads run at a time. Measured on the 2-core machine,
     `--dist load` beat two fixed groups (`loadgroup`: 342 s against 309 s): work stealing evens out the
-    tail that fixed groups cannot."""
+    tail that fixed groups cannot. Among the tests on the shared head the `slow` ones go first: the long runs
+    start early and the short ones even out the end of both workers (the last long test decides the wall time)."""
     shared = {"ray_local", "efficiency_report", "ray_head"}
 
-    def group(item) -> int:
+    def group(item) -> tuple[int, int]:
         if "node_cluster" in item.fixturenames:
-            return 3
+            return 3, 0
         if item.get_closest_marker("ray_private"):
-            return 1
-        uses = item.get_closest_marker("ray") or shared & set(item.fixturenames)
-        return 2 if uses else 0
+            return 1, 0
+        if item.get_closest_marker("ray") or shared & set(item.fixturenames):
+            return 2, 0 if item.get_closest_marker("slow") else 1
+        return 0, 0
 
     items.sort(key=group)  # stable
 

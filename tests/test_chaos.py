@@ -6,7 +6,8 @@ uninterrupted run of the same config (`assert_same_dataset`): the committed set 
 minus reported quarantines, no sample key twice, every input row accounted for (a sample or a
 recorded rejection), and every tar byte-identical to the uninterrupted run's.
 
-Cases covered elsewhere: sampler killed mid-shard, shard failing every attempt, poison shard,
+The sampler killed mid-shard is the second job of the driver-kill test below. Cases covered elsewhere:
+shard failing every attempt, poison shard,
 resume with a changed config (tests/test_generate.py); out-of-memory split and NaN policy
 (tests/test_worker.py); commit races inside the sink (tests/test_sink.py).
 """
@@ -271,10 +272,13 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     """The command users run: `ray job submit --working-dir . --runtime-env <infra/runtime_env.yaml>
     -- python jobs/generate.py ...` against a head on 127.0.0.1 (the suite's shared head: the Node
     that `ray start --head` runs, without its Ray Client server, see tests/raycluster.py). One sampler
-    actor runs the shards in order; shard 1 is held at its first batch (fault `wait`), so when the
-    test SIGKILLs the job's driver, shard 0 is committed and shards 1 and 2 are not, on any machine
-    (its actors die with its Ray job). The same submission again finishes the job, SUCCEEDED, without
-    redoing shard 0, and the dataset is byte-identical to the uninterrupted in-process run."""
+    actor (the real job, tiny SDXL) runs the shards in order; shard 1 is held at its first batch (fault
+    `wait`), so when the test SIGKILLs the job's driver, shard 0 is committed and shards 1 and 2 are
+    not, on any machine (its actors die with its Ray job). The same submission again finishes the job,
+    SUCCEEDED, without redoing shard 0, and the dataset is byte-identical to the uninterrupted in-process
+    run, although its sampler actor dies inside the sampling loop of shard 2 (fault `kill`): Ray restarts
+    it and the shard is requeued. (One job run for both faults: each tiny-SDXL actor start imports torch,
+    diffusers and transformers, seconds of CPU on the CI VM.)"""
     import yaml
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -284,8 +288,10 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     faults_dir.mkdir()
     # infra/runtime_env.yaml plus what this test hands the job: the tiny-model cache, the fault
     runtime_env = yaml.safe_load((REPO / "infra" / "runtime_env.yaml").read_text())
+    # the keys of shards 1 and 2, row 0 (a bare "000001" would also match row 1 of any shard); the first
+    # job never reaches shard 2, the second finds the wait used up
     runtime_env["env_vars"].update({"SYNTHGEN_CACHE": str(synthgen_cache), "SYNTHGEN_FAULT_DIR": str(faults_dir),
-                                    "SYNTHGEN_FAULTS": "sample:wait:1:000001000000"})
+                                    "SYNTHGEN_FAULTS": "sample:wait:1:000001000000,sample:kill:1:000002000000"})
     env_file = tmp_path / "runtime_env.yaml"
     env_file.write_text(yaml.safe_dump(runtime_env))
     client = JobSubmissionClient(ray_head.dashboard)
@@ -327,6 +333,30 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     assert summary["skipped_shards"] == 1 and summary["new_shards"] == 2
     assert (out / stats_path(0)).stat().st_mtime_ns == before
     assert_same_dataset(out, ref_out)
+    # the sampler killed mid-shard in the second job: restarted by Ray, its shard requeued and redone
+    assert (faults_dir / "1-sample-0").exists(), "the kill fired"
+    assert summary["this_run"]["actor_deaths"] == 1 and summary["this_run"]["requeues"] == 1
+    job_log = client.get_job_logs(again)
+    assert "died while running shard 000002" in job_log and "requeueing its shards" in job_log, job_log[-4000:]
+    assert read_stats(open_location(str(out)), 2).attempt == 2
+    assert (summary["planned_shards"], summary["committed_shards"]) == (3, 3)
+    assert (summary["rows"], summary["samples"], summary["rejected"], summary["failed"]) == (6, 5, 1, 0)
+    assert {w["device"] for w in summary["workers"].values()} == {"cpu"}
+    this_run = sum(read_stats(open_location(str(ref_out)), i).samples for i in (1, 2))
+    assert sum(w["samples"] for w in summary["workers"].values()) == summary["this_run"]["samples"] == this_run
+    assert "steps: 2" in (out / "run" / "config.yaml").read_text()
+    with tarfile.open(out / tar_path(0)) as tf:
+        meta = json.loads(tf.extractfile(f"{sample_key(0, 0)}.json").read())
+    assert meta["prompt"] == "a red fox" and meta["steps"] == 2 and meta["method"] == "cfg"
+    # the run wrote its dataset card with its own figures
+    from PIL import Image
+
+    assert summary["card"] == str(out / "README.md")
+    card = (out / "README.md").read_text()
+    assert f"| Samples | {summary['samples']} |" in card and f"| Rejected rows | {summary['rejected']} |" in card
+    assert f"| Wall time (s) | {summary['wall_s']:.1f}" in card and "succeeded (exit 0)" in card
+    with Image.open(out / "card" / "contact_sheet.png") as sheet:
+        assert sheet.width > 5 * 32 and sheet.height > 32
 
 
 # ================================================================== S3 throttling and outage

@@ -522,6 +522,7 @@ def test_progress_counts_kept_samples_and_tries():
 
 
 # ------------------------------------------------------------------ one job on Ray
+@pytest.mark.slow
 def test_a_gated_job_on_ray_with_two_actors_matches_the_in_process_run(ray_local, gated, prompts_file, tmp_path):
     from pipeline.driver.job import run_job
 

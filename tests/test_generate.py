@@ -404,6 +404,7 @@ class HangingWorker(FakeWorker):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_hung_shard_times_out_its_actor_is_replaced_and_the_shard_requeued(ray_local, tmp_path, prompts6):
     """ray.shard_timeout_s: 5 s here, 25x what a FakeWorker shard takes; the hung attempt never ends."""
     out = tmp_path / "out"
@@ -454,6 +455,7 @@ def captioner_actors(*captioners):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_hung_captioner_actor_is_restarted_and_its_chunk_retried(ray_local, tmp_path):
     from pipeline.driver.actors import RemoteCaptioner
 
@@ -556,58 +558,13 @@ def test_a_queued_shard_moves_to_an_idle_actor_commits_once_and_its_cancelled_at
     assert_complete(out, n_rows=6, n_shards=3)  # (FakeWorker samples the empty row too)
 
 
-# ================================================================== local Ray, real ShardWorker
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.chaos
-def test_real_job_on_local_ray_with_a_sampler_killed_mid_shard(ray_local, reference, tmp_path, monkeypatch):
-    """The real job (tiny SDXL) on a sampler actor that dies inside the sampling loop of shard 1
-    (pipeline.faults): Ray restarts it and the shard is requeued. The shards are exactly the plan
-    and byte-identical to the in-process run. (One actor: each tiny-SDXL actor start imports torch,
-    diffusers and transformers, minutes of CPU on the CI VM; a second one would prove nothing more.)"""
-    prompts, ref_out = reference
-    fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
-    # the key of shard 1, row 0 (a bare "000001" would also match row 1 of any shard)
-    monkeypatch.setenv("SYNTHGEN_FAULTS", "sample:kill:1:000001000000")
-    monkeypatch.setenv("SYNTHGEN_FAULT_DIR", str(fault_dir))
-    out = tmp_path / "out"
-    ev = Events()
-    res = run_job(make_cfg(prompts, out, "ray.num_workers=1"), hooks=ev)
-    assert res.exit_code == 0, res.summary
-    assert list(fault_dir.iterdir()), "the fault fired"
-    s = res.summary
-    assert s["this_run"]["actor_deaths"] == 1
-    assert {p["shard"] for p in ev.of("requeued")} >= {1}
-    assert json.loads((out / stats_path(1)).read_text())["attempt"] == 2
-    assert_complete(out, n_rows=6, n_shards=3, rejected={3})
-    assert tar_digests(out) == tar_digests(ref_out)
-    assert (s["planned_shards"], s["committed_shards"], s["new_shards"]) == (3, 3, 3)
-    assert (s["rows"], s["samples"], s["rejected"], s["failed"]) == (6, 5, 1, 0)
-    assert {w["device"] for w in s["workers"].values()} == {"cpu"}
-    assert sum(w["samples"] for w in s["workers"].values()) == 5
-    saved = (out / "run" / "config.yaml").read_text()
-    assert "steps: 2" in saved
-    with tarfile.open(out / tar_path(0)) as tf:
-        meta = json.loads(tf.extractfile(f"{sample_key(0, 0)}.json").read())
-    assert meta["prompt"] == "a red fox" and meta["steps"] == 2 and meta["method"] == "cfg"
-    # the run wrote its dataset card with its own figures
-    from PIL import Image
-
-    assert s["card"] == str(out / "README.md")
-    card = (out / "README.md").read_text()
-    assert f"| Samples | {s['samples']} |" in card and f"| Rejected rows | {s['rejected']} |" in card
-    assert f"| Wall time (s) | {s['wall_s']:.1f}" in card and "succeeded (exit 0)" in card
-    with Image.open(out / "card" / "contact_sheet.png") as sheet:
-        assert sheet.width > 5 * 32 and sheet.height > 32
-
-
 @pytest.mark.ray
 def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, tmp_path, prompts6):
     """A finished output whose shard 1 lost its commit file: the job runs exactly that shard again,
     with another worker count, leaves the others untouched and reproduces the same tar. FakeWorker
     actors: this is the driver's resume logic. That the real sampler reproduces a redone shard byte
-    for byte is shown on tiny SDXL by the kill-mid-shard test above and the driver-kill test."""
+    for byte is shown on tiny SDXL by the driver-kill test (tests/test_chaos.py), whose second job loses
+    its sampler mid-shard."""
     out = tmp_path / "out"
     commit_all_in_process(make_cfg(prompts6, out))  # a finished run
     digests = tar_digests(out)
@@ -623,6 +580,7 @@ def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, tmp_path, prompt
     assert_complete(out, n_rows=6, n_shards=3)  # FakeWorker samples the empty prompt too
 
 
+# ================================================================== local Ray, real ShardWorker
 @pytest.mark.ray
 @pytest.mark.slow
 def test_dnp_through_captioner_actors(tmp_path):
