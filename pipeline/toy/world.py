@@ -68,14 +68,22 @@ class Obj:
     @property
     def box(self) -> tuple[int, int, int, int]:
         """Inclusive pixel box (x0, y0, x1, y1)."""
-        h = self.size // 2
-        return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+        return _box(self.cx, self.cy, self.size)
 
     @property
     def centroid(self) -> tuple[float, float]:
         """Centre of mass (x, y): the box centre, except the apex-up triangle's, a third of the half-size lower."""
-        drop = (self.size // 2) / 3 if self.shape == "triangle" else 0.0
-        return (float(self.cx), self.cy + drop)
+        return _centroid(self.shape, self.cx, self.cy, self.size)
+
+
+def _box(cx: int, cy: int, size: int) -> tuple[int, int, int, int]:
+    h = size // 2
+    return (cx - h, cy - h, cx + h, cy + h)
+
+
+def _centroid(shape: str, cx: int, cy: int, size: int) -> tuple[float, float]:
+    drop = (size // 2) / 3 if shape == "triangle" else 0.0
+    return (float(cx), cy + drop)
 
 
 @dataclass(frozen=True)
@@ -136,27 +144,42 @@ def _offsets(relation: str, a: tuple[float, float], b: tuple[float, float]) -> t
 
 def _clear(relation: str, a: Obj, b: Obj) -> bool:
     """A generated relation: REL_MARGIN px on its axis and at most half that offset across, so no judge can doubt it."""
-    along, across = _offsets(relation, a.centroid, b.centroid)
+    return _centroids_clear(relation, a.centroid, b.centroid)
+
+
+def _centroids_clear(relation: str, a: tuple[float, float], b: tuple[float, float]) -> bool:
+    along, across = _offsets(relation, a, b)
     return along >= REL_MARGIN and abs(across) <= along / 2
 
 
 def _apart(a: Obj, b: Obj) -> bool:
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
+    return _boxes_apart(a.box, b.box)
+
+
+def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
     return bx0 - ax1 > GAP or ax0 - bx1 > GAP or by0 - ay1 > GAP or ay0 - by1 > GAP
 
 
 def _place(rng: np.random.Generator, pairs: list[tuple[str, str]], relation: str | None) -> tuple[Obj, ...]:
-    """Rejection-sample sizes and positions until no two objects touch (and the relation is clear)."""
+    """Rejection-sample sizes and positions until no two objects touch (and the relation is clear).
+
+    Most tries are rejected (a relation's margin above all), so a try checks plain (cx, cy, size) tuples and
+    the Obj are built once, for the kept one. Every try draws every object's size and position before any
+    check: the generator's stream, and so every later scene of a seed, does not depend on how a check reads.
+    """
     for _ in range(10_000):
-        objs = []
-        for colour, shape in pairs:
+        placed = []
+        for _pair in pairs:
             size = SIZES[int(rng.integers(len(SIZES)))]
             lo, hi = BORDER + size // 2, SIDE - 1 - BORDER - size // 2
-            objs.append(Obj(shape, colour, int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)), size))
-        if all(_apart(a, b) for i, a in enumerate(objs) for b in objs[i + 1:]) and (
-                relation is None or _clear(relation, objs[0], objs[1])):
-            return tuple(objs)
+            placed.append((int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)), size))
+        boxes = [_box(*p) for p in placed]
+        if all(_boxes_apart(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) and (
+                relation is None or _centroids_clear(relation, _centroid(pairs[0][1], *placed[0]),
+                                                     _centroid(pairs[1][1], *placed[1]))):
+            return tuple(Obj(shape, colour, *p) for (colour, shape), p in zip(pairs, placed))
     raise RuntimeError(f"could not place {pairs} on a {SIDE}² canvas; lower SIZES or GAP")
 
 
