@@ -378,7 +378,8 @@ def test_s3_throttling_resets_and_outage(tmp_path, tiny_cache, monkeypatch):
     worker = ShardWorker(ref_cfg)
     for spec in plan_shards(ref_cfg.input, 2):
         worker.run(spec)
-    with restartable_moto_s3() as server, FlakyProxy(server.url, throttle_every=7, reset_every=11) as proxy:
+    # about 60 requests: 4 throttled, 3 reset (each one costs the client a backoff of up to seconds)
+    with restartable_moto_s3() as server, FlakyProxy(server.url, throttle_every=13, reset_every=17) as proxy:
         s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
         s3.create_bucket(Bucket="chaos")
         s3.upload_file(str(local_in), "chaos", "in/p6.parquet")

@@ -71,6 +71,36 @@ def test_peak_memory_counts_live_tensors_and_takes_attention_as_fused():
     assert p.flops == torch_count.get_total_flops() + 2 * 3 * 5 * 7
 
 
+def test_a_repeated_op_is_counted_like_its_first_call():
+    """A pass runs a meta kernel once per op and input signature and remakes its outputs after: every
+    call still gets outputs alike the kernel's (sizes, strides, dtype), its FLOPs and its live bytes;
+    views and in-place ops are never remade (a view shares its base's storage)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.empty(2, 8, 16, 16, device="meta").to(memory_format=torch.channels_last)
+    conv, norm = torch.nn.Conv2d(8, 8, 3, padding=1, device="meta"), torch.nn.LayerNorm(16, device="meta")
+
+    def layer(x):
+        return x + torch.nn.functional.silu(norm(conv(x)))  # the sum: x's channels_last strides
+
+    with torch.no_grad():
+        alone = layer(x)  # outside any pass
+        with FlopCounterMode(display=False) as torch_count:
+            layer(x)
+        with A.PassCost() as p:
+            outs = [layer(x) for _ in range(3)]
+        assert p.flops == 3 * torch_count.get_total_flops() > 0
+        assert p.live == sum(t.numel() * t.element_size() for t in outs)  # every call's output, nothing else
+        assert all((t.shape, t.stride(), t.dtype) == (alone.shape, alone.stride(), alone.dtype) for t in outs)
+        assert alone.stride() != torch.empty(alone.shape).stride()  # not the default strides: those are checked
+        with A.PassCost():
+            views = [x.transpose(2, 3) for _ in range(2)]
+            added = [x.clone().add_(1) for _ in range(2)]
+    storage = x.untyped_storage()._cdata
+    assert all(v.untyped_storage()._cdata == storage for v in views)
+    assert all(a.untyped_storage()._cdata != storage for a in added)
+
+
 def test_dry_run_counts_and_evals_agree_with_the_sampler(tmp_path, tiny_cache):
     """Rows, rejections, samples and images from the real plan; UNet evals from the method records,
     with ANSWER's K_i exactly those the sampler records when it runs the same config."""

@@ -378,18 +378,24 @@ def test_rows_without_metadata_are_per_sample_errors(judge_scorers):
 # ================================================================== a bench detector: the job and the benchmark
 @pytest.fixture(scope="module")
 def bench_detector(tiny_cache, tmp_path_factory) -> str:
-    """The tiny Mask2Former with its heads set so that every query is a bench (class probability
-    ~0.996) whose mask is the whole image, saved as a local model directory: loaded by from_pretrained
-    like any detector, in Ray actors too. Every image then holds 8 benches (its 8 queries), each with
-    the whole image as its box."""
+    """A Mask2Former of the tiny one's structure with its heads set so that every query is a bench
+    (class probability ~0.996) whose mask is the whole image, saved as a local model directory with the
+    tiny one's image processor: loaded by from_pretrained like any detector, in Ray actors too. Every
+    image then holds 8 benches (its 8 queries), each with the whole image as its box."""
     import shutil
 
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from pipeline.scoring.tiny import tiny_mask2former
+    from pipeline.scoring.tiny import MASK2FORMER_QUERIES, mask2former_config, tiny_mask2former
 
     src = tiny_mask2former()
-    model = Mask2FormerForUniversalSegmentation.from_pretrained(str(src), use_safetensors=True)
+    # Its verdicts come from the heads set below alone, whatever the rest computes: the rest is as narrow as
+    # Mask2Former allows (the pixel decoder's GroupNorm(32) sets 32), since the benchmark test runs it on 36
+    # images at the detector's 800² (the tiny one's widths cost a fifth more)
+    model = Mask2FormerForUniversalSegmentation(mask2former_config(
+        backbone_config={"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 7},
+        feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32, encoder_layers=1,
+        decoder_layers=1, num_attention_heads=1, dim_feedforward=32, num_queries=MASK2FORMER_QUERIES)).eval()
     with torch.no_grad():
         model.class_predictor.weight.zero_()
         model.class_predictor.bias.zero_()
