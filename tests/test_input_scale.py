@@ -76,11 +76,14 @@ def tricky_files(d) -> dict[str, InputConfig]:
     (d / "p.jsonl").write_bytes(("\ufeff" + "\n".join(json_lines)).encode())
     (d / "p.txt").write_bytes(("\ufeff" + "\r\n".join(p.replace("\n", " ").replace("\r", " ") for p in prompts)
                                + "\n\nlast").encode())
-    return {"p.csv": InputConfig(path=str(d / "p.csv"), id_column="id", negative_column="neg"),
+    # prompt_column=auto resolved once, as prepare() does for a job (read_shard would otherwise look for
+    # the column in the file's first bytes again on every one of these hundreds of one-row shards)
+    cfgs = {"p.csv": InputConfig(path=str(d / "p.csv"), id_column="id", negative_column="neg"),
             "p.tsv": InputConfig(path=str(d / "p.tsv"), id_column="id", negative_column="neg"),
             "p.jsonl": InputConfig(path=str(d / "p.jsonl"), id_column="id", negative_column="neg",
                                    extra_columns=["x"]),
             "p.txt": InputConfig(path=str(d / "p.txt"))}
+    return {name: source.resolve_prompt_column(cfg) for name, cfg in cfgs.items()}
 
 
 @pytest.mark.parametrize("shard_size", [1, 9, 64])
@@ -183,9 +186,15 @@ def read_recorded(spec, cfg, monkeypatch) -> tuple[list[tuple[int, int]], list]:
     return reads, rows
 
 
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> dict[str, InputConfig]:
+    """The five large files, written once for the tests that only read them."""
+    return big_files(tmp_path_factory.mktemp("big"))
+
+
 @pytest.mark.parametrize("name", ["p.csv", "p.tsv", "p.jsonl", "p.txt", "p.arrow"])
-def test_a_late_shard_does_not_read_the_files_beginning(tmp_path, monkeypatch, name):
-    cfg = big_files(tmp_path)[name]
+def test_a_late_shard_does_not_read_the_files_beginning(big, monkeypatch, name):
+    cfg = big[name]
     specs = plan_shards(cfg, 500)
     first, last = specs[0], specs[-1]
     size = os.path.getsize(cfg.path)

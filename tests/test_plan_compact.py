@@ -40,23 +40,21 @@ def test_a_plan_of_many_shards_holds_a_few_bytes_a_shard(tmp_path):
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "id": f"i{i % 8_000}"}) + "\n"
                                               for i in range(n)))
     pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(n)]}), tmp_path / "q.parquet", row_group_size=4096)
+    plans = {}
     for name, id_column in (("p.jsonl", "id"), ("q.parquet", None)):
         cfg = InputConfig(path=str(tmp_path / name), id_column=id_column)
         plan_shards(cfg, 1000)  # imports and caches first: not the plan's
         plan, held = held_bytes(lambda c=cfg: plan_shards(c, 1, PlanLimits(threads=1)))
+        plans[name] = plan
         assert isinstance(plan, ShardPlan) and len(plan) == n
         assert held < 100 * n, (name, held / n)
         specs, as_list = held_bytes(lambda p=plan: list(p))
         assert as_list > 5 * held, (name, as_list / n)  # what the compact plan saves
         assert plan == specs and specs == plan and plan[-1] == specs[-1] and plan[5:8] == specs[5:8]
         assert plan_digest(plan) == plan_digest(specs) and plan.rows == n == sum(s.num_rows for s in specs)
-    rejected = [s for s in specs_of(tmp_path / "p.jsonl") if s.planned_rejections]
+    rejected = [s for s in plans["p.jsonl"] if s.planned_rejections]  # the JSON Lines plan, made above
     assert len(rejected) == n - 8_000 and rejected[0].planned_rejections == (
         (8_000, "duplicate id 'i0' (first seen at p.jsonl:0)"),)
-
-
-def specs_of(path) -> ShardPlan:
-    return plan_shards(InputConfig(path=str(path), id_column="id"), 1, PlanLimits(threads=1))
 
 
 def test_a_plan_less_its_committed_shards_and_its_spans_read_the_same_rows(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.data.formats import InputError
-from pipeline.data.source import plan_shards, read_shard
+from pipeline.data.source import plan_shards, read_shard, resolve_prompt_column
 from pipeline.records import REJECTED, PromptRecord, RowOutcome, sample_key
 
 
@@ -309,7 +309,8 @@ def test_columns_nobody_asked_for_never_break_a_jsonl_read(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert path.stat().st_size > 2 << 20  # the type of `late` changes after the first MiB
     for extra in ([], ["meta", "late"]):
-        cfg = InputConfig(path=str(path), extra_columns=extra)
+        # prompt_column=auto resolved once, as prepare() does for a job: not a decode of the first MiB a shard
+        cfg = resolve_prompt_column(InputConfig(path=str(path), extra_columns=extra))
         items = list(read_all(plan_shards(cfg, 7_000), cfg, batch_size=5_000).values())
         assert [i.prompt for i in items] == [r["prompt"] for r in rows]
         assert [i.extra for i in items] == [{c: r[c] for c in extra} for r in rows]

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pipeline.records import ShardSpec
 
 NO_SPAN = -1
+ITER_BLOCK = 1024  # shards made per block when a plan is iterated
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,11 @@ class ShardPlan(Sequence[ShardSpec]):
         return self.spec(int(self.keep[i]) if self.keep is not None else i)
 
     def __iter__(self) -> Iterator[ShardSpec]:
-        ids = range(self.total) if self.keep is None else self.keep
-        for sid in ids:
-            yield self.spec(int(sid))
+        # A block of shards at a time, each column looked up once for the block (spec() searches them per
+        # shard): a resume's plan_digest and comparisons walk plans of millions of shards
+        ids = np.arange(self.total, dtype=np.int64) if self.keep is None else self.keep
+        for b in range(0, len(ids), ITER_BLOCK):
+            yield from self._specs(ids[b:b + ITER_BLOCK])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
@@ -108,6 +111,20 @@ class ShardPlan(Sequence[ShardSpec]):
         lo, hi = np.searchsorted(sids, shard_id, "left"), np.searchsorted(sids, shard_id, "right")
         planned = tuple((int(rows[j]), reasons[int(j)].as_py()) for j in range(lo, hi))
         return ShardSpec(shard_id, f.uri, start, stop, planned, span, f.size, f.version)
+
+    def _specs(self, ids: np.ndarray) -> Iterator[ShardSpec]:
+        """spec() of each of `ids` (shard ids of this plan, ascending), made from one lookup per column."""
+        k = np.searchsorted(self.first, ids, "right") - 1
+        starts = (ids - self.first[k]) * self.shard_size
+        sids, rows, reasons = self.rejections
+        lo, hi = np.searchsorted(sids, ids, "left"), np.searchsorted(sids, ids, "right")
+        spans = self.spans[ids].tolist() if self.spans is not None else [None] * len(ids)
+        for sid, fk, start, a, b, sp in zip(ids.tolist(), k.tolist(), starts.tolist(), lo.tolist(), hi.tolist(),
+                                             spans):
+            f = self.files[fk]
+            span = tuple(sp) if sp is not None and sp[0] != NO_SPAN else None
+            planned = tuple(zip(rows[a:b].tolist(), reasons.slice(a, b - a).to_pylist())) if b > a else ()
+            yield ShardSpec(sid, f.uri, start, min(start + self.shard_size, f.rows), planned, span, f.size, f.version)
 
     # -- the whole plan, without materialising it ------------------------------------------------
     def shard_ids(self) -> np.ndarray:
