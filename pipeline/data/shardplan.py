@@ -100,20 +100,10 @@ class ShardPlan(Sequence[ShardSpec]):
         """The ShardSpec of `shard_id` (a shard id, not a position in a `without` view)."""
         if not 0 <= shard_id < self.total:
             raise KeyError(f"no shard {shard_id} in a plan of {self.total} shards")
-        k = int(np.searchsorted(self.first, shard_id, "right")) - 1
-        f = self.files[k]
-        start = (shard_id - int(self.first[k])) * self.shard_size
-        stop = min(start + self.shard_size, f.rows)
-        span = None
-        if self.spans is not None and self.spans[shard_id, 0] != NO_SPAN:
-            span = tuple(int(v) for v in self.spans[shard_id])
-        sids, rows, reasons = self.rejections
-        lo, hi = np.searchsorted(sids, shard_id, "left"), np.searchsorted(sids, shard_id, "right")
-        planned = tuple((int(rows[j]), reasons[int(j)].as_py()) for j in range(lo, hi))
-        return ShardSpec(shard_id, f.uri, start, stop, planned, span, f.size, f.version)
+        return next(self._specs(np.array([shard_id], dtype=np.int64)))
 
     def _specs(self, ids: np.ndarray) -> Iterator[ShardSpec]:
-        """spec() of each of `ids` (shard ids of this plan, ascending), made from one lookup per column."""
+        """The ShardSpec of each of `ids` (shard ids of this plan, ascending), one lookup per column for all."""
         k = np.searchsorted(self.first, ids, "right") - 1
         starts = (ids - self.first[k]) * self.shard_size
         sids, rows, reasons = self.rejections
