@@ -448,9 +448,12 @@ class SlowCalls:
 
 
 def captioner_actors(*captioners):
+    """Captioner actors as start_captioners makes them: a call that reached an actor RemoteCaptioner had
+    just killed is retried by Ray on its restart (with max_task_retries=0 it came back ActorDiedError,
+    a try spent; on a loaded machine, two of those ran a chunk out of tries: seen once under -n 3)."""
     from pipeline.driver.actors import captioner_actor_class
 
-    cls = captioner_actor_class().options(max_restarts=1, max_task_retries=0, num_cpus=0)
+    cls = captioner_actor_class().options(max_restarts=1, max_task_retries=1, num_cpus=0)
     return [cls.remote(None, captioner=c) for c in captioners]
 
 
