@@ -116,24 +116,30 @@ def _one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run order: tests without Ray, then those that start a Ray of their own (`ray_private`), then those
-    on the suite's shared Ray head, then those that add a node to that head (the two-node tests). A Ray
-    start costs seconds of CPU on the 2-core CI VM and an idle Ray still takes CPU from the tests beside
-    it, so a process starts Ray as few times as possible and never two at once.
+    """Run order: the test that starts a Ray of its own (`ray_private`, before this process starts the
+    shared head), then the tests that drive the shared head from other processes (`ray_head`: `ray job
+    submit`, the demo's CLI), then the tests without Ray, then the other tests on the shared head, then
+    those that add a node to that head (the two-node tests). A Ray start costs seconds of CPU on the 2-core
+    CI VM and an idle Ray still takes CPU from the tests beside it, so a process starts Ray as few times as
+    possible and never two at once.
 
     Under pytest-xdist (pyproject's addopts: `-n 2 --dist load`) each worker takes tests in this order and
     starts its own shared head when its first Ray test comes (tests/raycluster.py gives the two heads
     separate ports and temp dirs), so at most two heads run at a time. Measured on the 2-core machine,
     `--dist load` beat two fixed groups (`loadgroup`: 342 s against 309 s): work stealing evens out the
-    tail that fixed groups cannot. Among the tests on the shared head the `slow` ones go first: the long runs
-    start early and the short ones even out the end of both workers (the last long test decides the wall time)."""
+    tail that fixed groups cannot. The `ray_head` tests spend most of their wall time waiting on Ray's job
+    and actor startup: first, they run beside the other worker's CPU-bound tests instead of beside other
+    Ray tests that wait too (217.9 s against 220-227 s). Among the other tests on the shared head the
+    `slow` ones go first: the long runs start early and the short ones even out the end of both workers."""
     shared = {"ray_local", "efficiency_report", "ray_head"}
 
     def group(item) -> tuple[int, int]:
         if "node_cluster" in item.fixturenames:
             return 3, 0
         if item.get_closest_marker("ray_private"):
-            return 1, 0
+            return -1, 0
+        if "ray_head" in item.fixturenames:
+            return -1, 1
         if item.get_closest_marker("ray") or shared & set(item.fixturenames):
             return 2, 0 if item.get_closest_marker("slow") else 1
         return 0, 0
