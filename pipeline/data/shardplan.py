@@ -50,7 +50,8 @@ class ShardPlan(Sequence[ShardSpec]):
     def __init__(self, files: list[PlanFile], shard_size: int, spans: np.ndarray | None = None,
                  rejections: tuple[np.ndarray, np.ndarray, pa.Array] | None = None, keep: np.ndarray | None = None):
         self.files, self.shard_size = files, shard_size
-        counts = np.array([-(-f.rows // shard_size) for f in files], np.int64)
+        self.file_rows = np.array([f.rows for f in files], np.int64)
+        counts = -(-self.file_rows // shard_size)
         self.first = np.concatenate(([0], np.cumsum(counts)))  # file k's shards: first[k] .. first[k + 1] - 1
         self.total = int(self.first[-1])
         # (total, 5) int64, NO_SPAN rows where the file has none (Parquet); None when no file has spans
@@ -81,7 +82,7 @@ class ShardPlan(Sequence[ShardSpec]):
     def __iter__(self) -> Iterator[ShardSpec]:
         # A block of shards at a time, each column looked up once for the block (spec() searches them per
         # shard): a resume's plan_digest and comparisons walk plans of millions of shards
-        ids = np.arange(self.total, dtype=np.int64) if self.keep is None else self.keep
+        ids = self.shard_ids()
         for b in range(0, len(ids), ITER_BLOCK):
             yield from self._specs(ids[b:b + ITER_BLOCK])
 
@@ -104,17 +105,22 @@ class ShardPlan(Sequence[ShardSpec]):
 
     def _specs(self, ids: np.ndarray) -> Iterator[ShardSpec]:
         """The ShardSpec of each of `ids` (shard ids of this plan, ascending), one lookup per column for all."""
-        k = np.searchsorted(self.first, ids, "right") - 1
-        starts = (ids - self.first[k]) * self.shard_size
+        k, starts, stops = self._rows(ids)
         sids, rows, reasons = self.rejections
         lo, hi = np.searchsorted(sids, ids, "left"), np.searchsorted(sids, ids, "right")
         spans = self.spans[ids].tolist() if self.spans is not None else [None] * len(ids)
-        for sid, fk, start, a, b, sp in zip(ids.tolist(), k.tolist(), starts.tolist(), lo.tolist(), hi.tolist(),
-                                             spans):
+        for sid, fk, start, stop, a, b, sp in zip(ids.tolist(), k.tolist(), starts.tolist(), stops.tolist(),
+                                                  lo.tolist(), hi.tolist(), spans):
             f = self.files[fk]
             span = tuple(sp) if sp is not None and sp[0] != NO_SPAN else None
             planned = tuple(zip(rows[a:b].tolist(), reasons.slice(a, b - a).to_pylist())) if b > a else ()
-            yield ShardSpec(sid, f.uri, start, min(start + self.shard_size, f.rows), planned, span, f.size, f.version)
+            yield ShardSpec(sid, f.uri, start, stop, planned, span, f.size, f.version)
+
+    def _rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(file index, first row, end row) of each of `ids` (int64 arrays)."""
+        k = np.searchsorted(self.first, ids, "right") - 1
+        starts = (ids - self.first[k]) * self.shard_size
+        return k, starts, np.minimum(starts + self.shard_size, self.file_rows[k])
 
     # -- the whole plan, without materialising it ------------------------------------------------
     def shard_ids(self) -> np.ndarray:
@@ -122,11 +128,8 @@ class ShardPlan(Sequence[ShardSpec]):
 
     def rows_per_shard(self) -> np.ndarray:
         """num_rows of every shard in this view, in its order (int64)."""
-        ids = self.shard_ids()
-        k = np.searchsorted(self.first, ids, "right") - 1
-        rows = np.array([f.rows for f in self.files], np.int64)
-        start = (ids - self.first[k]) * self.shard_size
-        return np.minimum(start + self.shard_size, rows[k]) - start
+        _, starts, stops = self._rows(self.shard_ids())
+        return stops - starts
 
     @property
     def rows(self) -> int:
