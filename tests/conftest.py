@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 import raycluster
@@ -51,24 +52,31 @@ def ray_local(synthgen_cache):
 
 
 @pytest.fixture(scope="session")
-def reference(synthgen_cache, tmp_path_factory):
-    """The uninterrupted dataset (tiny SDXL, 6 rows, 3 shards of test_generate's config), made in
-    this process by ShardWorker: no Ray, no actor processes to start. Every Ray run of the same
-    config (tests/test_generate.py, tests/test_chaos.py) must reproduce its tars byte for byte."""
-    from test_generate import make_cfg, write_prompts
+def reference_prompts(tmp_path_factory) -> Path:
+    """The 6 prompts of the reference dataset (row 3 empty: rejected)."""
+    from test_generate import write_prompts
+
+    return write_prompts(tmp_path_factory.mktemp("reference") / "p6.parquet",
+                         ["a red fox", "a blue car", "a green tree", "", "a cat on a mat", "a yellow boat"])
+
+
+@pytest.fixture(scope="session")
+def reference(reference_prompts) -> Path:
+    """The uninterrupted dataset of `reference_prompts` (tiny SDXL, 3 shards of test_generate's config),
+    made in this process by ShardWorker: no Ray, no actor processes to start. Every Ray run of the same
+    config must reproduce its tars byte for byte. (A test that starts a job first may ask for it with
+    `request.getfixturevalue` while the job's processes start.)"""
+    from test_generate import make_cfg
 
     from pipeline.driver.plan import prepare
     from pipeline.worker import ShardWorker
 
-    d = tmp_path_factory.mktemp("reference")
-    prompts = write_prompts(d / "p6.parquet", ["a red fox", "a blue car", "a green tree", "",
-                                               "a cat on a mat", "a yellow boat"])
-    out = d / "out"
-    p = prepare(make_cfg(prompts, out))
+    out = reference_prompts.parent / "out"
+    p = prepare(make_cfg(reference_prompts, out))
     w = ShardWorker(p.cfg, name="inproc")
     for spec in p.specs:
         w.run(spec)
-    return prompts, out
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -115,36 +123,45 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Run order: the test that starts a Ray of its own (`ray_private`, before this process starts the
-    shared head), then the tests that drive the shared head from other processes (`ray_head`: `ray job
-    submit`, the demo's CLI), then the tests without Ray, then the other tests on the shared head, then
-    those that add a node to that head (the two-node tests). A Ray start costs seconds of CPU on the 2-core
-    CI VM and an idle Ray still takes CPU from the tests beside it, so a process starts Ray as few times as
-    possible and never two at once.
-
-    Under pytest-xdist (pyproject's addopts: `-n 2 --dist load`) each worker takes tests in this order and
-    starts its own shared head when its first Ray test comes (tests/raycluster.py gives the two heads
-    separate ports and temp dirs), so at most two heads run at a time. Measured on the 2-core machine,
-    `--dist load` beat two fixed groups (`loadgroup`: 342 s against 309 s): work stealing evens out the
-    tail that fixed groups cannot. The `ray_head` tests spend most of their wall time waiting on Ray's job
-    and actor startup: first, they run beside the other worker's CPU-bound tests instead of beside other
-    Ray tests that wait too (217.9 s against 220-227 s). Among the other tests on the shared head the
-    `slow` ones go first: the long runs start early and the short ones even out the end of both workers."""
+    """Which tests use Ray, and their run order. The Ray tests are marked `xdist_group`: under pytest-xdist
+    (pyproject's addopts: `-n 2 --dist loadgroup`) they run on one worker, beside the other worker's tests
+    (tests/schedule.py says why, and when the other worker helps with the last ones), in this order: the
+    test that starts a Ray of its own (`ray_private`, before this process starts the shared head), the
+    tests that drive the shared head from other processes (`ray_head`: `ray job submit`, the demo's CLI),
+    the other tests on the shared head, `slow` ones first, then those that add a node to that head (the
+    two-node tests), last. A Ray start costs seconds of CPU on the 2-core CI VM and an idle Ray still
+    takes CPU from the tests beside it, so the suite starts few Ray heads, and never two Rays at once."""
     shared = {"ray_local", "efficiency_report", "ray_head"}
 
-    def group(item) -> tuple[int, int]:
+    def place(item) -> tuple[tuple[int, int], str | None]:
+        """Its sort key and its xdist_group: "ray" for a test on the shared head, which may also run on the
+        other worker's own head at the end; "ray_pinned" for one that must run where this order puts it."""
         if "node_cluster" in item.fixturenames:
-            return 3, 0
+            return (3, 0), "ray_pinned"
         if item.get_closest_marker("ray_private"):
-            return -1, 0
+            return (-2, 0), "ray_pinned"  # first of all, with or without xdist
         if "ray_head" in item.fixturenames:
-            return -1, 1
+            return (1, 0), "ray_pinned"
         if item.get_closest_marker("ray") or shared & set(item.fixturenames):
-            return 2, 0 if item.get_closest_marker("slow") else 1
-        return 0, 0
+            return (2, 0 if item.get_closest_marker("slow") else 1), "ray"
+        return (-1, 0), None
 
-    items.sort(key=group)  # stable
+    for item in items:
+        if (name := place(item)[1]) is not None:
+            item.add_marker(pytest.mark.xdist_group(name))
+    items.sort(key=lambda item: place(item)[0])  # stable: within a group, file order
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own choice for the --dist name
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` (pyproject's addopts) means tests/schedule.py's RayOnOneWorker here."""
+    if config.getvalue("dist") == "loadgroup":
+        from schedule import RayOnOneWorker
+
+        return RayOnOneWorker(config, log)
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)

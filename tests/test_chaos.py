@@ -268,7 +268,7 @@ def job_driver_pids(out: Path) -> list[int]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, synthgen_cache):
+def test_driver_killed_then_same_command_again(ray_head, reference_prompts, request, tmp_path, synthgen_cache):
     """The command users run: `ray job submit --working-dir . --runtime-env <infra/runtime_env.yaml>
     -- python jobs/generate.py ...` against a head on 127.0.0.1 (the suite's shared head: the Node
     that `ray start --head` runs, without its Ray Client server, see tests/raycluster.py). One sampler
@@ -282,7 +282,7 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     import yaml
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    prompts, ref_out = reference
+    prompts = reference_prompts
     out = tmp_path / "out"  # absolute: the job's working dir is a temporary copy
     faults_dir = tmp_path / "faults"
     faults_dir.mkdir()
@@ -306,6 +306,7 @@ def test_driver_killed_then_same_command_again(ray_head, reference, tmp_path, sy
     r = subprocess.run([*submit, "--submission-id", first, "--no-wait", *entry], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ref_out = request.getfixturevalue("reference")  # made here while Ray starts the job's processes
     while not (faults_dir / "reached-sample").exists():  # shard 1 is held: shard 0 has committed
         status = client.get_job_status(first)
         assert not status.is_terminal(), f"{status}: {client.get_job_logs(first)[-4000:]}"
