@@ -1,0 +1,85 @@
+"""tests/schedule.py's RayOnOneWorker (how the xdist workers share the suite), driven the way xdist's
+controller drives it: each worker is told its collection, runs the first test it holds once it holds two
+(or once it is shut down), and reports it done. The workers are stand-ins that record what they were sent;
+the clock is simulated from each test's duration."""
+
+from __future__ import annotations
+
+import heapq
+import types
+
+from schedule import RayOnOneWorker
+
+
+class Worker:
+    """What the scheduler uses of xdist's WorkerController: it sends tests and shuts the worker down."""
+
+    def __init__(self, name: str):
+        self.name, self.held, self.ran, self.shutting_down = name, [], [], False
+        self.gateway = types.SimpleNamespace(id=name)  # named in xdist's collection check
+
+    def send_runtest_some(self, indices):
+        self.held.extend(indices)
+
+    def shutdown(self):
+        self.shutting_down = True
+
+
+def run(collection: list[str], duration, n_workers: int, request, monkeypatch) -> list[Worker]:
+    monkeypatch.setattr(request.config.option, "tx", [f"{n_workers}*popen"], raising=False)  # as `-n N` sets it
+    sched = RayOnOneWorker(request.config)
+    workers = [Worker(f"gw{i}") for i in range(n_workers)]
+    for w in workers:
+        sched.add_node(w)
+        sched.add_node_collection(w, collection)
+    sched.schedule()
+    clock, running = 0.0, []  # (ends at, worker name) of the test each worker runs
+    busy: dict[str, int] = {}
+    while True:
+        for w in workers:
+            if w.name not in busy and w.held and (len(w.held) >= 2 or w.shutting_down):
+                busy[w.name] = w.held[0]
+                heapq.heappush(running, (clock + duration(collection[w.held[0]]), w.name))
+        if not running:
+            break
+        clock, name = heapq.heappop(running)
+        w = next(x for x in workers if x.name == name)
+        index = busy.pop(name)
+        w.held.remove(index)
+        w.ran.append(collection[index])
+        sched.mark_test_complete(w, index)
+    assert sched.tests_finished and not sched.has_pending
+    assert all(w.shutting_down and not w.held for w in workers)
+    return workers
+
+
+PINNED_FIRST = ["t/test_cli.py::private@ray_pinned", "t/test_chaos.py::driver_kill@ray_pinned"]
+SHARED = [f"t/test_generate.py::job{i}@ray" for i in range(4)]
+PINNED_LAST = ["t/test_ray_cluster.py::two_nodes@ray_pinned"]
+MODULES = {m: [f"t/{m}::t{i}" for i in range(4)] for m in ("test_a.py", "test_b.py", "test_c.py")}
+COLLECTION = [*MODULES["test_a.py"], *MODULES["test_b.py"], *MODULES["test_c.py"],
+              *PINNED_FIRST, *SHARED, *PINNED_LAST]
+
+
+def test_every_test_runs_once_and_the_ray_worker_keeps_the_pinned_ones_in_order(request, monkeypatch):
+    for n in (1, 2, 3):
+        for ray_s, other_s in ((10, 1), (1, 10), (3, 3)):
+            workers = run(COLLECTION, lambda t, r=ray_s, o=other_s: r if "@ray" in t else o, n, request, monkeypatch)
+            ran = [t for w in workers for t in w.ran]
+            assert sorted(ran) == sorted(COLLECTION), (n, ray_s, other_s)
+            pinned = [t for t in workers[0].ran if t.endswith("@ray_pinned")]
+            assert pinned == PINNED_FIRST + PINNED_LAST  # all on the Ray worker, in conftest's order
+            assert workers[0].ran[:len(PINNED_FIRST)] == PINNED_FIRST  # before anything else there
+
+
+def test_the_ray_worker_runs_beside_the_other_and_each_helps_from_the_far_end(request, monkeypatch):
+    # long Ray tests: the other worker runs every in-process test, front first, then the last shared ones
+    ray_worker, other = run(COLLECTION, lambda t: 10 if "@ray" in t else 1, 2, request, monkeypatch)
+    assert other.ran[:12] == [t for t in COLLECTION if "@ray" not in t]
+    assert other.ran[12:] == SHARED[::-1][:len(other.ran) - 12] and len(other.ran) > 12
+    assert ray_worker.ran == [*PINNED_FIRST, *SHARED[:len(SHARED) - (len(other.ran) - 12)], *PINNED_LAST]
+    # long in-process tests: once its Ray tests are done the Ray worker takes a whole module from the back
+    ray_worker, other = run(COLLECTION, lambda t: 1 if "@ray" in t else 10, 2, request, monkeypatch)
+    assert other.ran[:4] == MODULES["test_a.py"]
+    assert ray_worker.ran[7:11] == MODULES["test_c.py"]
+    assert not set(other.ran) & set(MODULES["test_c.py"])  # no module run in both workers but the last one
