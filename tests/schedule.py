@@ -46,6 +46,8 @@ class RayOnOneWorker(LoadScheduling):
     def check_schedule(self, node, duration: float = 0) -> None:
         if node.shutting_down:
             return
+        if self.ray_node is None and self.ray:
+            self.ray_node = node
         queue = self.node2pending[node]
         while len(queue) < 2 and (i := self._next_for(node)) is not None:
             queue.append(i)
@@ -98,9 +100,12 @@ class RayOnOneWorker(LoadScheduling):
         return not self.ray and super().tests_finished
 
     def remove_node(self, node):
-        if node is self.ray_node:  # a crashed worker: the Ray tests go on on another one
-            self.ray_node = next((n for n in self.node2pending if n is not node), None)
-            if self.ray_node is None:
-                self.pending.extend(self.ray)
-                self.ray.clear()
+        """A worker gone: the first live worker to ask takes over the Ray tests; a crashed worker's queued Ray
+        tests go back to the front of the Ray list (not among the others)."""
+        if node is self.ray_node:
+            self.ray_node = None
+        queue = self.node2pending.get(node, [])
+        if len(queue) > 1:  # crashed: queue[0] is the test it crashed in
+            self.ray[:0] = [i for i in queue[1:] if self.collection[i].endswith((RAY, PINNED))]
+            queue[1:] = [i for i in queue[1:] if not self.collection[i].endswith((RAY, PINNED))]
         return super().remove_node(node)
