@@ -7,6 +7,7 @@ reference dataset, a local S3 server (moto) with fake credentials, and buckets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -126,8 +127,8 @@ def _one_torch_thread():
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Which tests use Ray, and their run order. The Ray tests are marked `xdist_group`: under pytest-xdist
-    (pyproject's addopts: `-n 2 --dist loadgroup`) they run on one worker, beside the other worker's tests
-    (tests/schedule.py says why, and when the other worker helps with the last ones), in this order: the
+    (pyproject's addopts: `-n 3 --dist loadgroup`) they run on one worker, beside the other workers' tests
+    (tests/schedule.py says why, and when the others help with the last ones), in this order: the
     test that starts a Ray of its own (`ray_private`, before this process starts the shared head), the
     tests that drive the shared head from other processes (`ray_head`: `ray job submit`, the demo's CLI),
     the other tests on the shared head, `slow` ones first, then those that add a node to that head (the
@@ -175,7 +176,7 @@ def ray_token(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def ray_head() -> raycluster.Head:
     """The suite's shared Ray head (tests/raycluster.py), this process connected to it."""
-    head = raycluster.shared_head()
+    head = raycluster.shared_head(dashboard=True)
     raycluster.connect(head.address)
     return head
 
@@ -199,3 +200,20 @@ def node_cluster(ray_head):
 def _ray_down_at_exit():
     yield
     raycluster.stop_shared_head()
+
+
+_NICE = True  # this process has yet to lower its priority
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Under pytest-xdist, a worker that runs a test without Ray lowers its CPU priority (nice 10, once; an
+    unprivileged process cannot raise it again). The Ray tests are the longest chain of the run (actor and
+    job starts, one after another, on the Ray worker): their processes get the cores first, and the other
+    two workers' tests, which only compute, fill every moment the Ray side leaves a core idle. With two
+    workers and no priorities, one core idled whenever the Ray side waited, and the Ray chain ran late."""
+    global _NICE
+    if _NICE and os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("xdist_group") is None:
+        _NICE = 0
+        with contextlib.suppress(OSError):  # a sandbox that refuses it: the same run, only slower
+            os.nice(10)

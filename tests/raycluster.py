@@ -1,7 +1,8 @@
 """The suite's Ray, started once per session.
 
-- `shared_head()`: one head node on 127.0.0.1 (2 CPUs, 2 logical GPUs, the dashboard for `ray job
-  submit`), started on first use by the tests that need Ray and stopped at the end of the session.
+- `shared_head()`: one head node on 127.0.0.1 (2 CPUs, 2 logical GPUs; the dashboard for `ray job
+  submit` when a test asks for it), started on first use by the tests that need Ray and stopped at the
+  end of the session.
   This process connects to it as a driver (`connect`); subprocess drivers and `ray job submit` get
   its addresses.
   The node tests add a one-CPU node to it (conftest's `node_cluster`, `add_node`) and run last.
@@ -111,8 +112,9 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s")
 
 
-def start_head() -> Head:
-    """The suite's head on 127.0.0.1: NODE_ARGS with 2 CPUs, 2 logical GPUs and the dashboard."""
+def start_head(dashboard: bool = True) -> Head:
+    """The suite's head on 127.0.0.1: NODE_ARGS with 2 CPUs, 2 logical GPUs and, with `dashboard`, the
+    dashboard (`ray job submit` goes through it; it is eleven processes, seconds of CPU to start)."""
     from ray.cluster_utils import Cluster
 
     # Its own Ray temp dir: a job's driver connects to "auto", i.e. the cluster last written to
@@ -120,14 +122,15 @@ def start_head() -> Head:
     # Every process of this head (and the jobs it runs) inherits it. Short: socket paths must fit 107 bytes.
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-")
     port = free_port()
+    web = {"dashboard_host": "127.0.0.1", "dashboard_port": port} if dashboard else {}
     cluster = Cluster(initialize_head=True, head_node_args=node_args(
-        num_cpus=2, num_gpus=2, no_monitor=True, include_dashboard=True, dashboard_host="127.0.0.1",
-        dashboard_port=port))
+        num_cpus=2, num_gpus=2, no_monitor=True, include_dashboard=dashboard, **web))
     try:
         cluster.wait_for_nodes()
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/api/gcs_healthz", timeout=120)  # answers without a token
-        _wait_job_agent(cluster, timeout=120)
+        url = f"http://127.0.0.1:{port}" if dashboard else None
+        if url:
+            _wait_http(f"{url}/api/gcs_healthz", timeout=120)  # answers without a token
+            _wait_job_agent(cluster, timeout=120)
     except Exception:
         cluster.shutdown()
         raise
@@ -161,11 +164,15 @@ def add_node(cluster):
 _shared: Head | None = None
 
 
-def shared_head() -> Head:
-    """The session's head, started on first use (and again if it died)."""
+def shared_head(dashboard: bool = False) -> Head:
+    """The session's head, started on first use; with its dashboard only if a test that submits jobs
+    asks for it (conftest runs those first on the worker that runs the Ray tests; another worker's head,
+    for the last shared-head tests, needs none). A head without one is replaced when such a test asks."""
     global _shared
+    if _shared is not None and dashboard and _shared.dashboard is None:
+        stop_shared_head()
     if _shared is None:
-        _shared = start_head()
+        _shared = start_head(dashboard)
     return _shared
 
 

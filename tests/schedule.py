@@ -8,11 +8,14 @@ xdist's own scheduler.
 
 Why: a Ray test spends much of its wall time waiting (a job's or an actor's start, the timeout it tests,
 a fault's moment). Two of them side by side leave both cores idle; beside a test that computes, the wait
-costs nothing. So the first worker runs the Ray tests in conftest's order while the other worker takes
-the other tests from the front of the list. Whichever runs out first helps from the back: the first
-worker takes the other tests a module at a time (the two meet in one module, so no other module's
-fixtures are made twice), the other worker takes the "@ray" tests on a head of its own. Each worker is
-kept two tests ahead: xdist runs a test once it knows the next one (for its fixtures' teardown).
+costs nothing. So the first worker runs the Ray tests in conftest's order while the other workers take
+the other tests, the second from the front of the list, the third (pyproject's `-n 3`) from the back,
+a module at a time, at a lower CPU priority (conftest's `pytest_runtest_setup`: the Ray chain is the
+longest, its processes get the cores first). Whoever runs out first helps: the Ray worker takes the
+other tests a module at a time from the back (workers meet in one module, so no other module's fixtures
+are made twice), another worker takes the "@ray" tests from the back of the Ray list on a head of its
+own. Each worker is kept two tests ahead: xdist runs a test once it knows the next one (for its
+fixtures' teardown).
 """
 
 from __future__ import annotations

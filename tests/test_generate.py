@@ -584,28 +584,6 @@ def test_resume_reruns_exactly_the_uncommitted_shard(ray_local, tmp_path, prompt
 
 
 # ================================================================== local Ray, real ShardWorker
-@pytest.mark.ray
-@pytest.mark.slow
-def test_dnp_through_captioner_actors(tmp_path):
-    prompts = write_prompts(tmp_path / "p2.parquet", ["a red fox", "a blue car"])
-    out = tmp_path / "out"
-    cfg = make_cfg(prompts, out, "sampler.method=dnp", "captioner.workers=1", "ray.num_workers=1")
-    res = run_job(cfg)
-    assert res.exit_code == 0, res.summary
-    assert res.summary["workers"]["sampler-0"]["captioner"] == "RemoteCaptioner"
-    assert_complete(out, n_rows=2, n_shards=1)
-    with tarfile.open(out / tar_path(0)) as tf:
-        metas = [json.loads(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".json")]
-    assert {m["method"] for m in metas} == {"dnp"} and len(metas) == 2
-    assert all(isinstance(m["negative_prompt"], str) for m in metas)
-    # the images decode
-    from PIL import Image
-
-    with tarfile.open(out / tar_path(0)) as tf:
-        png = tf.extractfile(f"{sample_key(0, 0)}.png").read()
-    assert Image.open(io.BytesIO(png)).size == (32, 32)
-
-
 def prompt_files(d: Path) -> tuple[Path, Path, dict[str, list[str]]]:
     """A directory of prompt-only files in four formats, and a Hugging Face dataset saved with
     save_to_disk; each holds one empty prompt (a recorded rejection). Returns (dir, dataset, prompts
@@ -660,10 +638,12 @@ def test_the_default_config_reads_prompt_only_files_of_every_format(tmp_path, wh
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_progress_counts_the_rows_of_a_running_shard(ray_local, tmp_path, monkeypatch):
-    """A shard of 4 rows (micro-batches of 2) is held before its second micro-batch (fault `wait`): the
-    driver's progress shows its first 2 rows, asked from the running actor, before anything commits;
-    as nothing moves while it is held, the run says it is stalled; released, it ends at 4/4."""
+def test_dnp_through_captioner_actors_and_the_progress_of_a_running_shard(ray_local, tmp_path, monkeypatch):
+    """DNP with its captioner in a captioner actor (RemoteCaptioner), on tiny SDXL. The shard of 4 rows
+    (micro-batches of 2) is held before its second micro-batch (fault `wait`): the driver's progress shows
+    its first 2 rows, asked from the running actor, before anything commits; as nothing moves while it is
+    held, the run says it is stalled; released, it ends at 4/4. (One job for both: each tiny-model actor
+    start imports torch, diffusers and transformers, seconds of CPU on the CI VM.)"""
     prompts = write_prompts(tmp_path / "p4.parquet", ["a red fox", "a blue car", "a green tree", "a cat"])
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
@@ -684,10 +664,25 @@ def test_progress_counts_the_rows_of_a_running_shard(ray_local, tmp_path, monkey
                 if (payload["rows_done"] == 2 and any(x["running"] for x in stalls)) or len(held) > 60:
                     (fault_dir / "release-sample").touch()
 
-    cfg = make_cfg(prompts, tmp_path / "out", "ray.num_workers=1", "output.shard_size=4",
-                   "logging.stall_warning_s=2")
+    out = tmp_path / "out"
+    cfg = make_cfg(prompts, out, "sampler.method=dnp", "captioner.workers=1", "ray.num_workers=1",
+                   "output.shard_size=4", "logging.stall_warning_s=2")
     res = run_job(cfg, hooks=hook)
     assert res.exit_code == 0, res.summary
+    # DNP: its captions came from the captioner actor
+    assert res.summary["workers"]["sampler-0"]["captioner"] == "RemoteCaptioner"
+    assert_complete(out, n_rows=4, n_shards=1)
+    with tarfile.open(out / tar_path(0)) as tf:
+        metas = [json.loads(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".json")]
+    assert {m["method"] for m in metas} == {"dnp"} and len(metas) == 4
+    assert all(isinstance(m["negative_prompt"], str) for m in metas)
+    # the images decode
+    from PIL import Image
+
+    with tarfile.open(out / tar_path(0)) as tf:
+        png = tf.extractfile(f"{sample_key(0, 0)}.png").read()
+    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    # the progress of the running shard
     assert (2, 0) in seen  # 2 rows counted while no shard had committed
     assert seen[-1] == (4, 1)
     # (a stall may also be reported while the actor loads: none ready, nothing running)
