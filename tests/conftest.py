@@ -7,7 +7,6 @@ reference dataset, a local S3 server (moto) with fake credentials, and buckets.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -127,20 +126,22 @@ def _one_torch_thread():
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Which tests use Ray, and their run order. The Ray tests are marked `xdist_group`: under pytest-xdist
-    (pyproject's addopts: `-n 3 --dist loadgroup`) they run on one worker, beside the other workers' tests
-    (tests/schedule.py says why, and when the others help with the last ones), in this order: the
+    (pyproject's addopts: `-n 2 --dist loadgroup`) they run on one worker, beside the other worker's tests
+    (tests/schedule.py says why, and when the other worker helps with the last ones), in this order: the
     test that starts a Ray of its own (`ray_private`, before this process starts the shared head), the
     tests that drive the shared head from other processes (`ray_head`: `ray job submit`, the demo's CLI),
-    the other tests on the shared head, `slow` ones first, then those that add a node to that head (the
-    two-node tests), last. A Ray start costs seconds of CPU on the 2-core CI VM and an idle Ray still
-    takes CPU from the tests beside it, so the suite starts few Ray heads, and never two Rays at once."""
+    those that add a node to that head for their run (the two-node tests), then the other tests on the
+    shared head, `slow` ones first. The last are tests the other worker may take over on a head of its
+    own, so both workers end together (a pinned test last would leave the other worker idle). A Ray start
+    costs seconds of CPU on the 2-core CI VM and an idle Ray still takes CPU from the tests beside it, so
+    the suite starts few Ray heads."""
     shared = {"ray_local", "efficiency_report", "ray_head"}
 
     def place(item) -> tuple[tuple[int, int], str | None]:
         """Its sort key and its xdist_group: "ray" for a test on the shared head, which may also run on the
         other worker's own head at the end; "ray_pinned" for one that must run where this order puts it."""
         if "node_cluster" in item.fixturenames:
-            return (3, 0), "ray_pinned"
+            return (1, 1), "ray_pinned"
         if item.get_closest_marker("ray_private"):
             return (-2, 0), "ray_pinned"  # first of all, with or without xdist
         if "ray_head" in item.fixturenames:
@@ -153,6 +154,18 @@ def pytest_collection_modifyitems(config, items):
         if (name := place(item)[1]) is not None:
             item.add_marker(pytest.mark.xdist_group(name))
     items.sort(key=lambda item: place(item)[0])  # stable: within a group, file order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """Collection imports torch, diffusers, transformers and the test modules: ~0.5 M objects that live as
+    long as the process. They are made with the cyclic garbage collector paused, then frozen out of its
+    sight, as a sampler actor does (pipeline/driver/actors.py `outside_gc`): no full collection walks them
+    again, during the tests or in the five that pytest runs when the session ends."""
+    from pipeline.driver.actors import outside_gc
+
+    with outside_gc():
+        return (yield)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own choice for the --dist name
@@ -181,39 +194,21 @@ def ray_head() -> raycluster.Head:
     return head
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def node_cluster(ray_head):
-    """The shared head's cluster with one more node (1 CPU): two nodes for the tests that spread
-    over, remove and add nodes. Adding a node to the running head is one raylet start; a second
-    cluster would be a whole second Ray start (the CI run of 3c918f1 failed exactly there). These
-    tests run last (see the ordering above), so the extra nodes disturb no other test."""
+    """The shared head's cluster with one more node (1 CPU) for one test: two nodes for the tests that
+    spread over, remove and add nodes. Adding a node to the running head is one raylet start; a second
+    cluster would be a whole second Ray start (the CI run of 3c918f1 failed exactly there). The test's
+    nodes are removed after it, and the tests after it wait until the head alone is alive again."""
     cluster = ray_head.cluster
     raycluster.add_node(cluster)
     try:
         yield cluster
     finally:
-        for node in list(cluster.worker_nodes):
-            cluster.remove_node(node)
+        raycluster.remove_worker_nodes(cluster)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _ray_down_at_exit():
     yield
     raycluster.stop_shared_head()
-
-
-_NICE = True  # this process has yet to lower its priority
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """Under pytest-xdist, a worker that runs a test without Ray lowers its CPU priority (nice 10, once; an
-    unprivileged process cannot raise it again). The Ray tests are the longest chain of the run (actor and
-    job starts, one after another, on the Ray worker): their processes get the cores first, and the other
-    two workers' tests, which only compute, fill every moment the Ray side leaves a core idle. With two
-    workers and no priorities, one core idled whenever the Ray side waited, and the Ray chain ran late."""
-    global _NICE
-    if _NICE and os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("xdist_group") is None:
-        _NICE = 0
-        with contextlib.suppress(OSError):  # a sandbox that refuses it: the same run, only slower
-            os.nice(10)

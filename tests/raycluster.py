@@ -5,7 +5,7 @@
   end of the session.
   This process connects to it as a driver (`connect`); subprocess drivers and `ray job submit` get
   its addresses.
-  The node tests add a one-CPU node to it (conftest's `node_cluster`, `add_node`) and run last.
+  The node tests add a one-CPU node to it for their run (conftest's `node_cluster`, `add_node`).
 
 It is a `ray.cluster_utils.Cluster`, i.e. the `ray._private.node.Node` that `ray start --head`
 runs, minus what the tests do not need and what cannot start reliably on the CI VM:
@@ -159,6 +159,19 @@ def add_node(cluster):
     node = cluster.add_node(**node_args())
     cluster.wait_for_nodes()
     return node
+
+
+def remove_worker_nodes(cluster, timeout: float = 30) -> None:
+    """Every node but the head gone, and known to be gone: no later actor is placed on a dead node."""
+    import ray
+
+    gone = {node.node_id for node in cluster.worker_nodes}
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node)
+    deadline = time.monotonic() + timeout
+    while any(n["Alive"] and n["NodeID"] in gone for n in ray.nodes()):
+        assert time.monotonic() < deadline, f"removed nodes still alive after {timeout:g} s: {ray.nodes()}"
+        time.sleep(0.1)
 
 
 _shared: Head | None = None

@@ -2,20 +2,18 @@
 
 conftest marks each test that uses Ray with `xdist_group("ray")` (a test on the shared head) or
 `xdist_group("ray_pinned")` (one that must run where conftest's order puts it: before the shared head
-starts, or last on it); under pyproject's `--dist loadgroup` xdist appends "@ray" or "@ray_pinned" to
+starts, or first on it); under pyproject's `--dist loadgroup` xdist appends "@ray" or "@ray_pinned" to
 their ids, and conftest's `pytest_xdist_make_scheduler` hands the run to `RayOnOneWorker` below instead of
 xdist's own scheduler.
 
 Why: a Ray test spends much of its wall time waiting (a job's or an actor's start, the timeout it tests,
 a fault's moment). Two of them side by side leave both cores idle; beside a test that computes, the wait
-costs nothing. So the first worker runs the Ray tests in conftest's order while the other workers take
-the other tests, the second from the front of the list, the third (pyproject's `-n 3`) from the back,
-a module at a time, at a lower CPU priority (conftest's `pytest_runtest_setup`: the Ray chain is the
-longest, its processes get the cores first). Whoever runs out first helps: the Ray worker takes the
-other tests a module at a time from the back (workers meet in one module, so no other module's fixtures
-are made twice), another worker takes the "@ray" tests from the back of the Ray list on a head of its
-own. Each worker is kept two tests ahead: xdist runs a test once it knows the next one (for its
-fixtures' teardown).
+costs nothing. So the first worker runs the Ray tests in conftest's order while the other worker takes
+the other tests from the front of the list. Whichever runs out first helps from the back: the first
+worker takes the other tests a module at a time (the two meet in one module, so no other module's
+fixtures are made twice), the other worker takes the "@ray" tests on a head of its own (all but the
+last one). Each worker is
+kept two tests ahead: xdist runs a test once it knows the next one (for its fixtures' teardown).
 """
 
 from __future__ import annotations
@@ -87,7 +85,12 @@ class RayOnOneWorker(LoadScheduling):
         return node in others and others.index(node) % 2 == 0
 
     def _movable(self) -> int | None:
-        """The last Ray test not pinned to the Ray worker (which keeps the order conftest gave those)."""
+        """The last Ray test not pinned to the Ray worker (which keeps the order conftest gave those), and
+        never the last one left: the Ray worker runs that on its started head in the time another worker
+        would take to start a head of its own (each holds two tests, so a helper that took it could end
+        a whole test after the Ray worker, as seen in a suite run)."""
+        if len(self.ray) < 2:
+            return None
         return next((j for j in range(len(self.ray) - 1, -1, -1) if self.collection[self.ray[j]].endswith(RAY)),
                     None)
 

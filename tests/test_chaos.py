@@ -323,12 +323,16 @@ def test_driver_killed_then_same_command_again(ray_head, reference_prompts, requ
     before = (out / stats_path(0)).stat().st_mtime_ns
 
     again = f"synthgen-test-{uuid.uuid4().hex[:8]}"
-    r = subprocess.run([*submit, "--submission-id", again, *entry], cwd=REPO, env=env,
+    # `--no-wait` and the job's status polled here: a waiting `ray job submit` returns ~3 s after its job
+    # ended (Ray's log tail polls once a second); that it exits 0 with the job's output is test_cluster_auth's
+    r = subprocess.run([*submit, "--submission-id", again, "--no-wait", *entry], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
-    logs = r.stdout[-6000:] + r.stderr[-3000:]
-    assert client.get_job_status(again) == JobStatus.SUCCEEDED, logs
-    assert r.returncode == 0, logs
-    assert f"output: {out}" in r.stdout  # the driver says where the output is
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    while not client.get_job_status(again).is_terminal():
+        time.sleep(0.2)
+    logs = client.get_job_logs(again)
+    assert client.get_job_status(again) == JobStatus.SUCCEEDED, logs[-6000:]
+    assert f"output: {out}" in logs  # the driver says where the output is
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["ray"]["mode"] == "cluster"  # joined the head
     assert summary["skipped_shards"] == 1 and summary["new_shards"] == 2
@@ -337,8 +341,7 @@ def test_driver_killed_then_same_command_again(ray_head, reference_prompts, requ
     # the sampler killed mid-shard in the second job: restarted by Ray, its shard requeued and redone
     assert (faults_dir / "1-sample-0").exists(), "the kill fired"
     assert summary["this_run"]["actor_deaths"] == 1 and summary["this_run"]["requeues"] == 1
-    job_log = client.get_job_logs(again)
-    assert "died while running shard 000002" in job_log and "requeueing its shards" in job_log, job_log[-4000:]
+    assert "died while running shard 000002" in logs and "requeueing its shards" in logs, logs[-4000:]
     assert read_stats(open_location(str(out)), 2).attempt == 2
     assert (summary["planned_shards"], summary["committed_shards"]) == (3, 3)
     assert (summary["rows"], summary["samples"], summary["rejected"], summary["failed"]) == (6, 5, 1, 0)

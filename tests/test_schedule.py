@@ -53,12 +53,12 @@ def run(collection: list[str], duration, n_workers: int, request, monkeypatch) -
     return workers
 
 
-PINNED_FIRST = ["t/test_cli.py::private@ray_pinned", "t/test_chaos.py::driver_kill@ray_pinned"]
+PINNED = ["t/test_cli.py::private@ray_pinned", "t/test_chaos.py::driver_kill@ray_pinned",
+          "t/test_ray_cluster.py::two_nodes@ray_pinned"]
 SHARED = [f"t/test_generate.py::job{i}@ray" for i in range(4)]
-PINNED_LAST = ["t/test_ray_cluster.py::two_nodes@ray_pinned"]
 MODULES = {m: [f"t/{m}::t{i}" for i in range(4)] for m in ("test_a.py", "test_b.py", "test_c.py")}
 COLLECTION = [*MODULES["test_a.py"], *MODULES["test_b.py"], *MODULES["test_c.py"],
-              *PINNED_FIRST, *SHARED, *PINNED_LAST]
+              *PINNED, *SHARED]
 
 
 def test_every_test_runs_once_and_the_ray_worker_keeps_the_pinned_ones_in_order(request, monkeypatch):
@@ -68,16 +68,20 @@ def test_every_test_runs_once_and_the_ray_worker_keeps_the_pinned_ones_in_order(
             ran = [t for w in workers for t in w.ran]
             assert sorted(ran) == sorted(COLLECTION), (n, ray_s, other_s)
             pinned = [t for t in workers[0].ran if t.endswith("@ray_pinned")]
-            assert pinned == PINNED_FIRST + PINNED_LAST  # all on the Ray worker, in conftest's order
-            assert workers[0].ran[:len(PINNED_FIRST)] == PINNED_FIRST  # before anything else there
+            assert workers[0].ran[:len(PINNED)] == pinned == PINNED  # on the Ray worker first, in conftest's order
 
 
 def test_the_ray_worker_runs_beside_the_other_and_each_helps_from_the_far_end(request, monkeypatch):
     # long Ray tests: the other worker runs every in-process test, front first, then the last shared ones
+    # but one: the Ray worker keeps the last Ray test left (a helper holding it could end after it)
     ray_worker, other = run(COLLECTION, lambda t: 10 if "@ray" in t else 1, 2, request, monkeypatch)
     assert other.ran[:12] == [t for t in COLLECTION if "@ray" not in t]
-    assert other.ran[12:] == SHARED[::-1][:len(other.ran) - 12] and len(other.ran) > 12
-    assert ray_worker.ran == [*PINNED_FIRST, *SHARED[:len(SHARED) - (len(other.ran) - 12)], *PINNED_LAST]
+    assert other.ran[12:] == SHARED[::-1][:len(other.ran) - 12] and 12 < len(other.ran) < 12 + len(SHARED)
+    assert ray_worker.ran == [*PINNED, *SHARED[:len(SHARED) - (len(other.ran) - 12)]]
+    # the pinned tests far longer still: the other worker would take every shared one, but the last is kept
+    ray_worker, other = run(COLLECTION, lambda t: 30 if "pinned" in t else 10 if "@ray" in t else 1, 2, request,
+                            monkeypatch)
+    assert other.ran[12:] == SHARED[:0:-1] and ray_worker.ran == [*PINNED, SHARED[0]]
     # long in-process tests: once its Ray tests are done the Ray worker takes a whole module from the back
     ray_worker, other = run(COLLECTION, lambda t: 1 if "@ray" in t else 10, 2, request, monkeypatch)
     assert other.ran[:4] == MODULES["test_a.py"]

@@ -250,3 +250,30 @@ def test_what_was_loaded_is_recorded_never_a_pin_that_did_not_apply(tiny_cache, 
     m = load_model(load_config(overrides=["model.id=synthgen/tiny-sdxl", "model.revision=main",
                                           "model.device=cpu"]).model)
     assert [m.info["revision"], m.info["commit"], "local_config_sha256" in m.info] == ["main", commit, False]
+
+
+def test_an_actor_builds_its_worker_with_the_garbage_collector_paused_then_frozen_out_of_its_sight():
+    """pipeline/driver/actors.py `outside_gc`, around the worker's (and the captioner's) construction in
+    its actor: no cyclic collection while the imports and models are made, the collector as it was after,
+    and what was made no longer walked by it (gc.freeze); a caller that had paused it finds it paused."""
+    import gc
+
+    from pipeline.driver.actors import outside_gc
+
+    class Node:
+        pass
+
+    during = []
+    with outside_gc():
+        during.append(gc.isenabled())
+        built = Node()
+        built.me = built  # a reference cycle, as module and model objects have
+    assert during == [False] and gc.isenabled()
+    assert not any(o is built for o in gc.get_objects())  # frozen: in no generation the collector walks
+    gc.disable()
+    try:
+        with outside_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
