@@ -161,6 +161,23 @@ def test_a_task_that_finished_by_raising_is_not_blamed_for_a_death():
     assert slot.live == [] and P.running_task(slot, {}) is None
 
 
+def test_a_committed_shard_whose_result_went_down_with_its_actor_is_not_blamed_for_the_death():
+    """On a loaded host the actor commits shard 0, starts shard 1 and dies in it before shard 0's reply
+    has left it: Ray reports both as lost with the actor. Shard 0's commit file says it had finished."""
+    book = P.ShardBook(specs(3), P.Limits(max_attempts=2))
+    slot = ready_slot("a")
+    done, running, queued = send(book, slot, 0.0), send(book, slot, 0.0), send(book, slot, 0.0)
+    status = {id(done): "died", id(running): "died", id(queued): "unknown"}
+    assert P.running_task(slot, status) is done  # without the commit files: the oldest unsure one
+    assert P.running_task(slot, status, committed={0}) is running
+    assert P.running_task(slot, status, committed={0, 1}) is queued
+    P.died(slot, P.running_task(slot, status, committed={0}), 1.0)
+    for t in (running, queued):
+        P.finished(slot, t, 1.0)
+        book.lost(t, "ActorUnavailableError")
+    assert book.states[1].deaths == 1 and book.states[2].deaths == 0 and book.states[0].deaths == 0
+
+
 def test_timeout_counts_from_when_a_shard_starts_running():
     book = P.ShardBook(specs(2), P.Limits(shard_timeout_s=10.0))
     slot = ready_slot("a")
