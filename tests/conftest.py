@@ -196,15 +196,22 @@ def ray_head() -> raycluster.Head:
 
 @pytest.fixture
 def node_cluster(ray_head):
-    """The shared head's cluster with one more node (1 CPU) for one test: two nodes for the tests that
-    spread over, remove and add nodes. Adding a node to the running head is one raylet start; a second
-    cluster would be a whole second Ray start (the CI run of 3c918f1 failed exactly there). The test's
-    nodes are removed after it, and the tests after it wait until the head alone is alive again."""
+    """The shared head's cluster with one more node (1 CPU): two nodes for the tests that spread over,
+    remove and add nodes. Adding a node to the running head is one raylet start (and its dashboard
+    agent); a second cluster would be a whole second Ray start (the CI run of 3c918f1 failed exactly
+    there). The node tests run one after another (see the order above) and share the node they find;
+    after the last of them the extra nodes are removed (`pytest_runtest_teardown` below)."""
     cluster = ray_head.cluster
-    raycluster.add_node(cluster)
-    try:
-        yield cluster
-    finally:
+    if not cluster.worker_nodes:
+        raycluster.add_node(cluster)
+    return cluster
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """After the last node test in a row, the head is alone again before the next test starts: no later
+    actor is placed on a node that is about to go."""
+    cluster = getattr(item, "funcargs", {}).get("node_cluster")  # (runs before the fixtures' teardown)
+    if cluster is not None and (nextitem is None or "node_cluster" not in nextitem.fixturenames):
         raycluster.remove_worker_nodes(cluster)
 
 

@@ -5,7 +5,7 @@
   end of the session.
   This process connects to it as a driver (`connect`); subprocess drivers and `ray job submit` get
   its addresses.
-  The node tests add a one-CPU node to it for their run (conftest's `node_cluster`, `add_node`).
+  The node tests add a one-CPU node to it, removed after them (conftest's `node_cluster`, `add_node`).
 
 It is a `ray.cluster_utils.Cluster`, i.e. the `ray._private.node.Node` that `ray start --head`
 runs, minus what the tests do not need and what cannot start reliably on the CI VM:
