@@ -207,12 +207,17 @@ def node_cluster(ray_head):
     return cluster
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After the last node test in a row, the head is alone again before the next test starts: no later
-    actor is placed on a node that is about to go."""
-    cluster = getattr(item, "funcargs", {}).get("node_cluster")  # (runs before the fixtures' teardown)
-    if cluster is not None and (nextitem is None or "node_cluster" not in nextitem.fixturenames):
-        raycluster.remove_worker_nodes(cluster)
+    """After the last node test in a row (and its fixtures' teardown, even a failed one), the head is
+    alone again before the next test starts: no later actor is placed on a node that is about to go."""
+    try:
+        return (yield)
+    finally:
+        head = raycluster.running_head()  # None once the session's last teardown stopped it
+        if head is not None and "node_cluster" in item.fixturenames and (
+                nextitem is None or "node_cluster" not in nextitem.fixturenames):
+            raycluster.remove_worker_nodes(head.cluster)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -189,6 +189,11 @@ def shared_head(dashboard: bool = False) -> Head:
     return _shared
 
 
+def running_head() -> Head | None:
+    """The session's head if it runs (never starts one)."""
+    return _shared
+
+
 def stop_shared_head() -> None:
     global _shared
     disconnect()

@@ -89,8 +89,8 @@ class RayOnOneWorker(LoadScheduling):
         never the last one left: the Ray worker runs that on its started head in the time another worker
         would take to start a head of its own (each holds two tests, so a helper that took it could end
         a whole test after the Ray worker, as seen in a suite run)."""
-        if len(self.ray) < 2:
-            return None
+        if len(self.ray) < 2 and self.ray_node is not None and not self.ray_node.shutting_down:
+            return None  # (a Ray worker shutting down runs nothing more: then anyone may take it)
         return next((j for j in range(len(self.ray) - 1, -1, -1) if self.collection[self.ray[j]].endswith(RAY)),
                     None)
 

@@ -328,7 +328,11 @@ def test_driver_killed_then_same_command_again(ray_head, reference_prompts, requ
     r = subprocess.run([*submit, "--submission-id", again, "--no-wait", *entry], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    deadline = time.monotonic() + 600  # as long as the waiting command was given
     while not client.get_job_status(again).is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(again)
+            pytest.fail(f"the second job did not end in 600 s: {client.get_job_logs(again)[-4000:]}")
         time.sleep(0.2)
     logs = client.get_job_logs(again)
     assert client.get_job_status(again) == JobStatus.SUCCEEDED, logs[-6000:]

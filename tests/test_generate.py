@@ -406,10 +406,12 @@ class HangingWorker(FakeWorker):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_hung_shard_times_out_its_actor_is_replaced_and_the_shard_requeued(ray_local, tmp_path, prompts6):
-    """ray.shard_timeout_s: 3 s here, 15x what a FakeWorker shard takes; the hung attempt never ends."""
+    """ray.shard_timeout_s: 4 s here, 20x what a FakeWorker shard sleeps (a fresh actor's first shard also pays
+    its first imports inside that time, counted from the shard's submission to a ready actor); the hung
+    attempt never ends."""
     out = tmp_path / "out"
     ev = Events()
-    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1", "ray.shard_timeout_s=3", "ray.max_attempts=3"),
+    res = run_job(make_cfg(prompts6, out, "ray.num_workers=1", "ray.shard_timeout_s=4", "ray.max_attempts=3"),
                   worker_cls=HangingWorker, hooks=ev)
     assert res.exit_code == 0, res.summary
     assert [(p["shard"], p["attempt"]) for p in ev.of("timed_out")] == [(1, 1)]

@@ -87,3 +87,36 @@ def test_the_ray_worker_runs_beside_the_other_and_each_helps_from_the_far_end(re
     assert other.ran[:4] == MODULES["test_a.py"]
     assert ray_worker.ran[7:11] == MODULES["test_c.py"]
     assert not set(other.ran) & set(MODULES["test_c.py"])  # no module run in both workers but the last one
+
+
+def test_a_ray_test_a_crashed_helper_held_goes_to_its_replacement_once_the_ray_worker_is_done(request, monkeypatch):
+    """The helper holds two shared-head tests and crashes in the first after the Ray worker, out of Ray
+    tests, was shut down: the second goes back to the Ray list, and the worker xdist starts in the
+    crashed one's place takes it (the Ray worker keeps the last Ray test only while it can still run it)."""
+    collection = ["t/test_a.py::t0", "t/test_a.py::t1", PINNED[0], *SHARED]
+    monkeypatch.setattr(request.config.option, "tx", ["2*popen"], raising=False)
+    sched = RayOnOneWorker(request.config)
+    ray_worker, helper = Worker("gw0"), Worker("gw1")
+    for w in (ray_worker, helper):
+        sched.add_node(w)
+        sched.add_node_collection(w, collection)
+    sched.schedule()
+    index = {t: i for i, t in enumerate(collection)}
+
+    def done(w: Worker, t: str) -> None:
+        w.held.remove(index[t])
+        sched.mark_test_complete(w, index[t])
+
+    assert ray_worker.held == [index[PINNED[0]], index[SHARED[0]]]
+    for t in ("t/test_a.py::t0", "t/test_a.py::t1"):  # the helper's own tests done: it takes s3, then s2
+        done(helper, t)
+    assert helper.held == [index[SHARED[3]], index[SHARED[2]]]
+    for t in (PINNED[0], SHARED[0]):  # the Ray worker runs on, takes s1, the last, and is shut down
+        done(ray_worker, t)
+    assert ray_worker.held == [index[SHARED[1]]] and ray_worker.shutting_down
+    assert sched.remove_node(helper) == SHARED[3]  # crashed in s3
+    clone = Worker("gw2")
+    sched.add_node(clone)
+    sched.add_node_collection(clone, collection)
+    sched.schedule()
+    assert clone.held == [index[SHARED[2]]] and clone.shutting_down  # it runs s2, then stops
