@@ -12,8 +12,8 @@ costs nothing. So the first worker runs the Ray tests in conftest's order while 
 the other tests from the front of the list. Whichever runs out first helps from the back: the first
 worker takes the other tests a module at a time (the two meet in one module, so no other module's
 fixtures are made twice), the other worker takes the "@ray" tests on a head of its own (all but the
-last one). Each worker is
-kept two tests ahead: xdist runs a test once it knows the next one (for its fixtures' teardown).
+last one while the Ray worker can still run it). Each worker is kept two tests ahead: xdist runs a test
+once it knows the next one (for its fixtures' teardown).
 """
 
 from __future__ import annotations
@@ -85,12 +85,13 @@ class RayOnOneWorker(LoadScheduling):
         return node in others and others.index(node) % 2 == 0
 
     def _movable(self) -> int | None:
-        """The last Ray test not pinned to the Ray worker (which keeps the order conftest gave those), and
-        never the last one left: the Ray worker runs that on its started head in the time another worker
-        would take to start a head of its own (each holds two tests, so a helper that took it could end
-        a whole test after the Ray worker, as seen in a suite run)."""
+        """The last Ray test not pinned to the Ray worker (which keeps the order conftest gave those), but
+        not the last one left while the Ray worker can still run it: it does so on its started head in the
+        time another worker would take to start a head of its own (each holds two tests, so a helper that
+        took it could end a whole test after the Ray worker, as seen in a suite run). A Ray worker that is
+        shutting down runs nothing more (after a helper's crash): then anyone takes it."""
         if len(self.ray) < 2 and self.ray_node is not None and not self.ray_node.shutting_down:
-            return None  # (a Ray worker shutting down runs nothing more: then anyone may take it)
+            return None
         return next((j for j in range(len(self.ray) - 1, -1, -1) if self.collection[self.ray[j]].endswith(RAY)),
                     None)
 

@@ -169,9 +169,9 @@ def test_a_committed_shard_whose_result_went_down_with_its_actor_is_not_blamed_f
     done, running, queued = send(book, slot, 0.0), send(book, slot, 0.0), send(book, slot, 0.0)
     status = {id(done): "died", id(running): "died", id(queued): "unknown"}
     assert P.running_task(slot, status) is done  # without the commit files: the oldest unsure one
-    assert P.running_task(slot, status, committed={0}) is running
-    assert P.running_task(slot, status, committed={0, 1}) is queued
-    P.died(slot, P.running_task(slot, status, committed={0}), 1.0)
+    assert P.running_task(slot, status, committed={0}.__contains__) is running
+    assert P.running_task(slot, status, committed={0, 1}.__contains__) is queued
+    P.died(slot, P.running_task(slot, status, committed={0}.__contains__), 1.0)
     for t in (running, queued):
         P.finished(slot, t, 1.0)
         book.lost(t, "ActorUnavailableError")

@@ -55,10 +55,10 @@ def outside_gc() -> Iterator[None]:
     """An actor's models built with the cyclic garbage collector paused, then frozen out of its sight.
     Importing torch, diffusers and transformers and loading the models makes ~0.5 M objects that live as
     long as the actor; the collector walked them again and again while they were made (a tiny-model
-    actor's start, measured: 5.7 -> 5.1 CPU-s with the one collection below) and would walk them all in
-    every full collection after. One collection first, so that no garbage cycle made meanwhile (a traceback, a loader's
-    temporaries, tensors they hold) is frozen with them; frozen objects are still freed by reference
-    counting when dropped."""
+    actor's start, measured: 5.7 -> 5.1 CPU-s) and would walk them all in every full collection after.
+    One collection before the freeze, so that no garbage cycle made meanwhile (a traceback, a loader's
+    temporaries and the tensors they hold) is kept; frozen objects are still freed by reference counting
+    when dropped."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -207,9 +207,7 @@ class Executor:
 
     def _on_death(self, slot: P.Slot, e: Exception) -> None:
         """The actor died (or its connection broke): blame the running shard, wait for the restart."""
-        status = self._statuses(slot)
-        unsure = [t.spec.shard_id for t in slot.live if status[id(t)] in ("died", "unknown")]
-        running = P.running_task(slot, status, {i for i in unsure if self._committed_stats(i) is not None})
+        running = P.running_task(slot, self._statuses(slot), lambda i: self._committed_stats(i) is not None)
         P.died(slot, running, time.monotonic())
         self.book.actor_deaths += 1
         log.warning("%s died while running shard %s (%s); requeueing its shards", slot.name,

@@ -26,7 +26,7 @@ Rules:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,14 +151,15 @@ def overdue(slot: Slot, now: float, timeout_s: float) -> Task | None:
     return slot.live[0] if now - slot.running_since > timeout_s else None
 
 
-def running_task(slot: Slot, status: dict[int, str], committed: Collection[int] = ()) -> Task | None:
+def running_task(slot: Slot, status: dict[int, str],
+                 committed: Callable[[int], bool] = lambda shard_id: False) -> Task | None:
     """The task the actor was executing when it died: the oldest of its incarnation whose result is
     not a finished success or exception. `status[id(task)]`: "ok", "raised", "died" or "unknown".
-    A shard in `committed` (its commit file exists) had finished, even if its result went down with the
-    actor: on a loaded host the actor can start the next shard, and die in it, before the reply of the
-    one it committed has left the process (seen in a suite run: the death blamed on the committed shard)."""
+    A shard that `committed` (asked only of those candidates: its commit file exists) had finished, even
+    if its result went down with the actor: on a loaded host the actor can start the next shard, and die
+    in it, before the reply of the one it committed has left the process (seen in a suite run)."""
     for t in slot.live:
-        if status.get(id(t), "unknown") in ("died", "unknown") and t.spec.shard_id not in committed:
+        if status.get(id(t), "unknown") in ("died", "unknown") and not committed(t.spec.shard_id):
             return t
     return None
 
